@@ -65,7 +65,10 @@ class _Row:
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read file: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
