@@ -65,14 +65,16 @@ def orpo_loss(chosen_logps: mx.array, rejected_logps: mx.array, nll: mx.array, b
     chosen_logps = chosen_logps.astype(mx.float32)
     rejected_logps = rejected_logps.astype(mx.float32)
     odds = log_odds(chosen_logps, rejected_logps)
-    ratio = log_sigmoid(odds)
-    loss = nll - beta * ratio.mean()
+    # Each mean is built once and reused: identical graph nodes returned twice
+    # from an mx.compile'd function trip MLX's common-subexpression pass.
+    mean_log_sigmoid = log_sigmoid(odds).mean()
+    loss = nll - beta * mean_log_sigmoid
     chosen_rewards = beta * chosen_logps
     rejected_rewards = beta * rejected_logps
     metrics = {
         "loss": loss,
         "nll_loss": nll,
-        "log_odds_ratio": ratio.mean(),
+        "log_odds_ratio": mean_log_sigmoid,
         "log_odds_chosen": odds.mean(),
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),

@@ -1,0 +1,140 @@
+"""The Python API behind the CLI, the app and the benchmarks.
+
+    model, tokenizer, config, path = load_model("smollm2-135m")
+    run_dir = run_training(TrainConfig(iters=20), log=print)
+    print(generate(model, tokenizer, [{"role": "user", "content": "Hi"}]))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+
+from . import blas
+from .checkpoint import atomic_write_text
+from .config import TrainConfig
+from .data import load_splits
+from .models import attach_adapters, load_model
+from .tokenize import EncodeStats, EncodedPair, encode_pairs, ensure_chat_template, render_prompt
+from .trainer import train
+
+import json
+
+
+@dataclass
+class PreparedData:
+    train: list[EncodedPair]
+    eval: list[EncodedPair]
+    train_stats: EncodeStats
+    eval_stats: EncodeStats
+    report: object  # data.LoadReport
+
+
+def data_source(cfg: TrainConfig) -> str:
+    if cfg.data:
+        return cfg.data
+    from .demo_data import DEMO_DATA_PATH
+    return str(DEMO_DATA_PATH)
+
+
+def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
+    train_pairs, eval_pairs, report = load_splits(
+        data_source(cfg), eval_source=cfg.eval_data, format=cfg.format, eval_fraction=cfg.eval_fraction,
+        seed=cfg.seed, skip_bad_rows=cfg.skip_bad_rows, system=cfg.system)
+    lengths = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                   min_response_length=cfg.min_response_length)
+    train_enc, train_stats = encode_pairs(tokenizer, train_pairs, **lengths)
+    eval_enc, eval_stats = encode_pairs(tokenizer, eval_pairs, **lengths)
+    if not train_enc:
+        raise ValueError(f"{report.source}: no training pairs left after truncation to --max-length {cfg.max_length}")
+    return PreparedData(train_enc, eval_enc, train_stats, eval_stats, report)
+
+
+def pad_token_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S")
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """Load the model and data named by cfg, attach adapters and train. Returns the run directory."""
+    cfg.validate()
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir()
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
+    cfg.output_dir = str(run_dir)
+    log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}")
+    mx.random.seed(cfg.seed)
+    model, tokenizer, _, path = load_model(cfg.model, bits=cfg.bits, group_size=cfg.group_size, dtype=cfg.dtype)
+    log(f"model: {cfg.model} ({path})")
+    if not ensure_chat_template(tokenizer):
+        log("tokenizer has no chat template; using the fallback '### Role:' template (see README)")
+    data = prepare_data(cfg, tokenizer)
+    log(f"data: {data.report.source} [{data.report.format}] {len(data.train)} train / {len(data.eval)} eval pairs; "
+        f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
+        f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
+        + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+    adapter_cfg = attach_adapters(model, cfg)
+    trainable = sum(v.size for _, v in _flat(model.trainable_parameters()))
+    log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
+        f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    adapter_cfg["model_path"] = str(path)
+    atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
+    train(model, data.train, data.eval, cfg, run_dir, pad_id=pad_token_id(tokenizer), resume=resume,
+          on_record=on_record, log=log, progress=progress)
+    return run_dir
+
+
+def _flat(tree):
+    from mlx.utils import tree_flatten
+    return tree_flatten(tree)
+
+
+def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None = None, dtype: str = "auto"):
+    """Base model, optionally with a run's (or checkpoint's) adapters applied, ready for generation."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    model, tokenizer, _, _ = load_model(model_spec, dtype=dtype)
+    if adapter_path is not None:
+        load_adapters(model, str(adapter_path))
+    model.eval()
+    return model, tokenizer
+
+
+def generate(model, tokenizer, messages, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0, stream: bool = False):
+    """Chat completion for `messages` with mlx-lm's generator (greedy when temperature is 0).
+
+    With stream=True, yields the text generated so far after each token.
+    """
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    ensure_chat_template(tokenizer)
+    prompt = render_prompt(tokenizer, messages)
+    sampler = make_sampler(temp=temperature, top_p=top_p)
+    mx.random.seed(seed)
+
+    def pieces():
+        text = ""
+        for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler):
+            text += response.text
+            yield text
+
+    if stream:
+        return pieces()
+    text = ""
+    for text in pieces():
+        pass
+    return text

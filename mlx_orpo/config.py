@@ -1,0 +1,135 @@
+"""One home for every training default: the fields of `TrainConfig`.
+
+The CLI (`train.py`) and the app build their widgets from these fields and their
+help text; a YAML file uses the same keys. Precedence: CLI > YAML > defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # What to train
+    model: str = _opt("smollm2-135m", "Model: an alias (smollm2-135m, mistral-7b-4bit, llama-2-7b-4bit, phi-2), "
+                      "a local MLX/Hugging Face directory, a .gguf file, or a Hub repo id.")
+    data: str | None = _opt(None, "Preference data: .jsonl/.json/.csv/.parquet file, a directory with "
+                            "train.*/valid.*, or a Hub dataset (name[:split]). Default: the shipped demo set.")
+    eval_data: str | None = _opt(None, "Held-out preference data. Default: the data's validation split if it "
+                                 "has one, else --eval-fraction of it carved off with --seed.")
+    format: str = _opt("auto", "Data format: auto, prompt_strings, trl_conversational, ultrafeedback, "
+                       "sharegpt, hh.")
+    system: str | None = _opt(None, "System prompt for rows that have none.")
+    skip_bad_rows: bool = _opt(False, "Skip and count malformed rows instead of stopping at the first one.")
+    eval_fraction: float = _opt(0.05, "Fraction of the data held out for evaluation when it has no split.")
+    output_dir: str | None = _opt(None, "Run directory (metrics, adapters, checkpoints). Default: runs/orpo-<time>.")
+
+    # The ORPO objective
+    beta: float = _opt(0.1, "λ in the paper (TRL: beta): weight of the odds-ratio term L_OR = -log σ(log odds).",
+                       aliases=("--lambda",))
+    prompt_in_nll: bool = _opt(False, "Include prompt tokens in the NLL (SFT) term, as TRL and the paper's code do "
+                               "by default. Off: NLL on the chosen response only. ℓ for the odds ratio always "
+                               "uses response tokens only.")
+
+    # Optimisation
+    learning_rate: float = _opt(1e-4, "Peak learning rate (AdamW).")
+    lr_schedule: str = _opt("cosine", "Learning-rate schedule after warmup: constant, linear or cosine (decay to 0).")
+    warmup_steps: int = _opt(10, "Linear warmup steps from 0 to the peak learning rate.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    iters: int | None = _opt(None, "Optimizer steps to run. Overrides --epochs.")
+    epochs: float = _opt(1.0, "Passes over the training pairs (when --iters is not given).")
+    batch_size: int = _opt(2, "Preference pairs per micro-batch (each pair runs chosen and rejected).")
+    grad_accum: int = _opt(1, "Micro-batches accumulated per optimizer step.")
+    seed: int = _opt(0, "Seed for the data order, the held-out carve, LoRA initialisation and dropout.")
+
+    # Sequence lengths
+    max_length: int = _opt(1024, "Maximum tokens of prompt + response. Longer pairs are truncated: the prompt "
+                           "from the left first, then the responses from the right.")
+    max_prompt_length: int = _opt(512, "Prompt tokens kept when a pair must be truncated.")
+    min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.")
+    pad_multiple: int = _opt(32, "Pad batches to a multiple of this many tokens (few shapes for the compiled step).")
+
+    # Adapters
+    lora_rank: int = _opt(8, "LoRA rank r.")
+    lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / r (PEFT's convention).")
+    lora_dropout: float = _opt(0.0, "Dropout on the LoRA input.")
+    lora_layers: int = _opt(-1, "Adapt the last N transformer blocks (-1: all).")
+    lora_targets: list[str] = _opt(("all-linear",), "Modules to adapt, by name (q_proj v_proj ...) or all-linear.",
+                                   nargs="+")
+    dora: bool = _opt(False, "Use DoRA (weight-decomposed LoRA) instead of LoRA.")
+
+    # Model precision and memory
+    bits: int | None = _opt(None, "Quantise a full-precision model on load to 4 or 8 bits (QLoRA).", choices=(4, 8))
+    group_size: int = _opt(64, "Quantisation group size for --bits.")
+    dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
+                      "dtype on GPU), float32, float16, bfloat16.",
+                      choices=("auto", "float32", "float16", "bfloat16"))
+    grad_checkpoint: bool = _opt(False, "Recompute block activations in the backward pass: less memory, more time.")
+
+    # Reporting and saving
+    report_every: int = _opt(10, "Write a metrics line every N steps.")
+    eval_every: int = _opt(50, "Evaluate on the held-out pairs every N steps (0: only at the end).")
+    eval_max_pairs: int = _opt(64, "Held-out pairs used per evaluation (0: all).")
+    save_every: int = _opt(100, "Write a resumable checkpoint every N steps (and always at the end).")
+    keep_checkpoints: int = _opt(2, "Checkpoints kept on disk (the newest).")
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.beta >= 0, "--beta (λ) must be >= 0"),
+            (self.learning_rate > 0, "--learning-rate must be > 0"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
+            (self.iters is None or self.iters >= 1, "--iters must be >= 1"),
+            (self.epochs > 0, "--epochs must be > 0"),
+            (0 < self.min_response_length < self.max_length, "--min-response-length must be in (0, max_length)"),
+            (0 <= self.max_prompt_length < self.max_length, "--max-prompt-length must be < --max-length"),
+            (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
+            (self.lora_rank >= 1, "--lora-rank must be >= 1"),
+            (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
+            (self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
+            (min(self.report_every, self.save_every) >= 1, "--report-every and --save-every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.lora_targets = list(self.lora_targets)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def from_dict(values: dict, source: str = "config") -> TrainConfig:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the long flag names with '_'")
+    return TrainConfig(**values)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in values.items()}

@@ -1,0 +1,257 @@
+"""The ORPO training loop: one plain function, `train`.
+
+Each optimizer step runs `grad_accum` micro-batches through one compiled
+function (chosen and rejected rows of a batch in a single forward), checks the
+loss and gradient norm for non-finite values (one sync point per step: a
+poisoned step is skipped and counted, never applied), and applies AdamW.
+Metrics stay lazy arrays until a report is due.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from . import checkpoint as ckpt
+from .batching import collate, epoch_batches
+from .config import TrainConfig
+from .loss import batch_loss
+from .tokenize import EncodedPair
+
+METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
+               "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights and optimizer state that a resume needs."""
+    step: int = 0              # optimizer steps done
+    epoch: int = 0             # epoch of the next micro-batch
+    batch_in_epoch: int = 0    # micro-batches of that epoch already consumed
+    skipped_steps: int = 0
+    window: dict = field(default_factory=dict)  # metric sums since the last report
+    window_steps: int = 0
+    window_tokens: int = 0
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.iters:
+        return cfg.iters
+    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+
+
+def build_schedule(cfg: TrainConfig, steps: int):
+    peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 0))
+    decay_steps = max(steps - warmup, 1)
+    if cfg.lr_schedule == "cosine":
+        main = optim.cosine_decay(peak, decay_steps, 0.0)
+    elif cfg.lr_schedule == "linear":
+        main = optim.linear_schedule(peak, 0.0, decay_steps)
+    else:
+        main = lambda _: mx.array(peak, dtype=mx.float32)  # noqa: E731
+    if warmup == 0:
+        return main
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def enable_grad_checkpoint(model) -> None:
+    """Recompute each transformer block in the backward pass.
+
+    Each block *instance* gets a private subclass whose __call__ is wrapped in
+    mx.checkpoint; the library's classes are left alone.
+    """
+    for layer in model.layers:
+        base_call = type(layer).__call__
+
+        def checkpointed(self, *args, _base=base_call, **kwargs):
+            def inner(params, *args, **kwargs):
+                self.update(params)
+                return _base(self, *args, **kwargs)
+            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+        layer.__class__ = type(type(layer).__name__, (type(layer),), {"__call__": checkpointed})
+
+
+def micro_batches(pairs: list[EncodedPair], cfg: TrainConfig, epoch: int, start: int):
+    """Yield (epoch, index_in_epoch, pair indices) forever, from a saved position."""
+    while True:
+        batches = epoch_batches(pairs, cfg.batch_size, cfg.seed, epoch)
+        for i in range(start, len(batches)):
+            yield epoch, i, batches[i]
+        epoch, start = epoch + 1, 0
+
+
+def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> dict:
+    """Held-out metrics (same keys, `eval_` prefix), weighted by pairs per batch."""
+    if cfg.eval_max_pairs:
+        pairs = pairs[: cfg.eval_max_pairs]
+    if not pairs:
+        return {}
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    sums = {k: 0.0 for k in METRIC_KEYS}
+    model.eval()
+    for start in range(0, len(order), cfg.batch_size):
+        chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
+        _, metrics = batch_loss(model, collate(chunk, pad_id, cfg.pad_multiple), cfg.beta, cfg.prompt_in_nll)
+        mx.eval(metrics)
+        for k in METRIC_KEYS:
+            sums[k] += metrics[k].item() * len(chunk)
+    model.train()
+    return {f"eval_{k}": v / len(pairs) for k, v in sums.items()}
+
+
+def _format(record: dict, total: int) -> str:
+    if "eval_loss" in record:
+        return (f"eval  step {record['step']}/{total} | loss {record['eval_loss']:.4f} | "
+                f"nll {record['eval_nll_loss']:.4f} | log odds {record['eval_log_odds_chosen']:+.3f} | "
+                f"acc {record['eval_rewards/accuracies']:.2f} | margin {record['eval_rewards/margins']:+.4f}")
+    return (f"train step {record['step']}/{total} | loss {record['loss']:.4f} | nll {record['nll_loss']:.4f} | "
+            f"log odds {record['log_odds_chosen']:+.3f} | acc {record['rewards/accuracies']:.2f} | "
+            f"lr {record['learning_rate']:.2e} | {record['tokens_per_sec']:.0f} tok/s | "
+            f"{record['peak_memory_gb']:.2f} GB" + (f" | skipped {record['skipped_steps']}"
+                                                    if record["skipped_steps"] else ""))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and return instead of dying mid-step."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], cfg: TrainConfig,
+          run_dir: Path, *, pad_id: int, resume: bool = False, on_record: Callable[[dict], None] | None = None,
+          log: Callable[[str], None] = print, progress: bool = True) -> LoopState:
+    """Train the (adapter-bearing, base-frozen) model with ORPO; return the final loop state.
+
+    Writes metrics.jsonl, adapters.safetensors and checkpoints under run_dir.
+    With resume=True, continues from the newest checkpoint in run_dir exactly.
+    """
+    run_dir = Path(run_dir)
+    steps = total_steps(cfg, len(train_pairs))
+    optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay)
+    metrics_path = run_dir / "metrics.jsonl"
+    state = LoopState()
+    if resume:
+        found = ckpt.list_checkpoints(run_dir)
+        if not found:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
+        state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
+        ckpt.truncate_metrics(metrics_path, state.step)
+        log(f"resumed from {found[-1]} at step {state.step}")
+    if cfg.grad_checkpoint:
+        enable_grad_checkpoint(model)
+
+    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=cfg.beta, prompt_in_nll=cfg.prompt_in_nll))
+    compiled_state = [model.state, mx.random.state]
+
+    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+    def grad_step(tokens, lengths, prompt_lengths):
+        batch = {"tokens": tokens, "lengths": lengths, "prompt_lengths": prompt_lengths}
+        (_, metrics), grads = value_and_grad(model, batch)
+        return metrics, grads
+
+    def record(entry: dict):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if on_record:
+            on_record(entry)
+        log(_format(entry, steps))
+
+    batches = micro_batches(train_pairs, cfg, state.epoch, state.batch_in_epoch)
+    batches_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=state.step, unit="step", dynamic_ncols=True, leave=False)
+        log = bar.write  # keep the bar below the report lines
+    model.train()
+    mx.reset_peak_memory()
+    window_start = time.perf_counter()
+    with _StopFlag() as stop:
+        while state.step < steps and not stop.stop:
+            grads_sum, metrics_sum, tokens = None, None, 0
+            for _ in range(cfg.grad_accum):
+                epoch, index, indices = next(batches)
+                chunk = [train_pairs[i] for i in indices]
+                batch = collate(chunk, pad_id, cfg.pad_multiple)
+                metrics, grads = grad_step(batch["tokens"], batch["lengths"], batch["prompt_lengths"])
+                tokens += sum(p.tokens for p in chunk)
+                grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+                metrics_sum = metrics if metrics_sum is None else {k: metrics_sum[k] + metrics[k] for k in metrics}
+                state.epoch, state.batch_in_epoch = (epoch, index + 1) if index + 1 < batches_per_epoch else (epoch + 1, 0)
+            grads = tree_map(lambda g: g / cfg.grad_accum, grads_sum)
+            if cfg.max_grad_norm > 0:
+                grads, grad_norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+            else:
+                grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
+            finite = mx.isfinite(metrics_sum["loss"]) & mx.isfinite(grad_norm)
+            if finite.item():  # sync point: never apply a non-finite update
+                optimizer.update(model, grads)
+                mx.eval(model.trainable_parameters(), optimizer.state, metrics_sum)
+                for k in METRIC_KEYS:
+                    state.window[k] = state.window.get(k, 0.0) + metrics_sum[k].item() / cfg.grad_accum
+                state.window_steps += 1
+            else:
+                state.skipped_steps += 1
+                log(f"step {state.step + 1}: non-finite loss or gradient; update skipped")
+            state.window_tokens += tokens
+            state.step += 1
+            if bar is not None:
+                bar.update(1)
+            done = state.step == steps
+            if state.step % cfg.report_every == 0 or done:
+                elapsed = time.perf_counter() - window_start
+                entry = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
+                entry.update({k: v / max(state.window_steps, 1) for k, v in state.window.items()})
+                entry.update({
+                    "learning_rate": optimizer.learning_rate.item(),
+                    "tokens_per_sec": state.window_tokens / max(elapsed, 1e-9),
+                    "peak_memory_gb": mx.get_peak_memory() / 1e9,
+                    "skipped_steps": state.skipped_steps,
+                })
+                record(entry)
+                state.window, state.window_steps, state.window_tokens = {}, 0, 0
+            if (cfg.eval_every and state.step % cfg.eval_every == 0) or done:
+                if eval_pairs:
+                    record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id)})
+            if state.step % cfg.save_every == 0 or done or stop.stop:
+                ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
+            if state.window_steps == 0:  # evals and saves do not count against tokens/s
+                window_start = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    if stop.stop and state.step < steps:
+        print(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
+    return state
