@@ -15,8 +15,9 @@ import math
 import mlx.core as mx
 
 LN2 = math.log(2.0)
-# ℓ = 0 exactly (probability 1) would make odds infinite; keep ℓ a hair below 0.
-MAX_LOGP = -1e-6
+# ℓ = 0 exactly (probability 1) makes the odds infinite and the gradient NaN;
+# keep ℓ a hair below 0 (no effect on any ℓ a real response has).
+MAX_LOGP = -1e-7
 
 
 def log1mexp(x: mx.array) -> mx.array:

@@ -47,7 +47,9 @@ class EncodeStats:
 
 def ensure_chat_template(tokenizer) -> bool:
     """Give a template-less tokenizer the fallback; return True if it had one."""
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    hf = tokenizer._tokenizer if isinstance(tokenizer, TokenizerWrapper) else tokenizer
     if getattr(hf, "chat_template", None):
         return True
     hf.chat_template = FALLBACK_CHAT_TEMPLATE

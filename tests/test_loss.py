@@ -1,0 +1,133 @@
+"""ORPO loss: expected numbers derived by hand (see each docstring)."""
+
+import math
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss, sequence_masks, token_logps
+
+
+def close(a, b, rel=1e-5, abs_=0.0):
+    return a == pytest.approx(b, rel=rel, abs=abs_)
+
+
+def test_log1mexp_near_zero_uses_expm1():
+    """log(1 - e^x) at x = -1e-5: 1 - e^x = 1e-5 - 5e-11 + ..., so ln ≈ -11.5129305.
+
+    The naive float32 form loses digits to cancellation."""
+    got = log1mexp(mx.array([-1e-5, -1e-3], dtype=mx.float32)).tolist()
+    assert close(got[0], -11.512930464966061)
+    assert close(got[1], -6.908255237315471)
+    # The naive form in float32 at -1e-6: 1 - e^x keeps one significant digit.
+    naive = float(np.log(np.float32(1.0) - np.exp(np.float32(-1e-6))))
+    exact = math.log(-math.expm1(-1e-6))
+    assert not close(naive, exact, rel=1e-3)
+    assert close(log1mexp(mx.array([-1e-6])).item(), exact)
+
+
+def test_log1mexp_far_below_uses_log1p():
+    """At x = -50, 1 - e^x rounds to 1 in float32 but ln(1 - e^-50) = -e^-50 - ... = -1.92875e-22."""
+    got = log1mexp(mx.array([-50.0])).item()
+    assert close(got, -1.9287498479639178e-22)
+    assert close(log1mexp(mx.array([-math.log(2)])).item(), -math.log(2))  # the branch point: ln(1/2)
+
+
+def test_log1mexp_at_zero_is_finite_with_finite_gradient():
+    value, grad = mx.value_and_grad(lambda x: log1mexp(x).sum())(mx.array([0.0, -1e-12, -0.5, -80.0]))
+    assert np.isfinite(np.array(value)).all() and np.isfinite(np.array(grad)).all()
+
+
+def test_log_odds_by_hand():
+    """ℓc = ln 0.5, ℓr = ln 0.25: odds 1 and 1/3, so log odds ratio = ln 3."""
+    got = log_odds(mx.array([math.log(0.5)]), mx.array([math.log(0.25)])).item()
+    assert close(got, math.log(3.0))
+
+
+def test_orpo_loss_and_metrics_by_hand():
+    """Pair 1: P(c)=0.5, P(r)=0.25 -> log odds ln 3, log σ = ln(3/4).
+    Pair 2: P(c)=0.2, P(r)=0.6 -> odds 1/4 and 3/2, log odds ln(1/6), log σ = ln(1/7).
+    λ = 0.5, NLL = 2.0: loss = 2 - 0.5 · (ln .75 + ln(1/7)) / 2."""
+    c = mx.array([math.log(0.5), math.log(0.2)])
+    r = mx.array([math.log(0.25), math.log(0.6)])
+    loss, m = orpo_loss(c, r, mx.array(2.0), beta=0.5)
+    mean_ls = (math.log(0.75) + math.log(1 / 7)) / 2
+    assert close(loss.item(), 2.0 - 0.5 * mean_ls)
+    assert close(m["log_odds_ratio"].item(), mean_ls)
+    assert close(m["log_odds_chosen"].item(), (math.log(3) + math.log(1 / 6)) / 2)
+    assert close(m["rewards/chosen"].item(), 0.5 * (math.log(0.5) + math.log(0.2)) / 2)
+    assert close(m["rewards/accuracies"].item(), 0.5)
+    assert close(m["rewards/margins"].item(), 0.5 * (math.log(2) + math.log(1 / 3)) / 2)
+    assert close(m["logps/rejected"].item(), (math.log(0.25) + math.log(0.6)) / 2)
+
+
+def test_lambda_zero_is_plain_nll():
+    loss, m = orpo_loss(mx.array([-1.0, -2.0]), mx.array([-0.5, -3.0]), mx.array(1.2345), beta=0.0)
+    assert loss.item() == pytest.approx(1.2345) and m["nll_loss"].item() == pytest.approx(1.2345)
+
+
+def test_token_logps_is_log_softmax_pick():
+    logits = mx.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
+    got = token_logps(logits, mx.array([[2, 1]])).tolist()[0]
+    assert close(got[0], 3.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3)))
+    assert close(got[1], -math.log(3.0))
+
+
+def test_masks_cover_exactly_the_response_tokens():
+    """Row 0: 7 tokens, prompt 3 -> targets t=2..5 predict tokens 3..6 (response).
+    Row 1: 4 tokens, prompt 2 -> targets t=1,2. Width 8 -> 7 targets per row."""
+    response, nll = sequence_masks(mx.array([7, 4]), mx.array([3, 2]), width=8, prompt_in_nll=False)
+    assert response.tolist() == [[0, 0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0, 0]]
+    assert nll.tolist() == response.tolist()
+    _, with_prompt = sequence_masks(mx.array([7, 4]), mx.array([3, 2]), width=8, prompt_in_nll=True)
+    assert with_prompt.tolist() == [[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]]
+
+
+def tiny_model(seed=0):
+    from mlx_lm.models import llama
+
+    mx.random.seed(seed)
+    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=50)
+    model = llama.Model(args)
+    mx.eval(model.parameters())
+    return model
+
+
+def tiny_batch():
+    # Two pairs sharing prompts; chosen and rejected differ in their responses; right padded.
+    chosen = [[1, 5, 6, 7, 10, 11, 12, 2], [1, 8, 9, 13, 14, 2]]
+    rejected = [[1, 5, 6, 7, 20, 21, 2], [1, 8, 9, 22, 23, 24, 25, 2]]
+    rows = chosen + rejected
+    tokens = np.zeros((4, 8), dtype=np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+    return {"tokens": mx.array(tokens), "lengths": mx.array([len(r) for r in rows]),
+            "prompt_lengths": mx.array([4, 3, 4, 3])}
+
+
+def test_batch_loss_ignores_padding_and_prompt():
+    """Changing pad tokens or prompt-only tokens' *targets* must not change ℓ."""
+    model, batch = tiny_model(), tiny_batch()
+    _, m1 = batch_loss(model, batch, beta=0.1)
+    padded = dict(batch, tokens=mx.where(batch["tokens"] == 0, 49, batch["tokens"]))
+    _, m2 = batch_loss(model, padded, beta=0.1)
+    for key in ("logps/chosen", "logps/rejected", "nll_loss", "loss"):
+        assert close(m1[key].item(), m2[key].item(), rel=1e-6)
+
+
+def test_gradient_step_raises_chosen_minus_rejected():
+    model, batch = tiny_model(seed=3), tiny_batch()
+    model.freeze()
+    model.unfreeze(keys=["weight"], recurse=True)
+    loss_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=1.0))
+    (_, before), grads = loss_and_grad(model, batch)
+    optimizer = __import__("mlx.optimizers", fromlist=["SGD"]).SGD(learning_rate=0.5)
+    optimizer.update(model, grads)
+    _, after = batch_loss(model, batch, beta=1.0)
+    margin = lambda m: m["logps/chosen"].item() - m["logps/rejected"].item()  # noqa: E731
+    assert margin(after) > margin(before)
+    assert after["loss"].item() < before["loss"].item()

@@ -1,0 +1,109 @@
+"""Chat-template rendering, the prompt/response boundary, truncation and batching."""
+
+import pytest
+
+from mlx_orpo.batching import collate, epoch_batches
+from mlx_orpo.data import PreferencePair
+from mlx_orpo.tokenize import (FALLBACK_CHAT_TEMPLATE, EncodedPair, encode_pair, encode_pairs,
+                               ensure_chat_template, fit_to_length, render_prompt)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))
+
+
+PAIR = PreferencePair(
+    prompt=({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Spain?"}),
+    chosen="Madrid.", rejected="I think it is Barcelona, but I am not sure.")
+
+
+def test_prompt_and_response_concatenate_to_the_full_template(tokenizer):
+    enc = encode_pair(tokenizer, PAIR)
+    full = tokenizer.apply_chat_template(list(PAIR.prompt) + [{"role": "assistant", "content": "Madrid."}],
+                                         tokenize=False)
+    assert tokenizer.decode(list(enc.prompt + enc.chosen)) == full.rstrip("\n")
+    assert tokenizer.decode(list(enc.prompt)) == render_prompt(tokenizer, PAIR.prompt)
+    # The response ends with the end-of-turn token, so the model learns to stop.
+    assert enc.chosen[-1] == tokenizer.eos_token_id and enc.rejected[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(list(enc.chosen)) == "Madrid.<|im_end|>"
+
+
+def test_boundary_tokens_do_not_merge(tokenizer):
+    """A response starting with characters that would merge with the prompt's last token
+    is tokenized on its own: the prompt ids are a prefix, whatever the answer."""
+    pair = PreferencePair(prompt=({"role": "user", "content": "Say x"},), chosen="\nxx", rejected="yy")
+    enc = encode_pair(tokenizer, pair)
+    assert enc.prompt == tuple(tokenizer.encode(render_prompt(tokenizer, pair.prompt), add_special_tokens=False))
+    assert len(enc.chosen) >= 2
+
+
+def test_fallback_template_for_tokenizers_without_one(tokenizer):
+    import copy
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    assert ensure_chat_template(bare) is False
+    assert bare.chat_template == FALLBACK_CHAT_TEMPLATE
+    text = render_prompt(bare, [{"role": "user", "content": "Hi"}])
+    assert text == "### User:\nHi\n\n### Assistant:\n"
+
+
+def test_fit_keeps_short_pairs_untouched():
+    pair = EncodedPair((1, 2, 3), (4, 5), (6,))
+    assert fit_to_length(pair, 10, 4, 1) == (pair, False)
+
+
+def test_fit_cuts_prompt_from_the_left_first():
+    """Prompt 8, longest response 4, max 10: the prompt keeps its last 6 tokens, responses intact."""
+    pair = EncodedPair(tuple(range(8)), (10, 11, 12, 13), (20, 21))
+    fitted, truncated = fit_to_length(pair, 10, max_prompt_length=4, min_response_length=2)
+    assert truncated and fitted.prompt == (2, 3, 4, 5, 6, 7) and fitted.chosen == (10, 11, 12, 13)
+
+
+def test_fit_then_cuts_responses_from_the_right():
+    """Prompt 8 (max prompt 4), responses 9 and 3, max 10: prompt -> last 4, responses -> first 6."""
+    pair = EncodedPair(tuple(range(8)), tuple(range(100, 109)), (200, 201, 202))
+    fitted, _ = fit_to_length(pair, 10, max_prompt_length=4, min_response_length=2)
+    assert fitted.prompt == (4, 5, 6, 7)
+    assert fitted.chosen == (100, 101, 102, 103, 104, 105) and fitted.rejected == (200, 201, 202)
+    assert fitted.length <= 10
+
+
+def test_fit_drops_rather_than_emptying_a_response():
+    """max 10, max prompt 9: one response token would be left, below the minimum 2 -> dropped."""
+    pair = EncodedPair(tuple(range(12)), (1, 2, 3), (4, 5))
+    assert fit_to_length(pair, 10, max_prompt_length=9, min_response_length=2) == (None, True)
+
+
+def test_encode_pairs_never_yields_an_empty_response(tokenizer, shared_data):
+    from mlx_orpo.data import load_pairs
+
+    pairs, _ = load_pairs(str(shared_data))
+    encoded, stats = encode_pairs(tokenizer, pairs, max_length=512, max_prompt_length=256, min_response_length=8)
+    assert stats.truncated > 0  # this file has long rows: the policy is exercised
+    assert stats.pairs + stats.dropped == len(pairs)
+    assert all(min(len(e.chosen), len(e.rejected)) >= 1 and e.length <= 512 for e in encoded)
+
+
+def test_epoch_batches_are_deterministic_length_grouped_and_complete():
+    pairs = [EncodedPair((1,) * n, (2,), (3,)) for n in [5, 50, 6, 51, 7, 52, 8]]
+    a = epoch_batches(pairs, 2, seed=1, epoch=0)
+    assert a == epoch_batches(pairs, 2, seed=1, epoch=0)
+    assert a != epoch_batches(pairs, 2, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(7))
+    spans = [max(pairs[i].length for i in b) - min(pairs[i].length for i in b) for b in a]
+    assert max(spans) < 40  # short and long pairs are not mixed
+
+
+def test_collate_layout_and_padding():
+    pairs = [EncodedPair((1, 2), (3,), (4, 5)), EncodedPair((6,), (7, 8, 9), (10,))]
+    batch = collate(pairs, pad_id=0, pad_multiple=8)
+    assert batch["tokens"].shape == (4, 8)
+    assert batch["tokens"].tolist()[0][:4] == [1, 2, 3, 0]
+    assert batch["tokens"].tolist()[2][:4] == [1, 2, 4, 5]
+    assert batch["lengths"].tolist() == [3, 4, 4, 2]
+    assert batch["prompt_lengths"].tolist() == [2, 1, 2, 1]
