@@ -5,7 +5,8 @@ Layout of a run directory:
     adapter_config.json         what mlx_lm.load(..., adapter_path=run_dir) reads
     adapters.safetensors        newest adapter weights
     metrics.jsonl               one JSON record per report / eval
-    checkpoints/step-000100/    adapters.safetensors, optimizer.safetensors, state.json
+    checkpoints/step-000100/    adapters.safetensors, optimizer.safetensors, state.json,
+                                adapter_config.json
 
 Every file is written to a temporary name and renamed into place, and a
 checkpoint directory is renamed into place whole, so a crash (even SIGKILL)
@@ -69,7 +70,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    state = dict(state, step=step, rng_key=mx.random.state[0].tolist())
+    state = dict(state, step=step)
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     if (run_dir / "adapter_config.json").is_file():  # so a checkpoint loads like a run directory
         shutil.copy(run_dir / "adapter_config.json", tmp / "adapter_config.json")
@@ -97,12 +98,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore adapters, optimizer state and the RNG; return the saved loop state."""
+    """Restore adapters and optimizer state; return the saved loop state.
+
+    (No RNG state is saved: the trainer reseeds from (seed, step) every step.)
+    """
     model.load_weights(list(mx.load(str(path / "adapters.safetensors")).items()), strict=False)
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
     state = json.loads((path / "state.json").read_text())
-    mx.random.state[0] = mx.array(state.pop("rng_key"), dtype=mx.uint32)
-    mx.eval(model.parameters(), optimizer.state, mx.random.state)
+    mx.eval(model.parameters(), optimizer.state)
     return state
 
 

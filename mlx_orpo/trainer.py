@@ -64,7 +64,8 @@ def build_schedule(cfg: TrainConfig, steps: int):
         main = lambda _: mx.array(peak, dtype=mx.float32)  # noqa: E731
     if warmup == 0:
         return main
-    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), main], [warmup])
+    # Warmup starts at peak / (warmup + 1), not 0, so the first step is not wasted.
+    return optim.join_schedules([optim.linear_schedule(peak / (warmup + 1), peak, warmup), main], [warmup])
 
 
 def enable_grad_checkpoint(model) -> None:
@@ -114,15 +115,22 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> 
 
 
 def _format(record: dict, total: int) -> str:
-    if "eval_loss" in record:
-        return (f"eval  step {record['step']}/{total} | loss {record['eval_loss']:.4f} | "
-                f"nll {record['eval_nll_loss']:.4f} | log odds {record['eval_log_odds_chosen']:+.3f} | "
-                f"acc {record['eval_rewards/accuracies']:.2f} | margin {record['eval_rewards/margins']:+.4f}")
-    return (f"train step {record['step']}/{total} | loss {record['loss']:.4f} | nll {record['nll_loss']:.4f} | "
-            f"log odds {record['log_odds_chosen']:+.3f} | acc {record['rewards/accuracies']:.2f} | "
-            f"lr {record['learning_rate']:.2e} | {record['tokens_per_sec']:.0f} tok/s | "
-            f"{record['peak_memory_gb']:.2f} GB" + (f" | skipped {record['skipped_steps']}"
-                                                    if record["skipped_steps"] else ""))
+    """One readable terminal line per metrics record."""
+    prefix = "eval_" if "eval_loss" in record else ""
+
+    def show(key, spec):
+        value = record.get(prefix + key)
+        return "n/a" if value is None else format(value, spec)
+
+    parts = [f"{'eval ' if prefix else 'train'} step {record['step']}/{total}", f"loss {show('loss', '.4f')}",
+             f"nll {show('nll_loss', '.4f')}", f"log odds {show('log_odds_chosen', '+.3f')}",
+             f"acc {show('rewards/accuracies', '.2f')}", f"margin {show('rewards/margins', '+.4f')}"]
+    if not prefix:
+        parts += [f"lr {record['learning_rate']:.2e}", f"{record['tokens_per_sec']:.0f} tok/s",
+                  f"{record['peak_memory_gb']:.2f} GB"]
+        if record["skipped_steps"]:
+            parts.append(f"skipped {record['skipped_steps']}")
+    return " | ".join(parts)
 
 
 class _StopFlag:
@@ -161,6 +169,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     run_dir = Path(run_dir)
     steps = total_steps(cfg, len(train_pairs))
     optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     state = LoopState()
     if resume:
@@ -202,6 +211,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     with _StopFlag() as stop:
         while state.step < steps and not stop.stop:
             grads_sum, metrics_sum, tokens = None, None, 0
+            # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
+            mx.random.seed(cfg.seed * 1_000_003 + state.step)
             for _ in range(cfg.grad_accum):
                 epoch, index, indices = next(batches)
                 chunk = [train_pairs[i] for i in indices]
@@ -234,7 +245,9 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             if state.step % cfg.report_every == 0 or done:
                 elapsed = time.perf_counter() - window_start
                 entry = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
-                entry.update({k: v / max(state.window_steps, 1) for k, v in state.window.items()})
+                # A window whose every step was skipped has no metrics: null, not NaN (valid JSON).
+                entry.update({k: (state.window[k] / state.window_steps if state.window_steps else None)
+                              for k in METRIC_KEYS})
                 entry.update({
                     "learning_rate": optimizer.learning_rate.item(),
                     "tokens_per_sec": state.window_tokens / max(elapsed, 1e-9),

@@ -1,0 +1,181 @@
+"""Export a trained run: fused Hugging Face or MLX weights, a GGUF for llama.cpp / Ollama, or a PEFT adapter.
+
+    python -m mlx_orpo.export --adapters runs/orpo-X --format hf --out exports/hf
+    python -m mlx_orpo.export --adapters runs/orpo-X --format gguf --gguf-type q8_0 --out exports/model.gguf
+    python -m mlx_orpo.export --adapters runs/orpo-X --format peft --out exports/peft
+    python -m mlx_orpo.export --adapters runs/orpo-X --format mlx --bits 4 --out exports/mlx-4bit
+    python -m mlx_orpo.export --format import-peft --adapters path/to/peft_adapter --out runs/imported
+
+The same as a Python API:
+
+    result = export(adapters="runs/orpo-X", format="gguf", out="exports/model.gguf", progress=print)
+    print(result.summary())
+
+Every output is written under a temporary name in the destination's folder
+and renamed into place when complete; an existing output is only replaced with
+force=True; free disk space is checked first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+FORMATS = ("hf", "mlx", "gguf", "peft", "import-peft")
+DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32",
+          "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+_SLACK = 64 << 20  # tokenizer files, metadata, filesystem overhead
+
+
+@dataclass
+class ExportResult:
+    format: str
+    out: Path
+    files: list[tuple[Path, int]]  # (path, bytes)
+    dtype: str  # float dtype or quantisation type of the weights
+    usage: str  # one command that uses the output
+    base: str = ""
+    fused_modules: int = 0
+    logit_error: dict | None = None  # measured against the unquantised fused model (mlx --bits)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.format} export to {self.out} ({self.dtype})"]
+        if self.base:
+            lines.append(f"  base: {self.base}; fused adapter modules: {self.fused_modules}")
+        lines += [f"  {_human(size):>10}  {path}" for path, size in self.files]
+        if self.logit_error:
+            e = self.logit_error
+            lines.append(f"  logit error vs the unquantised fused model: max abs {e['max_abs']:.4g}, "
+                         f"max rel {e['max_rel']:.3g}, top-1 agreement {e['top1_agreement']:.1%}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"use it:\n  {self.usage}")
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+# ---- output safety -----------------------------------------------------------------------------------------
+
+def check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(f"not enough disk space in {directory}: the export needs about {_human(needed)}, "
+                      f"{_human(free)} is free")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move a finished temporary file/dir into place (removing an old output only now)."""
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    tmp.rename(out)
+
+
+def _files(out: Path) -> list[tuple[Path, int]]:
+    paths = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
+    return [(p, p.stat().st_size) for p in paths]
+
+
+def write_dir_atomically(out: Path, force: bool, needed: int, write: Callable[[Path], None]) -> None:
+    check_destination(out, force)
+    check_free_space(out.parent, needed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---- fused model directories (hf, mlx) ---------------------------------------------------------------------
+
+def write_model_dir(fused, directory: Path, *, config: dict, weights_format: str) -> None:
+    """safetensors shards (+ index), config.json, tokenizer files with the chat template."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import make_shards
+
+    weights = dict(tree_flatten(fused.model.parameters()))
+    shards = make_shards(weights, max_file_size_gb=5)
+    name = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        shard_name = name.format(i, len(shards))
+        mx.save_safetensors(str(directory / shard_name), shard, metadata={"format": weights_format})
+        weight_map.update({k: shard_name for k in shard})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (directory / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
+    fused.tokenizer.save_pretrained(str(directory))
+    if (fused.base_path / "generation_config.json").is_file():
+        shutil.copy(fused.base_path / "generation_config.json", directory / "generation_config.json")
+
+
+def _param_count(model) -> int:
+    from mlx.utils import tree_flatten
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def _hf_config(fused, dtype: str) -> dict:
+    config = dict(fused.config)
+    config["torch_dtype"] = dtype  # transformers 4 reads torch_dtype, 5 reads dtype
+    config["dtype"] = dtype
+    return config
+
+
+def export_hf(fused, out: Path, *, force: bool = False) -> ExportResult:
+    needed = _param_count(fused.model) * _BYTES[fused.dtype] + _SLACK
+    write_dir_atomically(out, force, needed, lambda d: write_model_dir(
+        fused, d, config=_hf_config(fused, fused.dtype), weights_format="pt"))
+    usage = ("python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
+             f"m = AutoModelForCausalLM.from_pretrained('{out}'); t = AutoTokenizer.from_pretrained('{out}')\"")
+    return ExportResult("hf", out, _files(out), fused.dtype, usage)
+
+
+def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 64,
+               force: bool = False) -> ExportResult:
+    """An mlx-lm model directory; with `bits`, re-quantised after fusing and the logit error measured."""
+    from mlx_lm.utils import quantize_model
+
+    from .fuse import logit_error, logits, reference_tokens
+
+    config = _hf_config(fused, fused.dtype)
+    dtype, error = fused.dtype, None
+    n_params = _param_count(fused.model)
+    if bits:
+        tokens = reference_tokens(fused.tokenizer)
+        reference = logits(fused.model, tokens)
+        fused.model, config = quantize_model(fused.model, config, group_size=group_size, bits=bits)
+        error = logit_error(reference, logits(fused.model, tokens))
+        dtype = f"{bits}-bit affine, group size {group_size} ({fused.dtype} scales)"
+        needed = n_params * (bits / 8 + 4 / group_size) + _SLACK
+    else:
+        needed = n_params * _BYTES[fused.dtype] + _SLACK
+    write_dir_atomically(out, force, int(needed), lambda d: write_model_dir(fused, d, config=config,
+                                                                              weights_format="mlx"))
+    usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
+    return ExportResult("mlx", out, _files(out), dtype, usage, logit_error=error)

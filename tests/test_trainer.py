@@ -1,0 +1,129 @@
+"""The training loop on a tiny random llama: skipping non-finite steps, resume, config precedence."""
+
+import json
+from functools import partial
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+import mlx_orpo.trainer as trainer_mod
+from mlx_orpo.checkpoint import list_checkpoints, read_metrics
+from mlx_orpo.config import TrainConfig
+from mlx_orpo.loss import batch_loss
+from mlx_orpo.models import attach_adapters
+from mlx_orpo.tokenize import EncodedPair
+from mlx_orpo.train import build_parser, resolve_config
+from test_loss import tiny_model
+
+POISON = 49  # a token id that makes the fake loss below NaN
+
+
+def pairs(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prompt = tuple(int(t) for t in rng.integers(3, 40, rng.integers(3, 8)))
+        out.append(EncodedPair((1,) + prompt, tuple(int(t) for t in rng.integers(3, 40, 4)) + (2,),
+                               tuple(int(t) for t in rng.integers(3, 40, 5)) + (2,)))
+    return out
+
+
+def make(cfg):
+    model = tiny_model(seed=cfg.seed)
+    mx.random.seed(cfg.seed)
+    attach_adapters(model, cfg)
+    return model
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(iters=6, batch_size=2, report_every=1, eval_every=3, save_every=2, pad_multiple=8,
+                learning_rate=1e-2, warmup_steps=2, lora_rank=4, output_dir=str(tmp_path), eval_max_pairs=4)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def run(tmp_path, cfg, data, resume=False):
+    model = make(cfg)
+    trainer_mod.train(model, data, data[:4], cfg, tmp_path, pad_id=0, resume=resume, log=lambda s: None,
+                      progress=False)
+    return model
+
+
+def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypatch):
+    def poisoned(model, batch, beta, prompt_in_nll=False):
+        loss, metrics = batch_loss(model, batch, beta, prompt_in_nll)
+        nan_if_poisoned = mx.where((batch["tokens"] == POISON).any(), mx.array(float("nan")), mx.array(1.0))
+        return loss * nan_if_poisoned, dict(metrics, loss=metrics["loss"] * nan_if_poisoned)
+
+    monkeypatch.setattr(trainer_mod, "batch_loss", poisoned)
+    data = pairs(8)
+    data[3] = EncodedPair((1, POISON, 5), (6, 2), (7, 2))
+    cfg = cfg_for(tmp_path, iters=8, eval_every=0)
+    model = run(tmp_path, cfg, data)
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert records[-1]["skipped_steps"] >= 1
+    # A report window whose steps were all skipped logs null; none logs NaN.
+    assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
+    assert sum(r["loss"] is not None for r in records) >= 4
+    assert all(np.isfinite(np.array(v)).all() for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
+    data = pairs(12)
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    run(full_dir, cfg_for(full_dir, lora_dropout=0.2), data)
+    # Stop after step 4 (as if killed after the checkpoint at step 4), then resume to step 6.
+    run(cut_dir, cfg_for(cut_dir, lora_dropout=0.2), data)
+    for extra in list_checkpoints(cut_dir)[-1:]:
+        import shutil
+        shutil.rmtree(extra)  # the newest (step 6) never happened
+    run(cut_dir, cfg_for(cut_dir, lora_dropout=0.2), data, resume=True)
+    full = read_metrics(full_dir / "metrics.jsonl")
+    cut = read_metrics(cut_dir / "metrics.jsonl")
+    assert [r["step"] for r in full] == [r["step"] for r in cut]
+    for a, b in zip(full, cut):
+        for key in a:
+            if key not in ("tokens_per_sec", "peak_memory_gb"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    wa = mx.load(str(full_dir / "adapters.safetensors"))
+    wb = mx.load(str(cut_dir / "adapters.safetensors"))
+    assert all(np.allclose(np.array(wa[k]), np.array(wb[k]), atol=1e-6) for k in wa)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch_on_equal_lengths(tmp_path):
+    """Two micro-batches of 1 pair == one batch of 2 pairs when every sequence has the
+    same length (the NLL is a token mean, so equal lengths make the means agree)."""
+    data = [EncodedPair((1, 5, 6), (7, 8, 2), (9, 10, 2)), EncodedPair((1, 11, 12), (13, 14, 2), (15, 16, 2))] * 2
+    a = run(tmp_path / "a", cfg_for(tmp_path / "a", iters=2, batch_size=2, eval_every=0, seed=1), data)
+    b = run(tmp_path / "b", cfg_for(tmp_path / "b", iters=2, batch_size=1, grad_accum=2, eval_every=0, seed=1), data)
+    la = read_metrics(tmp_path / "a" / "metrics.jsonl")[0]["loss"]
+    lb = read_metrics(tmp_path / "b" / "metrics.jsonl")[0]["loss"]
+    assert la == pytest.approx(lb, rel=1e-5)
+    del a, b
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    run(tmp_path, cfg_for(tmp_path, iters=6, save_every=2, keep_checkpoints=2), pairs(8))
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-000004", "step-000006"]
+    state = json.loads((tmp_path / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert state["step"] == 6 and state["epoch"] == 1 and (tmp_path / "adapters.safetensors").is_file()
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_config_precedence_cli_over_yaml_over_defaults(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("learning_rate: 0.003\nbatch_size: 4\nlora-rank: 16\n")
+    args = build_parser().parse_args(["--config", str(yaml_file), "--batch-size", "8", "--lambda", "0.25"])
+    cfg = resolve_config(args)
+    assert (cfg.learning_rate, cfg.batch_size, cfg.lora_rank, cfg.beta) == (0.003, 8, 16, 0.25)
+    assert cfg.max_length == TrainConfig().max_length
+
+
+def test_unknown_yaml_key_is_a_clear_error(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("learning_rat: 0.003\n")
+    with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
+        resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
