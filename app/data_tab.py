@@ -1,0 +1,201 @@
+"""Data tab: bring a preference file (upload or Hub name), validate it, preview it
+with the model's chat template, and see token lengths against the max length."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from mlx_orpo.config import FIELDS, TrainConfig
+from mlx_orpo.data import DataError, load_pairs
+from mlx_orpo.tokenize import encode_pairs, fit_to_length, render_prompt
+
+from .paths import PathError, relative, store_upload
+from .session import Context, Session
+
+DEFAULTS = TrainConfig()
+FIELD_HELP = FIELDS["max_length"].metadata["help"]
+STATS_PAIRS = 2000          # token statistics on at most this many pairs
+PREVIEW_PAIRS = 3
+_HUB = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
+EMPTY_PREVIEW = pd.DataFrame(columns=["prompt (chat template)", "chosen", "rejected"])
+EMPTY_HIST = pd.DataFrame({"tokens": pd.Series(dtype=int), "pairs": pd.Series(dtype=int),
+                           "fits": pd.Series(dtype=str)})
+
+
+def _load(ctx: Context, session: Session, source: str, label: str) -> str:
+    """Validate `source` into the session; return the report as Markdown."""
+    pairs, report = load_pairs(source, skip_bad_rows=True)
+    session.data, session.data_label = source, label
+    session.pairs, session.skipped, session.encoded, session.encoded_model = pairs, report.skipped, [], None
+    skipped = len(report.skipped)
+    return (f"**{label}** — format `{report.format}`: {report.rows} rows read, **{report.pairs} pairs** kept"
+            + (f", **{skipped} bad rows skipped** (listed below)." if skipped else ", no bad rows.")
+            + "\n\nThe Train tab will use this data.")
+
+
+def bad_rows(ctx: Context, session: Session) -> pd.DataFrame:
+    if not session.skipped:
+        return EMPTY_BAD
+    rows = []
+    for message in session.skipped:
+        message = message.replace(str(ctx.runs_dir.resolve()) + "/", "").replace(str(ctx.runs_dir) + "/", "")
+        where, _, problem = message.partition(": ")
+        rows.append((where, problem))
+    return pd.DataFrame(rows, columns=["row", "problem"])
+
+
+def preview(ctx: Context, session: Session, model: str) -> pd.DataFrame:
+    if not session.pairs:
+        return EMPTY_PREVIEW
+    tok = ctx.models.tokenizer(model)
+    return pd.DataFrame([(render_prompt(tok, p.prompt), p.chosen, p.rejected)
+                         for p in session.pairs[:PREVIEW_PAIRS]], columns=list(EMPTY_PREVIEW.columns))
+
+
+def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> tuple[pd.DataFrame, str]:
+    """Histogram of untruncated pair lengths, and what truncation does at max_length."""
+    if not session.pairs:
+        return EMPTY_HIST, ""
+    max_length = int(max_length)
+    if session.encoded_model != model:
+        huge = 10 ** 9
+        session.encoded, _ = encode_pairs(ctx.models.tokenizer(model), session.pairs[:STATS_PAIRS],
+                                          max_length=huge, max_prompt_length=huge - 1, min_response_length=1)
+        session.encoded_model = model
+    from .train_tab import prompt_budget
+
+    prompt_keep = prompt_budget(max_length)
+    truncated = dropped = 0
+    for pair in session.encoded:
+        fitted, cut = fit_to_length(pair, max_length, prompt_keep, DEFAULTS.min_response_length)
+        dropped += fitted is None
+        truncated += cut and fitted is not None
+    lengths = pd.Series([p.length for p in session.encoded])
+    width = _nice_width(int(lengths.max()) / 20)
+    counts = ((lengths // width) * width).value_counts().sort_index()
+    hist = pd.DataFrame({"tokens": counts.index.astype(int), "pairs": counts.values.astype(int),
+                         "fits": ["≤ max length" if b + width - 1 <= max_length else "over max length"
+                                  for b in counts.index]})
+    n = len(session.encoded)
+    sampled = f" (first {n} of {len(session.pairs)})" if len(session.pairs) > n else ""
+    text = (f"**At max length {max_length}:** {truncated} of {n} pairs{sampled} will be truncated, "
+            f"**{dropped} dropped** (cannot keep {DEFAULTS.min_response_length} response tokens). "
+            f"Pair length (prompt + longer answer): median {int(lengths.median())}, max {int(lengths.max())} tokens.")
+    return hist, text
+
+
+def _nice_width(raw: float) -> int:
+    """Bin width 1, 2, 5, 10, 20, 50, ... at least `raw`."""
+    width = 1
+    while width < raw:
+        for step in (2, 2.5, 2):
+            width = int(width * step)
+            if width >= raw:
+                break
+    return width
+
+
+def _analyse(ctx, session, model, max_length, load):
+    """Run `load` (which fills the session) and every view; errors become a readable report."""
+    try:
+        report = load()
+    except (DataError, PathError, OSError, ValueError) as exc:
+        message = str(exc).replace(str(ctx.runs_dir.resolve()) + "/", "")
+        session.data, session.data_label, session.pairs, session.skipped = None, "the shipped demo set", [], []
+        return session, f"⚠️ **Not usable:** {message}\n\nTraining would use the shipped demo set.", EMPTY_BAD, EMPTY_PREVIEW, EMPTY_HIST, ""
+    try:
+        hist, stats = token_stats(ctx, session, model, max_length)
+        table = preview(ctx, session, model)
+    except Exception as exc:  # e.g. a model whose tokenizer cannot be found
+        return session, report + f"\n\n⚠️ Preview unavailable for model {model!r}: {exc}", \
+            bad_rows(ctx, session), EMPTY_PREVIEW, EMPTY_HIST, ""
+    return session, report, bad_rows(ctx, session), table, hist, stats
+
+
+def upload(ctx: Context, session: Session, file, model: str, max_length: int):
+    def load():
+        if not file:
+            raise ValueError("no file uploaded")
+        path = file if isinstance(file, str) else file.name
+        stored = store_upload(ctx.runs_dir, path, Path(path).name, ctx.max_upload_bytes)
+        return _load(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
+    return _analyse(ctx, session, model, max_length, load)
+
+
+def hub(ctx: Context, session: Session, name: str, model: str, max_length: int):
+    def load():
+        name_ = (name or "").strip()
+        if not _HUB.match(name_) or ".." in name_ or Path(name_.partition(":")[0]).exists():
+            raise PathError(f"{name_!r} is not a Hub dataset name (owner/name[:split]); "
+                            "upload local files instead")
+        return _load(ctx, session, name_, f"Hub dataset {name_}")
+    return _analyse(ctx, session, model, max_length, load)
+
+
+def demo(ctx: Context, session: Session, model: str, max_length: int):
+    from mlx_orpo.demo_data import DEMO_DATA_PATH
+
+    def load():
+        report = _load(ctx, session, str(DEMO_DATA_PATH), "the shipped demo set")
+        session.data = None  # the trainer's own default
+        return report
+    return _analyse(ctx, session, model, max_length, load)
+
+
+def restats(ctx: Context, session: Session, model: str, max_length: int):
+    try:
+        return token_stats(ctx, session, model, max_length)
+    except Exception as exc:
+        return EMPTY_HIST, f"⚠️ Token statistics unavailable: {exc}"
+
+
+def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
+    gr.Markdown("Upload preference pairs (`.jsonl`, `.json`, `.csv`, `.parquet`: prompt/chosen/rejected, "
+                "TRL conversational, UltraFeedback, ShareGPT or HH layouts), or name a Hub dataset. "
+                f"Uploads up to {ctx.max_upload_bytes / 1e6:.0f} MB are stored under the runs directory.")
+    with gr.Row():
+        file = gr.File(label="Preference file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                       elem_id="data-file", scale=2)
+        with gr.Column(scale=2):
+            hub_name = gr.Textbox(label="…or a Hub dataset", placeholder="owner/name or owner/name:split")
+            with gr.Row():
+                hub_btn = gr.Button("Load from Hub")
+                demo_btn = gr.Button("Use demo set")
+    report = gr.Markdown("No data chosen yet: training will use the shipped demo set.", elem_id="data-report")
+    bad = gr.Dataframe(EMPTY_BAD, label="Bad rows (skipped)", wrap=True, max_height=240, interactive=False)
+    table = gr.Dataframe(EMPTY_PREVIEW, label=f"Preview: the first {PREVIEW_PAIRS} pairs, prompt rendered with "
+                         "the model's chat template", wrap=True, interactive=False, elem_id="data-preview")
+    with gr.Row():
+        hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="pairs", color="fits", title="Token lengths of pairs",
+                          x_title="tokens (prompt + longer answer), bin start", y_title="pairs", height=260, sort=None,
+                          color_map={"≤ max length": "#3b82f6", "over max length": "#ef4444"})
+        with gr.Column():
+            max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0, minimum=16,
+                                   info=FIELD_HELP, elem_id="data-max-length")
+            stats = gr.Markdown()
+    views = [state, report, bad, table, hist, stats]
+    loaded = [
+        file.upload(lambda s, f, m, n: upload(ctx, s, f, m, n), [state, file, model, max_length], views,
+                    api_name="upload_data"),
+        hub_btn.click(lambda s, h, m, n: hub(ctx, s, h, m, n), [state, hub_name, model, max_length], views,
+                      api_name="hub_data"),
+        demo_btn.click(lambda s, m, n: demo(ctx, s, m, n), [state, model, max_length], views, api_name="demo_data"),
+    ]
+    max_length.change(lambda s, m, n: restats(ctx, s, m, n), [state, model, max_length], [hist, stats],
+                      api_name="token_stats", show_progress="hidden")
+    model.change(lambda s, m, n: (*restats(ctx, s, m, n), _safe_preview(ctx, s, m)), [state, model, max_length],
+                 [hist, stats, table], show_progress="hidden",
+                 api_visibility="private")
+    return {"report": report, "max_length": max_length, "loaded": loaded}
+
+
+def _safe_preview(ctx, session, model):
+    try:
+        return preview(ctx, session, model)
+    except Exception:
+        return EMPTY_PREVIEW

@@ -1,0 +1,69 @@
+"""Runs tab: past runs in the runs directory, their config and curves; overlay two runs."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import runfiles
+from .paths import PathError
+from .plots import make_plots, plot_values
+from .session import Context
+
+NONE = "(none)"
+
+
+def choices(ctx: Context):
+    runs = runfiles.list_runs(ctx.runs_dir)
+    return gr.Dropdown(choices=runs), gr.Dropdown(choices=[NONE, *runs])
+
+
+def summary(ctx: Context, name: str) -> tuple[dict, str]:
+    run = runfiles.run_dir(ctx.runs_dir, name)
+    cfg = runfiles.read_config(run)
+    recs = runfiles.records(run)
+    p = runfiles.progress(run, recs)
+    ckpts = runfiles.checkpoints(run)
+    last = next((r for r in reversed(recs) if "loss" in r), None)
+    last_eval = next((r for r in reversed(recs) if "eval_loss" in r), None)
+    lines = [f"**{run.name}** — model `{cfg.get('model', '?')}`, data `{cfg.get('data') or 'demo set'}`",
+             f"step {p.step}/{p.total or '?'}; checkpoints: {', '.join(ckpts) if ckpts else 'none'}"]
+    if last:
+        lines.append(f"last train loss {last['loss']:.4f}, log odds ratio {last['log_odds_chosen']:+.3f}, "
+                     f"accuracy {last['rewards/accuracies']:.2f}")
+    if last_eval:
+        lines.append(f"last eval loss {last_eval['eval_loss']:.4f}, "
+                     f"accuracy {last_eval['eval_rewards/accuracies']:.2f}")
+    return cfg, "  \n".join(lines)
+
+
+def show(ctx: Context, name: str, other: str):
+    """(config, summary, *plots) for run `name`, overlaid with `other` unless it is (none)."""
+    if not name:
+        return {}, "Choose a run.", *plot_values([])
+    try:
+        cfg, text = summary(ctx, name)
+        runs = [(name, runfiles.records(runfiles.run_dir(ctx.runs_dir, name)))]
+        if other and other not in (NONE, name):
+            runs.append((other, runfiles.records(runfiles.run_dir(ctx.runs_dir, other))))
+            text += f"  \nOverlaid with **{other}** (series named by run)."
+    except PathError as exc:
+        raise gr.Error(str(exc)) from None
+    return cfg, text, *plot_values(runs)
+
+
+def build(ctx: Context) -> dict:
+    runs = runfiles.list_runs(ctx.runs_dir)
+    with gr.Row():
+        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True, elem_id="runs-run")
+        other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True)
+        refresh = gr.Button("Refresh list", scale=1)
+    text = gr.Markdown()
+    plots = make_plots("runs")
+    with gr.Accordion("Resolved config (config.json)", open=False):
+        config = gr.JSON()
+    outputs = [config, text, *plots]
+    refresh.click(lambda: choices(ctx), None, [run, other], api_name="list_runs")
+    run.change(lambda a, b: show(ctx, a, b), [run, other], outputs, show_progress="hidden", api_name="show_run")
+    other.change(lambda a, b: show(ctx, a, b), [run, other], outputs, show_progress="hidden",
+                 api_visibility="private")
+    return {"run": run, "other": other, "outputs": outputs, "show": lambda a, b: show(ctx, a, b)}

@@ -1,0 +1,213 @@
+"""Train tab: hyperparameters from TrainConfig, a memory estimate, Start / Stop / Resume,
+and live curves, progress and log tail read from the run directory every ~1.5 s."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from mlx_orpo.config import FIELDS, TrainConfig
+
+from . import runfiles
+from .estimate import estimate_markdown
+from .jobs import launch
+from .paths import PathError, child, new_run_dir
+from .plots import make_plots, plot_values
+from .session import Context, Session
+
+REFRESH_S = 1.5
+BITS = [("none (full precision)", "none"), ("4-bit (QLoRA)", "4"), ("8-bit (QLoRA)", "8")]
+# (field, label): the widgets shown, in order; defaults and help text come from TrainConfig.
+NUMBERS = [
+    ("beta", "λ (beta): odds-ratio weight"), ("learning_rate", "Learning rate"),
+    ("epochs", "Epochs"), ("iters", "Iterations (0: use epochs)"),
+    ("batch_size", "Batch size (pairs)"), ("grad_accum", "Gradient accumulation"),
+    ("max_length", "Max length (tokens)"), ("lora_rank", "LoRA rank r"), ("lora_alpha", "LoRA alpha"),
+    ("warmup_steps", "Warmup steps"), ("report_every", "Report every (steps)"),
+    ("eval_every", "Evaluate every (steps)"), ("save_every", "Checkpoint every (steps)"), ("seed", "Seed"),
+]
+INTEGER = {"iters", "batch_size", "grad_accum", "max_length", "lora_rank", "warmup_steps", "report_every",
+           "eval_every", "save_every", "seed"}
+FORM = [name for name, _ in NUMBERS] + ["bits", "grad_checkpoint"]
+
+
+def help_text(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
+def config_from_form(model: str, values: list) -> TrainConfig:
+    """TrainConfig from the widgets' values (in FORM order); TrainConfig.validate() has the last word."""
+    form = dict(zip(FORM, values))
+    kwargs = {"model": (model or "").strip() or FIELDS["model"].default}
+    for name in FORM:
+        value = form[name]
+        if name == "bits":
+            kwargs["bits"] = None if value in (None, "", "none") else int(value)
+        elif name == "grad_checkpoint":
+            kwargs[name] = bool(value)
+        elif value is None or value == "":
+            if name != "iters":
+                raise ValueError(f"{name.replace('_', ' ')}: a value is needed")
+            kwargs[name] = None
+        else:
+            kwargs[name] = int(value) if name in INTEGER else float(value)
+    if kwargs.get("iters") == 0:
+        kwargs["iters"] = None
+    return TrainConfig(**kwargs, **prompt_budget_fix(kwargs["max_length"])).validate()
+
+
+def prompt_budget_fix(max_length: int) -> dict:
+    """A fixed default prompt budget (older TrainConfig: 512) must stay below a small max length."""
+    default = FIELDS["max_prompt_length"].default
+    return {"max_prompt_length": max_length // 2} if default is not None and default >= max_length else {}
+
+
+def prompt_budget(max_length: int) -> int:
+    """Prompt tokens kept when a pair is truncated at max_length (the trainer's rule)."""
+    cfg = TrainConfig(max_length=max_length, **prompt_budget_fix(max_length))
+    budget = getattr(cfg, "prompt_budget", None)
+    return budget if budget is not None else cfg.max_prompt_length
+
+
+def memory(model: str, *values) -> str:
+    try:
+        return estimate_markdown(config_from_form(model, list(values)))
+    except ValueError as exc:
+        return f"**Memory estimate:** unavailable ({exc})"
+
+
+def resumable(ctx: Context) -> list[str]:
+    return [name for name in runfiles.list_runs(ctx.runs_dir)
+            if runfiles.checkpoints(ctx.runs_dir / name)]
+
+
+def _busy(session: Session) -> str | None:
+    if session.job is not None and session.job.running:
+        return f"A run is already going ({session.job.run_dir.name}); stop it first."
+    return None
+
+
+def start(ctx: Context, session: Session, run_name: str, model: str, *values):
+    """Start a fresh run; returns (session, status, timer, resume choices)."""
+    if (busy := _busy(session)) is not None:
+        return session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip()
+    try:
+        cfg = config_from_form(model, list(values))
+        run = new_run_dir(ctx.runs_dir, run_name)
+    except (ValueError, OSError) as exc:
+        return session, f"⚠️ **Cannot start:** {exc}", gr.skip(), gr.skip()
+    session.job = launch(run, session.data, cfg)
+    session.rate, session.last_seen = runfiles.Rate(), ()
+    return (session, f"Started **{run.name}** on {session.data_label} (model `{cfg.model}`). "
+            "Loading the model…", gr.Timer(active=True), gr.skip())
+
+
+def stop(session: Session):
+    if session.job is None or not session.job.running:
+        return session, "No run of this session is going."
+    session.job.stop()
+    return session, f"Stopping **{session.job.run_dir.name}**: writing a checkpoint, then it can be resumed."
+
+
+def resume(ctx: Context, session: Session, name: str):
+    if (busy := _busy(session)) is not None:
+        return session, f"⚠️ {busy}", gr.skip()
+    try:
+        run = child(ctx.runs_dir, name or "")
+    except PathError as exc:
+        return session, f"⚠️ **Cannot resume:** {exc}", gr.skip()
+    if not runfiles.checkpoints(run):
+        return session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip()
+    session.job = launch(run, None, TrainConfig(), resume=True)
+    session.rate, session.last_seen = runfiles.Rate(), ()
+    return session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True)
+
+
+def _status(session: Session) -> str:
+    job = session.job
+    if job.running:
+        return "stopping" if job.stop_requested else "training"
+    if job.returncode == 0:
+        return "stopped (resumable)" if job.stop_requested else "finished"
+    return f"failed (exit {job.returncode})"
+
+
+def refresh(session: Session):
+    """Timer tick: (session, progress, log, status, timer, *plots); skips what has not changed."""
+    n_plots = len(runfiles.CURVES)
+    if session.job is None:
+        return (session, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), *[gr.skip()] * n_plots)
+    run, running = session.job.run_dir, session.job.running
+    sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0 for f in ("metrics.jsonl", "train.log"))
+    seen = (*sizes, running)
+    if seen == session.last_seen:
+        return (session, *[gr.skip()] * 4, *[gr.skip()] * n_plots)
+    session.last_seen = seen
+    recs = runfiles.records(run)
+    p = runfiles.progress(run, recs)
+    if p.step:
+        session.rate.observe(p.step)
+    status = _status(session)
+    log = runfiles.log_tail(run)
+    message = f"**{run.name}**: {status}."
+    if status.startswith("failed"):
+        last = [line for line in log.splitlines() if line.strip()]
+        message = f"⚠️ **{run.name} failed** (exit {session.job.returncode}): {last[-1] if last else 'no output'}"
+    elif status == "stopped (resumable)":
+        message += f" Resume it from its newest checkpoint with Resume."
+    elif status == "finished":
+        message += " Compare it with the base model on the Chat tab, or export it."
+    eta = session.rate.eta(p, session.job.started) if running else 0.0 if status == "finished" else None
+    timer = gr.Timer(active=running)
+    return (session, runfiles.progress_html(p, status, eta), log, message, timer,
+            *plot_values([(run.name, recs)]))
+
+
+def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
+    defaults = TrainConfig()
+    data_info = gr.Markdown("Data: the shipped demo set (choose other data on the Data tab).")
+    widgets = []
+    with gr.Accordion("Hyperparameters (defaults from TrainConfig)", open=True):
+        for i in range(0, len(NUMBERS), 5):
+            with gr.Row():
+                for name, label in NUMBERS[i:i + 5]:
+                    value = getattr(defaults, name)
+                    widgets.append(gr.Number(value, label=label, info=help_text(name), minimum=0,
+                                             precision=0 if name in INTEGER else None,
+                                             step=1 if name in INTEGER else None, elem_id=f"train-{name}"))
+        with gr.Row():
+            widgets.append(gr.Dropdown(BITS, value="none", label="Quantise base (bits)", info=help_text("bits")))
+            widgets.append(gr.Checkbox(defaults.grad_checkpoint, label="Gradient checkpointing",
+                                       info=help_text("grad_checkpoint")))
+            run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
+                                  elem_id="train-run-name")
+    estimate = gr.Markdown(memory(defaults.model, *[getattr(defaults, n) if n != "bits" else "none"
+                                                    for n in FORM]), elem_id="train-estimate")
+    with gr.Row():
+        start_btn = gr.Button("Start", variant="primary", elem_id="train-start")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        resume_run = gr.Dropdown(resumable(ctx), value=None, label="Run to resume", allow_custom_value=True,
+                                 scale=2)
+        resume_btn = gr.Button("Resume", elem_id="train-resume")
+    status = gr.Markdown(elem_id="train-status")
+    progress = gr.HTML(runfiles.progress_html(runfiles.Progress(), "idle", None), elem_id="train-progress")
+    plots = make_plots("train")
+    log = gr.Textbox(label="Log (tail of train.log)", lines=8, max_lines=8, autoscroll=True, interactive=False,
+                     elem_id="train-log")
+    timer = gr.Timer(REFRESH_S, active=False)
+
+    for w in [model, *widgets]:
+        w.change(memory, [model, *widgets], estimate, show_progress="hidden", queue=False,
+                 api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
+                    [state, status, timer, resume_run], api_name="start_training")
+    stop_btn.click(stop, state, [state, status], api_name="stop_training")
+    resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, timer],
+                     api_name="resume_training")
+    timer.tick(refresh, state, [state, progress, log, status, timer, *plots], api_name="refresh_training",
+               show_progress="hidden")
+    resume_run.focus(lambda: gr.Dropdown(choices=resumable(ctx)), None, resume_run, queue=False,
+                     api_visibility="private")
+    return {"data_info": data_info, "max_length": widgets[[n for n, _ in NUMBERS].index("max_length")],
+            "status": status}
