@@ -179,3 +179,120 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 6
                                                                               weights_format="mlx"))
     usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
     return ExportResult("mlx", out, _files(out), dtype, usage, logit_error=error)
+
+
+# ---- the API -----------------------------------------------------------------------------------------------
+
+def _push(result: ExportResult, repo: str, log: Callable[[str], None]) -> None:
+    """Upload the export to the Hugging Face Hub (needs a token; not exercised offline)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id=repo, exist_ok=True)
+    if result.out.is_dir():
+        api.upload_folder(folder_path=str(result.out), repo_id=repo)
+    else:
+        for path, _ in result.files:
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo)
+    log(f"uploaded to https://huggingface.co/{repo}")
+    result.notes.append(f"pushed to https://huggingface.co/{repo}")
+
+
+def export(model: str | None = None, adapters: str | Path | None = None, format: str = "hf",
+           out: str | Path | None = None, *, dtype: str = "float16", gguf_type: str = "f16",
+           bits: int | None = None, group_size: int = 64, force: bool = False, push_to_hub: str | None = None,
+           progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export `adapters` (a run directory or checkpoint) fused into `model` (default: the run's base).
+
+    format: hf | mlx | gguf (fused weights), peft (the adapter alone, PEFT layout),
+    import-peft (the reverse: a PEFT LoRA directory -> an mlx-orpo adapter directory).
+    `progress` receives one line per stage. Returns what was written and how to use it.
+    """
+    log = progress or (lambda message: None)
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if out is None:
+        raise ValueError("an output path (--out) is required")
+    out = Path(out).expanduser().absolute()
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose f16, bf16 or f32")
+    dtype = DTYPES[dtype]
+    if bits and format != "mlx":
+        raise ValueError("--bits re-quantises MLX exports only (use --gguf-type for GGUF)")
+    if format in ("peft", "import-peft"):
+        from . import peft_io
+
+        if adapters is None:
+            raise ValueError(f"--format {format} needs --adapters")
+        check_destination(out, force)
+        log(f"{'converting' if format == 'peft' else 'importing'} adapter {adapters}")
+        if format == "peft":
+            result = peft_io.export_peft(Path(adapters), out, model=model, force=force)
+        else:
+            result = peft_io.import_peft(Path(adapters), out, model=model, force=force)
+    else:
+        if format == "gguf":
+            from .gguf_export import check_gguf_type, gguf_paths
+            check_gguf_type(gguf_type)
+            check_destination(gguf_paths(out)[0], force)
+            # f16/q8_0 come from 16-bit weights; fusing happens in float32 per layer regardless.
+            dtype = "float32" if gguf_type == "f32" else "float16"
+        else:
+            check_destination(out, force)
+        from .fuse import load_fused
+
+        log(f"loading {model or 'the run base'} and fusing {adapters or 'no adapters'} ({dtype})")
+        fused = load_fused(model, adapters, dtype=dtype)
+        log(f"fused {fused.fused_modules} adapter modules into {fused.base_spec}; writing {format} to {out}")
+        if format == "hf":
+            result = export_hf(fused, out, force=force)
+        elif format == "mlx":
+            result = export_mlx(fused, out, bits=bits, group_size=group_size, force=force)
+        else:
+            from .gguf_export import export_gguf
+            result = export_gguf(fused, out, gguf_type=gguf_type, force=force)
+        result.base, result.fused_modules = fused.base_spec, fused.fused_modules
+    if push_to_hub:
+        _push(result, push_to_hub, log)
+    log(result.summary())
+    return result
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mlx_orpo.export",
+        description="Export a trained run: fuse its LoRA/DoRA adapters into a dequantised copy of the base and "
+                    "write Hugging Face safetensors, an MLX model, a GGUF for llama.cpp/Ollama, or the adapter "
+                    "alone in PEFT's layout. import-peft converts a PEFT LoRA adapter into an mlx-orpo one.")
+    p.add_argument("--model", help="Base model (alias, directory, .gguf, Hub id). Default: the run's base model.")
+    p.add_argument("--adapters", help="Run directory or checkpoints/step-N directory (for import-peft: the "
+                                      "PEFT adapter directory). Omit to convert the base alone.")
+    p.add_argument("--format", required=True, choices=FORMATS, help="What to write.")
+    p.add_argument("--out", required=True, help="Output directory (hf, mlx, peft, import-peft) or .gguf file.")
+    p.add_argument("--dtype", default="f16", choices=("f16", "bf16", "f32"), help="Weight dtype for hf/mlx.")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"),
+                   help="GGUF tensor type of the 2-D weights (norms stay f32).")
+    p.add_argument("--bits", type=int, choices=(4, 8), help="mlx: re-quantise after fusing; reports the logit "
+                                                             "error against the unquantised fused model.")
+    p.add_argument("--group-size", type=int, default=64, help="Quantisation group size for --bits.")
+    p.add_argument("--force", action="store_true", help="Replace an existing output.")
+    p.add_argument("--push-to-hub", metavar="REPO", help="Upload the export to this Hugging Face repo.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        export(args.model, args.adapters, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
+               bits=args.bits, group_size=args.group_size, force=args.force, push_to_hub=args.push_to_hub,
+               progress=print)
+    except (FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

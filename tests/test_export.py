@@ -1,0 +1,208 @@
+"""Tests for export: fusing (LoRA, DoRA, 4-bit base), hf, mlx --bits, peft (both ways), gguf (llama, qwen2).
+
+Each exported artefact is read back by an independent implementation (transformers,
+PEFT, transformers' GGUF loader) and its logits are compared with the MLX fused
+model on the same fixed chat prompt. The "trained" adapters are random but
+large enough to move the logits by several units, so a dropped adapter fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlx.core as mx
+
+from mlx_orpo.checkpoint import save_adapters
+from mlx_orpo.config import TrainConfig
+from mlx_orpo.models import attach_adapters, load_model
+
+# Measured on SmolLM2-135M (max |logit| about 37); see docs/export.md.
+TOL_F32 = 2e-3  # float32 files, float32 compute on both sides
+
+
+def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None = None, seed: int = 0,
+             targets=("all-linear",), layers: int = -1):
+    """A run directory with a random (seeded) adapter that visibly changes the model."""
+    model, tokenizer, _, path = load_model(str(base), dtype="float32", bits=bits)
+    cfg = TrainConfig(model=str(base), lora_rank=4, lora_alpha=8.0, dora=dora, lora_layers=layers,
+                      lora_targets=list(targets))
+    adapter_cfg = attach_adapters(model, cfg)
+    mx.random.seed(seed)
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_b"):
+            module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
+            if dora:
+                module.m = module.m * (1 + 0.05 * mx.random.normal(module.m.shape))
+    mx.eval(model.parameters())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_adapters(run_dir, model)
+    adapter_cfg["model_path"] = str(path)
+    (run_dir / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
+    cfg.save(run_dir / "config.json")
+    model.eval()
+    return model, tokenizer
+
+
+def np_logits(model, tokens) -> np.ndarray:
+    from mlx_orpo.fuse import logits
+
+    return np.array(logits(model, tokens))
+
+
+def errors(reference: np.ndarray, other: np.ndarray) -> dict:
+    diff = np.abs(reference - other)
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / np.abs(reference).max()),
+            "top1": float((reference.argmax(-1) == other.argmax(-1)).mean())}
+
+
+def torch_logits(model, tokens) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+@pytest.fixture(scope="session")
+def lora_run(smollm2_dir, tmp_path_factory):
+    """(run_dir, logits of the unfused MLX model with adapters, the prompt tokens)."""
+    from mlx_orpo.fuse import reference_tokens
+
+    run_dir = tmp_path_factory.mktemp("exports") / "run-lora"
+    model, tokenizer = make_run(run_dir, smollm2_dir)
+    tokens = reference_tokens(tokenizer)
+    return run_dir, np_logits(model, tokens), tokens
+
+
+@pytest.fixture(scope="session")
+def fused32(lora_run):
+    from mlx_orpo.fuse import load_fused
+
+    return load_fused(adapters=lora_run[0], dtype="float32")
+
+
+# ---- fusing ----------------------------------------------------------------------------------------------
+
+def test_fused_model_matches_adapter_model_and_differs_from_base(lora_run, fused32, smollm2_dir):
+    run_dir, adapted, tokens = lora_run
+    assert fused32.base_spec == str(smollm2_dir)  # --model defaults to the run's base
+    assert fused32.fused_modules == 30 * 7
+    assert errors(adapted, np_logits(fused32.model, tokens))["max_abs"] < TOL_F32
+    base, *_ = load_model(str(smollm2_dir), dtype="float32")
+    assert errors(adapted, np_logits(base, tokens))["max_abs"] > 1.0  # the adapter matters
+
+
+def test_dora_fuses_exactly(smollm2_dir, tmp_path):
+    from mlx_orpo.fuse import load_fused, reference_tokens
+
+    model, tokenizer = make_run(tmp_path / "run", smollm2_dir, dora=True, targets=("q_proj", "v_proj"))
+    tokens = reference_tokens(tokenizer)
+    fused = load_fused(adapters=tmp_path / "run")
+    assert fused.fused_modules == 30 * 2
+    assert errors(np_logits(model, tokens), np_logits(fused.model, tokens))["max_abs"] < TOL_F32
+
+
+def test_four_bit_base_keeps_the_adapter(smollm2_dir, tmp_path):
+    """mlx-lm issue 1172: fusing into a 4-bit base and re-quantising loses the update."""
+    from mlx_lm.utils import save_config, save_model, load as mlx_load
+
+    from mlx_orpo.fuse import load_fused, reference_tokens
+
+    quantized, tokenizer, _, _ = load_model(str(smollm2_dir), dtype="float32", bits=4)
+    base4 = tmp_path / "base-4bit"
+    save_model(base4, quantized)
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    config["quantization"] = {"group_size": 64, "bits": 4}
+    save_config(config, base4 / "config.json")
+    tokenizer.save_pretrained(str(base4))
+    del quantized
+
+    model, tokenizer = make_run(tmp_path / "run", base4, targets=("q_proj", "v_proj", "down_proj"))
+    tokens = reference_tokens(tokenizer)
+    adapted = np_logits(model, tokens)
+    fused = load_fused(adapters=tmp_path / "run")
+    assert errors(adapted, np_logits(fused.model, tokens))["max_abs"] < TOL_F32
+    assert not any("scales" in k for k, _ in __import__("mlx.utils").utils.tree_flatten(fused.model.parameters()))
+
+    # The naive path (fuse, then re-quantise to 4 bits) is measurably further from the adapted model.
+    naive, _ = mlx_load(str(base4), adapter_path=str(tmp_path / "run"))
+    naive.update_modules(__import__("mlx.utils").utils.tree_unflatten(
+        [(n, m.fuse(dequantize=False)) for n, m in naive.named_modules() if hasattr(m, "fuse")]))
+    naive.set_dtype(mx.float32)
+    assert errors(adapted, np_logits(naive, tokens))["max_abs"] > 10 * TOL_F32
+
+
+def test_run_model_spec_reads_checkpoints(tmp_path):
+    from mlx_orpo.fuse import run_model_spec
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "owner/some-model"}))
+    assert run_model_spec(run / "checkpoints" / "step-000002") == "owner/some-model"
+    assert run_model_spec(run) == "owner/some-model"
+
+
+# ---- hf --------------------------------------------------------------------------------------------------
+
+def test_hf_export_loads_in_transformers(lora_run, fused32, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mlx_orpo.export import export, export_hf
+
+    run_dir, _, tokens = lora_run
+    reference = np_logits(fused32.model, tokens)
+
+    out32 = tmp_path / "hf32"
+    export_hf(fused32, out32)
+    config = json.loads((out32 / "config.json").read_text())
+    assert "quantization" not in config and "quantization_config" not in config
+    model = AutoModelForCausalLM.from_pretrained(out32, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(out32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write one sentence about the sea, "
+                                          "and count to five."}], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert list(ids) == tokens  # the chat template and tokenizer travel with the weights
+    err32 = errors(reference, torch_logits(model, tokens))
+    assert err32["max_abs"] < TOL_F32, err32
+
+    # The default export (float16 file) through the public API; transformers upcasts to float32.
+    messages = []
+    result = export(adapters=run_dir, format="hf", out=tmp_path / "hf16", progress=messages.append)
+    assert result.dtype == "float16" and "AutoModelForCausalLM" in result.usage
+    assert {p.name for p, _ in result.files} >= {"model.safetensors", "config.json", "tokenizer.json"}
+    model16 = AutoModelForCausalLM.from_pretrained(tmp_path / "hf16", dtype=torch.float32)
+    err16 = errors(reference, torch_logits(model16, tokens))
+    print("hf f32:", err32, "hf f16:", err16)
+    assert err16["max_rel"] < 0.02 and err16["top1"] >= 0.95, err16
+
+
+def test_refuses_to_overwrite_and_checks_disk_space(lora_run, tmp_path, monkeypatch):
+    import shutil
+
+    from mlx_orpo import export as export_mod
+
+    out = tmp_path / "taken"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        export_mod.export(adapters=lora_run[0], format="hf", out=out)
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match="needs about .* is free"):
+        export_mod.write_dir_atomically(tmp_path / "new", False, 10**6, lambda d: None)
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    from mlx_orpo.export import write_dir_atomically
+
+    def boom(directory):
+        (directory / "half.bin").write_bytes(b"x")
+        raise RuntimeError("disk died")
+
+    with pytest.raises(RuntimeError):
+        write_dir_atomically(tmp_path / "out", False, 0, boom)
+    assert list(tmp_path.iterdir()) == []
