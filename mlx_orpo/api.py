@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,6 @@ from .data import load_splits
 from .models import attach_adapters, load_model
 from .tokenize import EncodeStats, EncodedPair, encode_pairs, ensure_chat_template, render_prompt
 from .trainer import train
-
-import json
 
 
 @dataclass
@@ -41,11 +40,17 @@ def data_source(cfg: TrainConfig) -> str:
     return str(DEMO_DATA_PATH)
 
 
-def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
-    train_pairs, eval_pairs, report = load_splits(
-        data_source(cfg), eval_source=cfg.eval_data, format=cfg.format, eval_fraction=cfg.eval_fraction,
-        seed=cfg.seed, skip_bad_rows=cfg.skip_bad_rows, system=cfg.system)
-    lengths = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+def read_data(cfg: TrainConfig):
+    """Read and validate the preference pairs: (train, eval, LoadReport). Fails fast, before any model loads."""
+    return load_splits(data_source(cfg), eval_source=cfg.eval_data, format=cfg.format,
+                       eval_fraction=cfg.eval_fraction, seed=cfg.seed, skip_bad_rows=cfg.skip_bad_rows,
+                       system=cfg.system)
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, splits=None) -> PreparedData:
+    """Read (unless `splits` were read already), tokenize and fit the pairs to the length limits."""
+    train_pairs, eval_pairs, report = splits or read_data(cfg)
+    lengths = dict(max_length=cfg.max_length, max_prompt_length=cfg.prompt_budget,
                    min_response_length=cfg.min_response_length)
     train_enc, train_stats = encode_pairs(tokenizer, train_pairs, **lengths)
     eval_enc, eval_stats = encode_pairs(tokenizer, eval_pairs, **lengths)
@@ -72,13 +77,14 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
     cfg.output_dir = str(run_dir)
+    splits = read_data(cfg)
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}")
     mx.random.seed(cfg.seed)
     model, tokenizer, _, path = load_model(cfg.model, bits=cfg.bits, group_size=cfg.group_size, dtype=cfg.dtype)
     log(f"model: {cfg.model} ({path})")
     if not ensure_chat_template(tokenizer):
         log("tokenizer has no chat template; using the fallback '### Role:' template (see README)")
-    data = prepare_data(cfg, tokenizer)
+    data = prepare_data(cfg, tokenizer, splits)
     log(f"data: {data.report.source} [{data.report.format}] {len(data.train)} train / {len(data.eval)} eval pairs; "
         f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
         f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"

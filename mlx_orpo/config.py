@@ -56,7 +56,8 @@ class TrainConfig:
     # Sequence lengths
     max_length: int = _opt(1024, "Maximum tokens of prompt + response. Longer pairs are truncated: the prompt "
                            "from the left first, then the responses from the right.")
-    max_prompt_length: int = _opt(512, "Prompt tokens kept when a pair must be truncated.")
+    max_prompt_length: int | None = _opt(None, "Prompt tokens kept when a pair must be truncated "
+                                         "(default: half of --max-length).")
     min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.")
     pad_multiple: int = _opt(32, "Pad batches to a multiple of this many tokens (few shapes for the compiled step).")
 
@@ -92,7 +93,8 @@ class TrainConfig:
             (self.iters is None or self.iters >= 1, "--iters must be >= 1"),
             (self.epochs > 0, "--epochs must be > 0"),
             (0 < self.min_response_length < self.max_length, "--min-response-length must be in (0, max_length)"),
-            (0 <= self.max_prompt_length < self.max_length, "--max-prompt-length must be < --max-length"),
+            (self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
+             "--max-prompt-length must be in (0, --max-length)"),
             (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
             (self.lora_rank >= 1, "--lora-rank must be >= 1"),
             (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
@@ -104,6 +106,11 @@ class TrainConfig:
                 raise ValueError(message)
         self.lora_targets = list(self.lora_targets)
         return self
+
+    @property
+    def prompt_budget(self) -> int:
+        """Prompt tokens kept when truncating (--max-prompt-length, or half of --max-length)."""
+        return self.max_prompt_length or self.max_length // 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,119 @@
+"""The real CLI on the real SmolLM2-135M-Instruct and the shipped demo set."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_orpo.checkpoint import read_metrics
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--iters", "8", "--max-length", "192", "--report-every", "1", "--save-every", "2", "--eval-every", "4",
+        "--eval-max-pairs", "4", "--lr-schedule", "constant", "--warmup-steps", "0", "--learning-rate", "5e-4"]
+
+
+def cli(*args):
+    return [sys.executable, "-m", "mlx_orpo.train", *args]
+
+
+def train_records(run_dir: Path):
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "peak_memory_gb")} for r in records]
+
+
+def assert_same_metrics(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(comparable(a), comparable(b)):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, smollm2_dir):
+    run_dir = tmp_path_factory.mktemp("cli") / "reference"
+    done = subprocess.run(cli(*ARGS, "--output-dir", str(run_dir)), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
+    run_dir, done = reference_run
+    assert "BLAS: " in done.stdout and "train step 8/8" in done.stdout
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for r in records:
+        assert all(np.isfinite(r[k]) for k in ("loss", "nll_loss", "log_odds_chosen", "tokens_per_sec"))
+        assert r["skipped_steps"] == 0 and r["peak_memory_gb"] > 0
+    first, last = np.mean([r["loss"] for r in records[:3]]), np.mean([r["loss"] for r in records[-3:]])
+    assert last < first, (first, last)
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    for name in ("config.json", "adapter_config.json", "adapters.safetensors", "checkpoints/step-000008/state.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
+    from mlx_lm import load
+    from mlx_lm.generate import generate
+
+    run_dir, _ = reference_run
+    model, tokenizer = load(str(smollm2_dir), adapter_path=str(run_dir))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I boil an egg?"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert len(generate(model, tokenizer, prompt, max_tokens=8)) > 0
+
+
+def wait_for(path: Path, proc, timeout=600):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < timeout
+        time.sleep(0.2)
+
+
+def interrupt_after(run_dir: Path, step: int, sig, args) -> str:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(run_dir / "checkpoints" / f"step-{step:06d}" / "state.json", proc)
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def test_stop_kill_and_resume_match_the_uninterrupted_run(reference_run, tmp_path):
+    """SIGTERM after the step-2 checkpoint (the app's Stop: checkpoint and exit cleanly),
+    resume, SIGKILL after the step-4 checkpoint (no warning, possibly mid-step or mid-write),
+    resume again: every step's metrics equal the reference run's."""
+    reference_dir, _ = reference_run
+    run_dir = tmp_path / "run"
+    code, out = interrupt_after(run_dir, 2, signal.SIGTERM, cli(*ARGS, "--output-dir", str(run_dir)))
+    assert code == 0 and f"--resume {run_dir}" in out, out[-2000:]
+    code, out = interrupt_after(run_dir, 4, signal.SIGKILL, cli("--resume", str(run_dir)))
+    assert code == -signal.SIGKILL and "resumed from" in out
+    done = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    assert_same_metrics(train_records(reference_dir), train_records(run_dir))
+    assert json.loads((run_dir / "config.json").read_text())["iters"] == 8
+
+
+def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) + "\n"
+                    + json.dumps({"prompt": "Hi", "chosen": "Hello!"}) + "\n")
+    done = subprocess.run(cli("--data", str(data), "--output-dir", str(tmp_path / "run")), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert "prefs.jsonl" in done.stderr and "line 2" in done.stderr and "rejected" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
