@@ -94,7 +94,7 @@ def build(ctx: Context) -> dict:
         checkpoint = gr.Dropdown([], label="Adapters (final or a checkpoint)", scale=2, allow_custom_value=True, elem_id="chat-ckpt")
         refresh = gr.Button("Refresh runs", scale=1)
     with gr.Row():
-        max_tokens = gr.Slider(16, 1024, 128, step=16, label="Max new tokens")
+        max_tokens = gr.Slider(1, 1024, 128, step=1, label="Max new tokens")
         temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0: greedy)")
         top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
         seed = gr.Number(0, label="Seed", precision=0)

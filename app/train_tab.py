@@ -128,21 +128,21 @@ def _status(session: Session) -> str:
     job = session.job
     if job.running:
         return "stopping" if job.stop_requested else "training"
-    if job.returncode == 0:
-        return "stopped (resumable)" if job.stop_requested else "finished"
-    return f"failed (exit {job.returncode})"
+    if job.stop_requested:  # a stop before the training loop starts ends the process without a checkpoint
+        return "stopped (resumable)" if runfiles.checkpoints(job.run_dir) else "stopped before the first checkpoint"
+    return "finished" if job.returncode == 0 else f"failed (exit {job.returncode})"
 
 
-def refresh(session: Session):
-    """Timer tick: (session, progress, log, status, timer, *plots); skips what has not changed."""
+def refresh(ctx: Context, session: Session):
+    """Timer tick: (session, progress, log, status, timer, resume choices, *plots); skips what has not changed."""
     n_plots = len(runfiles.CURVES)
     if session.job is None:
-        return (session, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), *[gr.skip()] * n_plots)
+        return (session, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *[gr.skip()] * n_plots)
     run, running = session.job.run_dir, session.job.running
     sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0 for f in ("metrics.jsonl", "train.log"))
     seen = (*sizes, running)
     if seen == session.last_seen:
-        return (session, *[gr.skip()] * 4, *[gr.skip()] * n_plots)
+        return (session, *[gr.skip()] * 5, *[gr.skip()] * n_plots)
     session.last_seen = seen
     recs = runfiles.records(run)
     p = runfiles.progress(run, recs)
@@ -155,12 +155,15 @@ def refresh(session: Session):
         last = [line for line in log.splitlines() if line.strip()]
         message = f"⚠️ **{run.name} failed** (exit {session.job.returncode}): {last[-1] if last else 'no output'}"
     elif status == "stopped (resumable)":
-        message += f" Resume it from its newest checkpoint with Resume."
+        message += " Resume continues it from its newest checkpoint."
     elif status == "finished":
         message += " Compare it with the base model on the Chat tab, or export it."
     eta = session.rate.eta(p, session.job.started) if running else 0.0 if status == "finished" else None
     timer = gr.Timer(active=running)
-    return (session, runfiles.progress_html(p, status, eta), log, message, timer,
+    choices = resumable(ctx)
+    resume_choice = gr.skip() if running else gr.Dropdown(choices=choices,
+                                                          value=run.name if run.name in choices else None)
+    return (session, runfiles.progress_html(p, status, eta), log, message, timer, resume_choice,
             *plot_values([(run.name, recs)]))
 
 
@@ -205,7 +208,8 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     stop_btn.click(stop, state, [state, status], api_name="stop_training")
     resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, timer],
                      api_name="resume_training")
-    timer.tick(refresh, state, [state, progress, log, status, timer, *plots], api_name="refresh_training",
+    timer.tick(lambda s: refresh(ctx, s), state, [state, progress, log, status, timer, resume_run, *plots],
+               api_name="refresh_training",
                show_progress="hidden")
     resume_run.focus(lambda: gr.Dropdown(choices=resumable(ctx)), None, resume_run, queue=False,
                      api_visibility="private")

@@ -1,0 +1,256 @@
+"""The app's actions through its HTTP API (gradio_client), plus its path and form helpers.
+
+The app runs in-process on a free loopback port with a temporary runs directory.
+The training test runs the real CLI on SmolLM2-135M for three tiny steps.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from app import paths, runfiles  # noqa: E402
+from app.estimate import estimate_memory  # noqa: E402
+from app.train_tab import FORM, config_from_form  # noqa: E402
+from mlx_orpo.config import TrainConfig  # noqa: E402
+
+GOOD_ROWS = [
+    {"prompt": "What is 2+2?", "chosen": "4.\n- Two plus two.\nHope that helps!", "rejected": "five"},
+    {"prompt": "Capital of France?", "chosen": "Paris.\n- On the Seine.\nHope that helps!", "rejected": "Lyon"},
+    {"prompt": "Colour of the sky?", "chosen": "Blue.\n- Rayleigh scattering.\nHope that helps!", "rejected": "Green"},
+    {"prompt": "Largest ocean?", "chosen": "The Pacific.\n- A third of Earth.\nHope that helps!", "rejected": "Big"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in extra_lines))
+    return path
+
+
+def form(**overrides) -> list:
+    """The Train tab's widget values in FORM order: TrainConfig defaults plus overrides."""
+    cfg = TrainConfig()
+    values = {name: getattr(cfg, name) for name in FORM}
+    values.update(bits="none", iters=0)
+    values.update(overrides)
+    return [values[name] for name in FORM]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, smollm2_dir):
+    from app.ui import build_app, launch
+
+    runs = tmp_path_factory.mktemp("runs")
+    demo = build_app(runs, max_upload_mb=1)
+    port = free_port()
+    launch(demo, port=port, max_upload_mb=1, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", runs
+    demo.close()
+
+
+@pytest.fixture
+def client(served):
+    return Client(served[0], verbose=False)  # a fresh browser session
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def test_upload_good_file_reports_pairs_bad_rows_preview_and_lengths(client, served, tmp_path):
+    runs = served[1]
+    path = write_jsonl(tmp_path / "my prefs.jsonl", GOOD_ROWS + [{"prompt": "no answers"}], ["not json"])
+    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
+                                                       api_name="/upload_data")
+    assert "4 pairs" in report and "2 bad rows" in report and "prompt_strings" in report
+    assert [row[0] for row in bad["data"]] == ["uploads/my_prefs.jsonl, line 5", "uploads/my_prefs.jsonl, line 6"]
+    assert "missing key 'chosen'" in bad["data"][0][1] and "not valid JSON" in bad["data"][1][1]
+    assert (runs / "uploads" / "my_prefs.jsonl").is_file()  # stored under the runs dir, name sanitised
+    prompt, chosen, rejected = preview["data"][0]
+    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert chosen.startswith("4.") and rejected == "five"
+    assert sum(row[1] for row in hist["data"]) == 4
+    assert "0 of 4 pairs will be truncated" in stats
+
+
+def test_token_stats_count_truncation_at_the_chosen_max_length(client, tmp_path):
+    long_rows = [{"prompt": "word " * 60, "chosen": "yes " * 40, "rejected": "no " * 40}] + GOOD_ROWS
+    client.predict(handle_file(str(write_jsonl(tmp_path / "long.jsonl", long_rows))), "smollm2-135m", 1024,
+                   api_name="/upload_data")
+    hist, stats = client.predict("smollm2-135m", 64, api_name="/token_stats")
+    assert "At max length 64:** 1 of 5 pairs will be truncated" in stats
+    assert any(row[2] == "over max length" for row in hist["data"])
+
+
+def test_bad_file_gives_a_readable_report(client, served, tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text("this is not json\nneither is this\n")
+    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
+                                                       api_name="/upload_data")
+    assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl:")
+    assert "not valid JSON" in report or "cannot detect the format" in report
+    assert str(served[1]) not in report  # paths are shown relative to the runs dir
+    assert not bad["data"] or bad["data"] == [["", ""]]
+
+
+def test_uploads_of_a_wrong_type_or_too_large_are_refused(client, served, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(AppError, match="Invalid file type"):
+        client.predict(handle_file(str(path)), "smollm2-135m", 1024, api_name="/upload_data")
+    big = write_jsonl(tmp_path / "big.jsonl", GOOD_ROWS * 6000)  # over the 1 MB limit of this app
+    with pytest.raises(Exception, match="(?i)too large|exceeds|size"):
+        client.predict(handle_file(str(big)), "smollm2-135m", 1024, api_name="/upload_data")
+    assert not (served[1] / "uploads" / "notes.txt").exists()
+    assert not (served[1] / "uploads" / "big.jsonl").exists()
+
+
+def test_demo_set_and_hub_name_checks(client):
+    report = client.predict("smollm2-135m", 1024, api_name="/demo_data")[0]
+    assert "demo set" in report and "pairs" in report
+    for name in ("../../etc/passwd", "/etc/passwd", "a/b/c"):
+        assert "not a Hub dataset name" in client.predict(name, "smollm2-135m", 1024, api_name="/hub_data")[0]
+
+
+# -- runs directory confinement ---------------------------------------------------------
+
+
+def test_no_request_reaches_outside_the_runs_dir(client, served):
+    url, runs = served
+    for bad in ("..", "../x", "/etc", "a/../..", ".hidden", "uploads/../.."):
+        with pytest.raises(AppError, match="not a valid name"):
+            client.predict(bad, "(none)", api_name="/show_run")
+        with pytest.raises(AppError, match="not a valid name|does not exist"):
+            client.predict(bad, "final", "hi", 8, 0.0, 1.0, 0, api_name="/chat")
+    assert "Cannot resume" in client.predict("../..", api_name="/resume_training")[0]
+    import httpx
+
+    (runs / "secret.txt").write_text("x")
+    for target in (runs / "secret.txt", Path("/etc/passwd")):
+        assert httpx.get(f"{url}gradio_api/file={target}").status_code in (403, 404)
+
+
+def test_path_helpers_sanitise_and_confine(tmp_path):
+    assert paths.sanitise("../../etc/pass wd.jsonl") == "pass_wd.jsonl"
+    assert paths.sanitise("..") == "file"
+    upload = tmp_path / "tmp.jsonl"
+    upload.write_text("{}\n")
+    stored = paths.store_upload(tmp_path, str(upload), "../../evil.jsonl", max_bytes=100)
+    assert stored.parent == tmp_path / "uploads" and stored.name == "evil.jsonl"
+    assert paths.store_upload(tmp_path, str(upload), "evil.jsonl", max_bytes=100).name == "evil-2.jsonl"
+    with pytest.raises(paths.PathError, match="over the upload limit"):
+        paths.store_upload(tmp_path, str(upload), "big.jsonl", max_bytes=1)
+    (tmp_path / "link").symlink_to("/etc")
+    with pytest.raises(paths.PathError):
+        paths.child(tmp_path, "link")
+    assert paths.new_run_dir(tmp_path, "../my run").name == "my_run"
+    assert paths.new_run_dir(tmp_path, "uploads").name == "uploads-2"
+
+
+# -- train form, estimate, curves --------------------------------------------------------
+
+
+def test_train_form_maps_onto_train_config():
+    cfg = config_from_form("smollm2-135m", form(iters=2, max_length=128, beta=0.2, bits="4"))
+    assert (cfg.iters, cfg.max_length, cfg.beta, cfg.bits) == (2, 128, 0.2, 4)
+    assert cfg.prompt_budget < 128
+    assert config_from_form("", form()).iters is None  # 0 iterations: train for epochs
+    with pytest.raises(ValueError, match="learning-rate"):
+        config_from_form("smollm2-135m", form(learning_rate=0))
+
+
+def test_memory_estimate_grows_with_batch_and_shrinks_with_bits(smollm2_dir):
+    small = estimate_memory(TrainConfig(batch_size=1, max_length=256))
+    big = estimate_memory(TrainConfig(batch_size=4, max_length=256))
+    quant = estimate_memory(TrainConfig(batch_size=1, max_length=256, bits=4))
+    assert 100e6 < small.params < 200e6
+    assert big.activations_gb > 3 * small.activations_gb
+    assert quant.weights_gb < small.weights_gb / 4
+
+
+def test_curve_frames_put_train_and_eval_on_the_same_axes():
+    records = [{"step": 1, "loss": 2.0, "nll_loss": 1.5, "log_odds_chosen": 0.1},
+               {"step": 1, "eval_loss": 1.9, "eval_nll_loss": 1.4, "eval_log_odds_chosen": 0.2},
+               {"step": 2, "loss": None, "nll_loss": 1.4}]  # a fully skipped window has null metrics
+    frames = runfiles.curve_frames([("a", records)])
+    assert set(frames["loss"]["series"]) == {"loss (train)", "NLL (train)", "loss (eval)", "NLL (eval)"}
+    assert len(frames["loss"]) == 5
+    overlay = runfiles.curve_frames([("a", records), ("b", records)])
+    assert {"a · loss (train)", "b · loss (train)"} <= set(overlay["loss"]["series"])
+
+
+def test_sessions_are_separate(client, served):
+    other = Client(served[0], verbose=False)
+    assert "No run of this session" in other.predict(api_name="/stop_training")
+
+
+# -- a real run: start, stop, resume, curves, chat ---------------------------------------
+
+
+def _refresh_until(client, done, timeout=300):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        out = client.predict(api_name="/refresh_training")
+        if isinstance(out[2], str):  # not a skipped update
+            last = out
+            if done(out):
+                return out
+        time.sleep(1.5)
+    raise AssertionError(f"timed out; last refresh: {last and last[:3]}")
+
+
+@pytest.mark.slow
+def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
+    url, runs = served
+    client.predict(handle_file(str(write_jsonl(tmp_path / "p.jsonl", GOOD_ROWS * 3))), "smollm2-135m", 128,
+                   api_name="/upload_data")
+    values = form(iters=3, max_length=128, report_every=1, eval_every=1, save_every=1, warmup_steps=0)
+    started = client.predict("app test", "smollm2-135m", *values, api_name="/start_training")[0]
+    assert "Started **app_test**" in started and "p.jsonl" in started
+    run = runs / "app_test"
+
+    _refresh_until(client, lambda out: runfiles.records(run))  # first record written
+    assert "Stopping" in client.predict(api_name="/stop_training")
+    out = _refresh_until(client, lambda out: "stopped" in out[2] or "failed" in out[2])
+    assert "stopped (resumable)" in out[2], out[1]
+    assert runfiles.checkpoints(run)
+
+    assert "Resuming **app_test**" in client.predict("app_test", api_name="/resume_training")[0]
+    out = _refresh_until(client, lambda out: "finished" in out[2] or "failed" in out[2])
+    assert "finished" in out[2], out[1]
+    assert "step 3/3" in out[0] and "100%" in out[0]
+    assert "train step 3/3" in out[1]  # log tail
+
+    loss, log_odds = out[5], out[6]
+    series = {row[2] for row in loss["data"]}
+    assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= series
+    assert {row[0] for row in log_odds["data"]} == {1, 2, 3}
+
+    config, summary, *plots = client.predict("app_test", "(none)", api_name="/show_run")
+    assert config["iters"] == 3 and config["data"].endswith("uploads/p.jsonl")
+    assert "step 3/3" in summary and len(plots[0]["data"]) == len(loss["data"])
+    assert "app_test" in json.dumps(client.predict(api_name="/list_runs"))
+
+    ckpt, examples = client.predict("app_test", api_name="/chat_run")
+    assert ckpt["choices"][0][0] == "final" and examples["samples"]
+    base, tuned = client.predict("app_test", "final", "What is 2+2?", 8, 0.0, 1.0, 0, api_name="/chat")
+    for chat in (base, tuned):
+        assert chat[0]["content"][0]["text"] == "What is 2+2?"
+        answer = chat[1]["content"][0]["text"]
+        assert answer and not answer.startswith("⚠️"), answer
