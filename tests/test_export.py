@@ -206,3 +206,62 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_dir_atomically(tmp_path / "out", False, 0, boom)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- peft ------------------------------------------------------------------------------------------------
+
+def test_peft_export_loads_with_peft_and_imports_back(lora_run, smollm2_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mlx_orpo.api import load_with_adapters
+    from mlx_orpo.export import export
+
+    run_dir, adapted, tokens = lora_run
+    result = export(adapters=run_dir, format="peft", out=tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+    assert config["r"] == 4 and config["lora_alpha"] == 8.0 and "q_proj" in config["target_modules"]
+    assert "PeftModel.from_pretrained" in result.usage
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "peft")
+    err = errors(adapted, torch_logits(peft_model, tokens))
+    print("peft:", err)
+    assert err["max_abs"] < TOL_F32, err
+
+    # Reverse: the PEFT directory back into an mlx-orpo adapter directory; exact round trip.
+    export(model=str(smollm2_dir), adapters=tmp_path / "peft", format="import-peft", out=tmp_path / "back")
+    model, _ = load_with_adapters(str(smollm2_dir), tmp_path / "back", dtype="float32")
+    assert errors(adapted, np_logits(model, tokens))["max_abs"] < TOL_F32
+
+
+def test_import_adapter_trained_by_peft(smollm2_dir, tmp_path):
+    """An adapter PEFT made itself (some layers, rsLoRA scaling) gives the same logits in MLX."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mlx_orpo.api import load_with_adapters
+    from mlx_orpo.fuse import reference_tokens
+    from mlx_orpo.peft_io import import_peft
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 layers_to_transform=[5, 20, 29], use_rslora=True,
+                                                 task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "peft")
+    import_peft(tmp_path / "peft", tmp_path / "mlx", model=str(smollm2_dir))
+    config = json.loads((tmp_path / "mlx" / "adapter_config.json").read_text())
+    assert config["num_layers"] == 25 and config["lora_parameters"]["scale"] == 8.0  # 16 / sqrt(4)
+
+    model, tokenizer = load_with_adapters(str(smollm2_dir), tmp_path / "mlx", dtype="float32")
+    tokens = reference_tokens(tokenizer)
+    err = errors(torch_logits(peft_model, tokens), np_logits(model, tokens))
+    print("peft import:", err)
+    assert err["max_abs"] < TOL_F32, err
