@@ -30,15 +30,33 @@ def padded_width(length: int, multiple: int) -> int:
 
 
 def collate(pairs: list[EncodedPair], pad_id: int, pad_multiple: int) -> dict:
-    """Rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected, right padded."""
+    """Rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected, right padded.
+
+    Also the split layout that lets `loss.batch_loss` run each prompt once:
+    "prompt_tokens" (B, Wp), "response_tokens" (2B, Wr) and
+    "response_lengths" (2B,). It is left out when it would cost more token
+    positions than the full rows (prompts and answers of very different
+    lengths in one batch), so no batch is ever made slower by it.
+    """
     rows = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
     width = padded_width(max(len(r) for r in rows), pad_multiple)
+    batch = {
+        "tokens": _padded(rows, width, pad_id),
+        "lengths": mx.array([len(r) for r in rows], dtype=mx.int32),
+        "prompt_lengths": mx.array([len(p.prompt) for p in pairs] * 2, dtype=mx.int32),
+    }
+    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    prompt_width = padded_width(max(len(p.prompt) for p in pairs), pad_multiple)
+    answer_width = padded_width(max(len(a) for a in answers), pad_multiple)
+    if len(pairs) * prompt_width + len(rows) * answer_width <= len(rows) * width:
+        batch["prompt_tokens"] = _padded([p.prompt for p in pairs], prompt_width, pad_id)
+        batch["response_tokens"] = _padded(answers, answer_width, pad_id)
+        batch["response_lengths"] = mx.array([len(a) for a in answers], dtype=mx.int32)
+    return batch
+
+
+def _padded(rows, width: int, pad_id: int) -> mx.array:
     tokens = np.full((len(rows), width), pad_id, dtype=np.int32)
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = row
-    prompt_lengths = [len(p.prompt) for p in pairs] * 2
-    return {
-        "tokens": mx.array(tokens),
-        "lengths": mx.array([len(r) for r in rows], dtype=mx.int32),
-        "prompt_lengths": mx.array(prompt_lengths, dtype=mx.int32),
-    }
+    return mx.array(tokens)

@@ -119,12 +119,20 @@ def sequence_masks(lengths: mx.array, prompt_lengths: mx.array, width: int, prom
 
 
 def batch_loss(model, batch: dict, beta: float, prompt_in_nll: bool = False):
-    """ORPO loss of one batch of pairs run through the model in one forward.
+    """ORPO loss of one batch of pairs.
 
     batch["tokens"] (2B, W) int32: rows [0, B) chosen, [B, 2B) rejected, right
-    padded; batch["lengths"], batch["prompt_lengths"] (2B,) int32.
+    padded; batch["lengths"], batch["prompt_lengths"] (2B,) int32. When the
+    batch also carries the split layout of `batching.collate`
+    ("prompt_tokens", "response_tokens", "response_lengths") and the model is
+    one `split_supported` accepts, each prompt runs once for both answers and
+    only the positions that are scored get vocabulary logits; otherwise
+    chosen and rejected run as full rows in one forward. Both give the same
+    loss (tests/test_loss.py, tests/test_parity_trl.py).
     Returns (loss, metrics); metrics["tokens"] counts non-pad tokens.
     """
+    if "response_tokens" in batch and split_supported(model):
+        return _split_batch_loss(model, batch, beta, prompt_in_nll)
     tokens = batch["tokens"]
     n_pairs = tokens.shape[0] // 2
     logits = model(tokens[:, :-1])
@@ -133,6 +141,103 @@ def batch_loss(model, batch: dict, beta: float, prompt_in_nll: bool = False):
     seq_logps = masked_mean(logps, response)
     chosen_nll_mask = nll_mask[:n_pairs].astype(mx.float32)
     nll = -(logps[:n_pairs] * chosen_nll_mask).sum() / mx.maximum(chosen_nll_mask.sum(), 1.0)
+    loss, metrics = orpo_loss(seq_logps[:n_pairs], seq_logps[n_pairs:], nll, beta)
+    metrics["tokens"] = batch["lengths"].sum()
+    return loss, metrics
+
+
+# --- Shared prompt: each prompt through the model once, for both answers ---------
+#
+# The prompt rows (B, Wp) run first and leave every layer's keys and values
+# behind; the answer rows (2B, Wr) then attend to those (masked to each
+# prompt's real length) and to themselves, with RoPE positions starting at the
+# prompt length. This is a KV cache used for training: gradients flow through
+# the cached keys and values. mlx-lm's llama blocks accept it unchanged, since
+# they read positions from `cache.offset`, keys from `cache.update_and_fetch`
+# and the mask from `cache.make_mask`.
+
+SPLIT_MODEL_TYPES = ("llama", "mistral")
+
+
+def split_supported(model) -> bool:
+    """Models whose blocks take the shared-prompt cache: mlx-lm llama-family, no sliding windows."""
+    inner = getattr(model, "model", None)
+    return (getattr(model, "model_type", None) in SPLIT_MODEL_TYPES and inner is not None
+            and hasattr(inner, "embed_tokens")
+            and not any(getattr(layer, "use_sliding", False) for layer in getattr(inner, "layers", [])))
+
+
+class _PromptCache:
+    """Keeps one layer's prompt keys and values (positions start at 0, causal)."""
+    offset = 0
+
+    def update_and_fetch(self, keys, values):
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def make_mask(self, n, return_array=False, window_size=None):
+        return "causal"
+
+
+class _AnswerCache:
+    """Serves one layer's answer rows: prompt keys first, then the answer's own."""
+
+    def __init__(self, prompt: _PromptCache, offset: mx.array, mask: mx.array):
+        self.prompt, self.offset, self.mask = prompt, offset, mask
+
+    def update_and_fetch(self, keys, values):
+        both = lambda x: mx.concatenate([x, x], axis=0)  # noqa: E731  chosen rows, then rejected rows
+        return (mx.concatenate([both(self.prompt.keys), keys], axis=2),
+                mx.concatenate([both(self.prompt.values), values], axis=2))
+
+    def make_mask(self, n, return_array=False, window_size=None):
+        return self.mask
+
+
+def output_head(model):
+    """The vocabulary projection: lm_head, or the tied embedding."""
+    if hasattr(model, "lm_head"):
+        return model.lm_head
+    return model.model.embed_tokens.as_linear
+
+
+def answer_mask(prompt_lengths: mx.array, prompt_width: int, answer_width: int) -> mx.array:
+    """(2B, 1, Wr, Wp + Wr) bool: answer token i sees the real prompt tokens and answer tokens <= i."""
+    prompt_part = mx.arange(prompt_width)[None, None, :] < prompt_lengths[:, None, None]
+    causal = mx.arange(answer_width)[None, :] <= mx.arange(answer_width)[:, None]
+    prompt_part = mx.broadcast_to(prompt_part, (prompt_lengths.shape[0], answer_width, prompt_width))
+    causal = mx.broadcast_to(causal[None], (prompt_lengths.shape[0], answer_width, answer_width))
+    return mx.concatenate([prompt_part, causal], axis=-1)[:, None]
+
+
+def _split_batch_loss(model, batch: dict, beta: float, prompt_in_nll: bool):
+    prompts, answers = batch["prompt_tokens"], batch["response_tokens"]
+    n_pairs, prompt_width = prompts.shape
+    answer_width = answers.shape[1]
+    prompt_lengths = batch["prompt_lengths"]  # (2B,), rows as in "tokens"
+    layers = model.model.layers
+    prompt_caches = [_PromptCache() for _ in layers]
+    prompt_hidden = model.model(prompts, cache=prompt_caches)  # (B, Wp, d), final norm applied
+    mask = answer_mask(prompt_lengths, prompt_width, answer_width)
+    answer_caches = [_AnswerCache(c, prompt_lengths, mask) for c in prompt_caches]
+    answer_hidden = model.model(answers, cache=answer_caches)  # (2B, Wr, d)
+
+    # Answer token 0 is predicted by the prompt's last real position, token k by answer position k - 1.
+    last = (prompt_lengths[:n_pairs] - 1)[:, None, None]
+    first = mx.take_along_axis(prompt_hidden, last, axis=1)
+    first = mx.concatenate([first, first], axis=0)
+    head = output_head(model)
+    logps = token_logps(head(mx.concatenate([first, answer_hidden[:, :-1]], axis=1)), answers)
+    scored = mx.arange(answer_width)[None, :] < batch["response_lengths"][:, None]
+    seq_logps = masked_mean(logps, scored)
+    chosen_mask = scored[:n_pairs].astype(mx.float32)
+    nll_sum, nll_count = -(logps[:n_pairs] * chosen_mask).sum(), chosen_mask.sum()
+    if prompt_in_nll:  # the chosen rows' prompt tokens 1..p-1, predicted inside the prompt pass
+        prompt_logps = token_logps(head(prompt_hidden[:, :-1]), prompts[:, 1:])
+        in_prompt = (mx.arange(1, prompt_width)[None, :] < prompt_lengths[:n_pairs, None]).astype(mx.float32)
+        nll_sum = nll_sum - (prompt_logps * in_prompt).sum()
+        nll_count = nll_count + in_prompt.sum()
+    nll = nll_sum / mx.maximum(nll_count, 1.0)
     loss, metrics = orpo_loss(seq_logps[:n_pairs], seq_logps[n_pairs:], nll, beta)
     metrics["tokens"] = batch["lengths"].sum()
     return loss, metrics
