@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from . import blas
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data import load_splits
+from .distributed import Cluster
 from .models import attach_adapters, load_model
 from .tokenize import EncodeStats, EncodedPair, encode_pairs, ensure_chat_template, render_prompt
 from .trainer import train
@@ -65,20 +67,28 @@ def pad_token_id(tokenizer) -> int:
             return int(candidate)
 
 
-def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S")
+def default_run_dir(cluster: Cluster) -> Path:
+    # Every rank must name the same directory: take rank 0's clock.
+    return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Load the model and data named by cfg, attach adapters and train. Returns the run directory."""
+    """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
+
+    Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files.
+    """
     cfg.validate()
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir()
+    cluster = Cluster.init()
+    if not cluster.is_main:
+        log, progress, on_record = (lambda _: None), False, None
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
     cfg.output_dir = str(run_dir)
     splits = read_data(cfg)
-    log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}")
+    log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
+        + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)
     model, tokenizer, _, path = load_model(cfg.model, bits=cfg.bits, group_size=cfg.group_size, dtype=cfg.dtype)
     log(f"model: {cfg.model} ({path})")
@@ -90,21 +100,17 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
         + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
     adapter_cfg = attach_adapters(model, cfg)
-    trainable = sum(v.size for _, v in _flat(model.trainable_parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
         f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    adapter_cfg["model_path"] = str(path)
-    atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
+    if cluster.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        adapter_cfg["model_path"] = str(path)
+        atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
     train(model, data.train, data.eval, cfg, run_dir, pad_id=pad_token_id(tokenizer), resume=resume,
-          on_record=on_record, log=log, progress=progress)
+          on_record=on_record, log=log, progress=progress, cluster=cluster)
     return run_dir
-
-
-def _flat(tree):
-    from mlx.utils import tree_flatten
-    return tree_flatten(tree)
 
 
 def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None = None, dtype: str = "auto"):

@@ -84,6 +84,8 @@ class TrainConfig:
     eval_max_pairs: int = _opt(64, "Held-out pairs used per evaluation (0: all).")
     save_every: int = _opt(100, "Write a resumable checkpoint every N steps (and always at the end).")
     keep_checkpoints: int = _opt(2, "Checkpoints kept on disk (the newest).")
+    dist_timeout: float = _opt(900.0, "Data-parallel runs (mlx.launch): stop a rank that made no progress for "
+                               "this many seconds, e.g. because a peer hung (0: wait forever).")
 
     def validate(self) -> "TrainConfig":
         checks = [

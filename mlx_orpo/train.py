@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from .api import run_training
     from .data import DataError
+    from .distributed import Cluster, PeerLostError
     from .models import ModelNotFoundError
 
     try:
@@ -81,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
-          f"chat:     python -m mlx_lm generate --model {cfg.model if Path(cfg.model).exists() else '<model path>'} "
-          f"--adapter-path {run_dir} --prompt 'Hello'")
+    except PeerLostError as exc:
+        print(f"error: {exc}. Checkpoints are written atomically: continue with "
+              f"--resume {cfg.output_dir} once every host is back.", file=sys.stderr)
+        return 3
+    if Cluster.init().is_main:
+        print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
+              f"chat:     python -m mlx_lm generate --model {cfg.model if Path(cfg.model).exists() else '<model path>'} "
+              f"--adapter-path {run_dir} --prompt 'Hello'")
     return 0
 
 

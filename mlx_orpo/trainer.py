@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten, tree_map
 from . import checkpoint as ckpt
 from .batching import collate, epoch_batches
 from .config import TrainConfig
+from .distributed import Cluster, Watchdog
 from .loss import batch_loss
 from .tokenize import EncodedPair
 
@@ -44,12 +45,13 @@ class LoopState:
     window: dict = field(default_factory=dict)  # metric sums since the last report
     window_steps: int = 0
     window_tokens: int = 0
+    world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
 
 
-def total_steps(cfg: TrainConfig, n_train: int) -> int:
+def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     if cfg.iters:
         return cfg.iters
-    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
+    batches_per_epoch = math.ceil(n_train / (cfg.batch_size * world_size))
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
@@ -86,17 +88,38 @@ def enable_grad_checkpoint(model) -> None:
         layer.__class__ = type(type(layer).__name__, (type(layer),), {"__call__": checkpointed})
 
 
-def micro_batches(pairs: list[EncodedPair], cfg: TrainConfig, epoch: int, start: int):
-    """Yield (epoch, index_in_epoch, pair indices) forever, from a saved position."""
+def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int):
+    """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position."""
     while True:
-        batches = epoch_batches(pairs, cfg.batch_size, cfg.seed, epoch)
+        batches = epoch_batches(pairs, global_batch, seed, epoch)
         for i in range(start, len(batches)):
             yield epoch, i, batches[i]
         epoch, start = epoch + 1, 0
 
 
+def nll_targets(pair: EncodedPair, prompt_in_nll: bool) -> int:
+    """Targets the NLL term averages over for this pair's chosen sequence."""
+    return len(pair.prompt) + len(pair.chosen) - 1 if prompt_in_nll else len(pair.chosen)
+
+
+def shard_weights(global_pairs, local_pairs, cfg: TrainConfig, world: int) -> tuple[float, float]:
+    """Scale factors that make averaged per-rank losses equal the global-batch loss.
+
+    The NLL is a token mean and the odds-ratio term a pair mean over the global
+    batch; a rank holding n of N tokens (m of M pairs) weights its own means by
+    world * n / N (world * m / M). With one process both are 1.
+    """
+    n = sum(nll_targets(p, cfg.prompt_in_nll) for p in local_pairs)
+    total = sum(nll_targets(p, cfg.prompt_in_nll) for p in global_pairs)
+    return world * n / total, world * len(local_pairs) / len(global_pairs)
+
+
 def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> dict:
-    """Held-out metrics (same keys, `eval_` prefix), weighted by pairs per batch."""
+    """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set.
+
+    The NLL is a token mean and the rest pair means over all evaluated pairs,
+    whatever the batch size (batches are weighted by their share of each).
+    """
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
@@ -106,12 +129,14 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> 
     model.eval()
     for start in range(0, len(order), cfg.batch_size):
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
+        nll_weight, pair_weight = shard_weights(pairs, chunk, cfg, world=1)
         _, metrics = batch_loss(model, collate(chunk, pad_id, cfg.pad_multiple), cfg.beta, cfg.prompt_in_nll)
         mx.eval(metrics)
         for k in METRIC_KEYS:
-            sums[k] += metrics[k].item() * len(chunk)
+            sums[k] += metrics[k].item() * (nll_weight if k == "nll_loss" else pair_weight)
     model.train()
-    return {f"eval_{k}": v / len(pairs) for k, v in sums.items()}
+    sums["loss"] = sums["nll_loss"] - cfg.beta * sums["log_odds_ratio"]
+    return {f"eval_{k}": v for k, v in sums.items()}
 
 
 def _format(record: dict, total: int) -> str:
@@ -160,35 +185,50 @@ class _StopFlag:
 
 def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], cfg: TrainConfig,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_record: Callable[[dict], None] | None = None,
-          log: Callable[[str], None] = print, progress: bool = True) -> LoopState:
+          log: Callable[[str], None] = print, progress: bool = True, cluster: Cluster | None = None) -> LoopState:
     """Train the (adapter-bearing, base-frozen) model with ORPO; return the final loop state.
 
-    Writes metrics.jsonl, adapters.safetensors and checkpoints under run_dir.
-    With resume=True, continues from the newest checkpoint in run_dir exactly.
+    Writes metrics.jsonl, adapters.safetensors and checkpoints under run_dir
+    (rank 0 only when data-parallel). With resume=True, continues from the
+    newest checkpoint in run_dir exactly.
     """
+    cluster = cluster or Cluster()
     run_dir = Path(run_dir)
-    steps = total_steps(cfg, len(train_pairs))
+    global_batch = cfg.batch_size * cluster.size
+    steps = total_steps(cfg, len(train_pairs), cluster.size)
+    batches_per_epoch = math.ceil(len(train_pairs) / global_batch)
     optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    state = LoopState()
+    if cluster.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state = LoopState(world_size=cluster.size)
     if resume:
         found = ckpt.list_checkpoints(run_dir)
         if not found:
             raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
         state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
-        ckpt.truncate_metrics(metrics_path, state.step)
+        if state.world_size != cluster.size:
+            raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
+                             f"number (this run has {cluster.size}), so every step sees the same global batch")
+        if cluster.is_main:
+            ckpt.truncate_metrics(metrics_path, state.step)
         log(f"resumed from {found[-1]} at step {state.step}")
     if cfg.grad_checkpoint:
         enable_grad_checkpoint(model)
 
-    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=cfg.beta, prompt_in_nll=cfg.prompt_in_nll))
+    def objective(model, batch, nll_weight, pair_weight):
+        _, metrics = batch_loss(model, batch, cfg.beta, cfg.prompt_in_nll)
+        metrics = {k: v * (nll_weight if k == "nll_loss" else pair_weight) for k, v in metrics.items() if k != "tokens"}
+        metrics["loss"] = metrics["nll_loss"] - cfg.beta * metrics["log_odds_ratio"]
+        return metrics["loss"], metrics
+
+    value_and_grad = nn.value_and_grad(model, objective)
     compiled_state = [model.state, mx.random.state]
 
     @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def grad_step(tokens, lengths, prompt_lengths):
+    def grad_step(tokens, lengths, prompt_lengths, nll_weight, pair_weight):
         batch = {"tokens": tokens, "lengths": lengths, "prompt_lengths": prompt_lengths}
-        (_, metrics), grads = value_and_grad(model, batch)
+        (_, metrics), grads = value_and_grad(model, batch, nll_weight, pair_weight)
         return metrics, grads
 
     def record(entry: dict):
@@ -198,8 +238,17 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             on_record(entry)
         log(_format(entry, steps))
 
-    batches = micro_batches(train_pairs, cfg, state.epoch, state.batch_in_epoch)
-    batches_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    def micro_step(indices):
+        """Gradients and metrics of this rank's shard of one global batch."""
+        global_pairs = [train_pairs[i] for i in indices]
+        local_pairs = cluster.shard(global_pairs)
+        nll_weight, pair_weight = shard_weights(global_pairs, local_pairs, cfg, cluster.size)
+        # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
+        batch = collate(local_pairs or global_pairs[:1], pad_id, cfg.pad_multiple)
+        return grad_step(batch["tokens"], batch["lengths"], batch["prompt_lengths"],
+                         mx.array(nll_weight), mx.array(pair_weight))
+
+    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -208,41 +257,46 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     model.train()
     mx.reset_peak_memory()
     window_start = time.perf_counter()
-    with _StopFlag() as stop:
-        while state.step < steps and not stop.stop:
+    last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."  # noqa: E731
+    with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
+        while state.step < steps:
             grads_sum, metrics_sum, tokens = None, None, 0
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
             for _ in range(cfg.grad_accum):
                 epoch, index, indices = next(batches)
-                chunk = [train_pairs[i] for i in indices]
-                batch = collate(chunk, pad_id, cfg.pad_multiple)
-                metrics, grads = grad_step(batch["tokens"], batch["lengths"], batch["prompt_lengths"])
-                tokens += sum(p.tokens for p in chunk)
+                metrics, grads = micro_step(indices)
+                tokens += sum(train_pairs[i].tokens for i in indices)
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 metrics_sum = metrics if metrics_sum is None else {k: metrics_sum[k] + metrics[k] for k in metrics}
-                state.epoch, state.batch_in_epoch = (epoch, index + 1) if index + 1 < batches_per_epoch else (epoch + 1, 0)
-            grads = tree_map(lambda g: g / cfg.grad_accum, grads_sum)
+                last = index + 1 == batches_per_epoch
+                state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
+            grads = cluster.average_gradients(tree_map(lambda g: g / cfg.grad_accum, grads_sum))
+            # One all-reduce carries the metrics and every rank's stop request, so all stop together.
+            reduced = cluster.sum(mx.stack([metrics_sum[k] for k in METRIC_KEYS] + [mx.array(float(stop.stop))]))
+            metrics_mean = {k: reduced[i] / (cluster.size * cfg.grad_accum) for i, k in enumerate(METRIC_KEYS)}
+            stop_requested = reduced[-1].item() > 0
             if cfg.max_grad_norm > 0:
                 grads, grad_norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
             else:
                 grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
-            finite = mx.isfinite(metrics_sum["loss"]) & mx.isfinite(grad_norm)
+            finite = mx.isfinite(metrics_mean["loss"]) & mx.isfinite(grad_norm)
             if finite.item():  # sync point: never apply a non-finite update
                 optimizer.update(model, grads)
-                mx.eval(model.trainable_parameters(), optimizer.state, metrics_sum)
+                mx.eval(model.trainable_parameters(), optimizer.state, metrics_mean)
                 for k in METRIC_KEYS:
-                    state.window[k] = state.window.get(k, 0.0) + metrics_sum[k].item() / cfg.grad_accum
+                    state.window[k] = state.window.get(k, 0.0) + metrics_mean[k].item()
                 state.window_steps += 1
             else:
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss or gradient; update skipped")
             state.window_tokens += tokens
             state.step += 1
+            watchdog.beat()
             if bar is not None:
                 bar.update(1)
             done = state.step == steps
-            if state.step % cfg.report_every == 0 or done:
+            if cluster.is_main and (state.step % cfg.report_every == 0 or done):
                 elapsed = time.perf_counter() - window_start
                 entry = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
                 # A window whose every step was skipped has no metrics: null, not NaN (valid JSON).
@@ -255,16 +309,18 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                     "skipped_steps": state.skipped_steps,
                 })
                 record(entry)
+            if state.step % cfg.report_every == 0 or done:
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
-            if (cfg.eval_every and state.step % cfg.eval_every == 0) or done:
-                if eval_pairs:
-                    record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id)})
-            if state.step % cfg.save_every == 0 or done or stop.stop:
+            if cluster.is_main and eval_pairs and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
+                record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id)})
+            if cluster.is_main and (state.step % cfg.save_every == 0 or done or stop_requested):
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
+            if stop_requested:
+                break
     if bar is not None:
         bar.close()
-    if stop.stop and state.step < steps:
+    if state.step < steps and cluster.is_main:
         print(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
     return state

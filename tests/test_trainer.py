@@ -55,7 +55,8 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypa
     def poisoned(model, batch, beta, prompt_in_nll=False):
         loss, metrics = batch_loss(model, batch, beta, prompt_in_nll)
         nan_if_poisoned = mx.where((batch["tokens"] == POISON).any(), mx.array(float("nan")), mx.array(1.0))
-        return loss * nan_if_poisoned, dict(metrics, loss=metrics["loss"] * nan_if_poisoned)
+        return loss * nan_if_poisoned, dict(metrics, loss=metrics["loss"] * nan_if_poisoned,
+                                            nll_loss=metrics["nll_loss"] * nan_if_poisoned)
 
     monkeypatch.setattr(trainer_mod, "batch_loss", poisoned)
     data = pairs(8)
