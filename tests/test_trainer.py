@@ -128,3 +128,27 @@ def test_unknown_yaml_key_is_a_clear_error(tmp_path):
     yaml_file.write_text("learning_rat: 0.003\n")
     with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
         resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
+
+
+@pytest.mark.parametrize("variant", ["qlora-4bit", "dora"])
+def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, variant):
+    import mlx.nn as nn
+
+    cfg = cfg_for(tmp_path, iters=3, eval_every=0, dora=variant == "dora")
+    model = tiny_model(seed=0)
+    if variant == "qlora-4bit":
+        nn.quantize(model, group_size=32, bits=4)
+    base = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    mx.random.seed(0)
+    attach_adapters(model, cfg)
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    trainer_mod.train(model, pairs(8), [], cfg, tmp_path, pad_id=0, log=lambda s: None, progress=False)
+    after = dict(tree_flatten(model.trainable_parameters()))
+    assert any(not np.allclose(before[k], np.array(after[k])) for k in before)
+    if variant == "dora":
+        assert any(k.endswith(".m") for k in after)
+    frozen = {k.replace(".linear.", "."): np.array(v) for k, v in tree_flatten(model.parameters())
+              if not k.endswith((".lora_a", ".lora_b", ".m"))}
+    assert all(np.array_equal(base[k], frozen[k]) for k in base)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
