@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .ui import build_app, launch
 
+    # SIGTERM exits like Ctrl-C, so the atexit hooks stop running trainings with a checkpoint.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_app(args.runs_dir, max_upload_mb=args.max_upload_mb)
     launch(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, inbrowser=args.open)
     return 0

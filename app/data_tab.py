@@ -23,8 +23,7 @@ PREVIEW_PAIRS = 3
 _HUB = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
 EMPTY_PREVIEW = pd.DataFrame(columns=["prompt (chat template)", "chosen", "rejected"])
-EMPTY_HIST = pd.DataFrame({"tokens": pd.Series(dtype=int), "pairs": pd.Series(dtype=int),
-                           "fits": pd.Series(dtype=str)})
+EMPTY_HIST = None  # (an empty frame as a BarPlot's first value stops later bars from drawing in Gradio 6)
 
 
 def _load(ctx: Context, session: Session, source: str, label: str) -> str:
@@ -34,7 +33,7 @@ def _load(ctx: Context, session: Session, source: str, label: str) -> str:
     session.pairs, session.skipped, session.encoded, session.encoded_model = pairs, report.skipped, [], None
     skipped = len(report.skipped)
     return (f"**{label}** — format `{report.format}`: {report.rows} rows read, **{report.pairs} pairs** kept"
-            + (f", **{skipped} bad rows skipped** (listed below)." if skipped else ", no bad rows.")
+            + (f", **{skipped} bad rows** (listed below; training skips them)." if skipped else ", no bad rows.")
             + "\n\nThe Train tab will use this data.")
 
 
@@ -78,7 +77,9 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
     lengths = pd.Series([p.length for p in session.encoded])
     width = _nice_width(int(lengths.max()) / 20)
     counts = ((lengths // width) * width).value_counts().sort_index()
-    hist = pd.DataFrame({"tokens": counts.index.astype(int), "pairs": counts.values.astype(int),
+    hist = pd.DataFrame({"tokens": [f"{int(b)}–{int(b) + width - 1}" if width > 1 else str(int(b))
+                                    for b in counts.index],
+                         "pairs": counts.values.astype(int),
                          "fits": ["≤ max length" if b + width - 1 <= max_length else "over max length"
                                   for b in counts.index]})
     n = len(session.encoded)
@@ -169,10 +170,11 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     report = gr.Markdown("No data chosen yet: training will use the shipped demo set.", elem_id="data-report")
     bad = gr.Dataframe(EMPTY_BAD, label="Bad rows (skipped)", wrap=True, max_height=240, interactive=False)
     table = gr.Dataframe(EMPTY_PREVIEW, label=f"Preview: the first {PREVIEW_PAIRS} pairs, prompt rendered with "
-                         "the model's chat template", wrap=True, interactive=False, elem_id="data-preview")
+                         "the model's chat template", wrap=True, interactive=False, elem_id="data-preview",
+                         column_widths=["40%", "30%", "30%"])
     with gr.Row():
-        hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="pairs", color="fits", title="Token lengths of pairs",
-                          x_title="tokens (prompt + longer answer), bin start", y_title="pairs", height=260, sort=None,
+        hist = gr.BarPlot(None, x="tokens", y="pairs", color="fits", title="Token lengths of pairs",
+                          x_title="tokens (prompt + longer answer)", y_title="pairs", height=260, sort=None,
                           color_map={"≤ max length": "#3b82f6", "over max length": "#ef4444"})
         with gr.Column():
             max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0, minimum=16,

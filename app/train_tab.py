@@ -97,9 +97,12 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:
         return session, f"⚠️ **Cannot start:** {exc}", gr.skip(), gr.skip()
+    if session.skipped:  # the Data tab listed them; train on the rest, as its report says
+        cfg.skip_bad_rows = True
     session.job = launch(run, session.data, cfg)
     session.rate, session.last_seen = runfiles.Rate(), ()
-    return (session, f"Started **{run.name}** on {session.data_label} (model `{cfg.model}`). "
+    skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
+    return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). "
             "Loading the model…", gr.Timer(active=True), gr.skip())
 
 

@@ -50,8 +50,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         for event in data["loaded"]:
             event.then(lambda s: f"Data: {s.data_label}.", state, train["data_info"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
-        runs_tab_.select(lambda: runs_tab.choices(ctx)[0], None, past["run"], **GLUE)
-        for tab, picker in ((chat_tab_, chat["run"]), (export_tab_, export["run"])):
+        for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
         demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"]], **GLUE)
         demo.load(lambda n: export_tab._checkpoints(ctx, n), export["run"], export["checkpoint"], **GLUE)

@@ -218,11 +218,11 @@ def _refresh_until(client, done, timeout=300):
 @pytest.mark.slow
 def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
     url, runs = served
-    client.predict(handle_file(str(write_jsonl(tmp_path / "p.jsonl", GOOD_ROWS * 3))), "smollm2-135m", 128,
-                   api_name="/upload_data")
+    data = write_jsonl(tmp_path / "p.jsonl", GOOD_ROWS * 3, ["not json"])
+    client.predict(handle_file(str(data)), "smollm2-135m", 128, api_name="/upload_data")
     values = form(iters=3, max_length=128, report_every=1, eval_every=1, save_every=1, warmup_steps=0)
     started = client.predict("app test", "smollm2-135m", *values, api_name="/start_training")[0]
-    assert "Started **app_test**" in started and "p.jsonl" in started
+    assert "Started **app_test**" in started and "p.jsonl, skipping its 1 bad rows" in started
     run = runs / "app_test"
 
     _refresh_until(client, lambda out: runfiles.records(run))  # first record written
