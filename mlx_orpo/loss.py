@@ -160,11 +160,14 @@ SPLIT_MODEL_TYPES = ("llama", "mistral")
 
 
 def split_supported(model) -> bool:
-    """Models whose blocks take the shared-prompt cache: mlx-lm llama-family, no sliding windows."""
+    """Models whose blocks take the shared-prompt cache: mlx-lm llama-family, no sliding windows,
+    blocks called as mlx-lm wrote them. A gradient-checkpointing wrapper (trainer.enable_grad_checkpoint)
+    would lose the gradient of the prompt keys and values, which leave the block through the cache."""
     inner = getattr(model, "model", None)
-    return (getattr(model, "model_type", None) in SPLIT_MODEL_TYPES and inner is not None
-            and hasattr(inner, "embed_tokens")
-            and not any(getattr(layer, "use_sliding", False) for layer in getattr(inner, "layers", [])))
+    if getattr(model, "model_type", None) not in SPLIT_MODEL_TYPES or not hasattr(inner, "embed_tokens"):
+        return False
+    return all(not getattr(layer, "use_sliding", False) and type(layer).__call__.__module__ == type(model).__module__
+               for layer in inner.layers)
 
 
 class _PromptCache:

@@ -67,3 +67,18 @@ def test_split_layout_shapes():
     assert batch["prompt_tokens"].shape == (2, 24) and batch["response_tokens"].shape == (4, 16)
     assert batch["response_lengths"].tolist() == [5, 7, 9, 3]
     assert batch["prompt_tokens"][1, 18:].tolist() == [0] * 6
+
+
+def test_grad_checkpointed_blocks_use_the_full_rows():
+    """Checkpointed blocks would drop the prompt keys' gradients: batch_loss must not split then."""
+    from mlx_orpo.trainer import enable_grad_checkpoint
+
+    model = tiny_lora_model(True)
+    batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, pad_multiple=1)
+    step = nn.value_and_grad(model, partial(batch_loss, beta=0.3))
+    _, expected = step(model, {k: batch[k] for k in FULL_KEYS})
+    enable_grad_checkpoint(model)
+    assert not split_supported(model)
+    _, grads = nn.value_and_grad(model, partial(batch_loss, beta=0.3))(model, batch)
+    for (name, a), (_, b) in zip(tree_flatten(grads), tree_flatten(expected)):
+        assert np.linalg.norm(np.array(a - b)) <= 1e-4 * np.linalg.norm(np.array(b)), name

@@ -1,0 +1,157 @@
+"""The memory planner against measured peaks of real training steps on tiny llama configs.
+
+Each case builds a small llama model, attaches LoRA to every linear layer and runs
+one training step the way the trainer does (compiled value_and_grad of
+batch_loss, clipping, AdamW, one mx.eval), then compares mx.get_peak_memory()
+with plan.predict_peak for the same batch. `python tests/test_plan.py` prints
+the table that docs/performance.md quotes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+
+import mlx_orpo  # noqa: F401  (fast BLAS first)
+from mlx_orpo.config import TrainConfig
+from mlx_orpo.plan import (KNOWN_CONFIGS, ModelShape, fits_warning, format_bytes, parse_bytes, predict_peak,
+                           recommend, weight_bytes)
+
+TOLERANCE = 0.15
+
+# (name, model config, batch pairs, prompt tokens, answer tokens, layout, extra TrainConfig fields)
+TINY = dict(model_type="llama", hidden_size=256, num_hidden_layers=2, intermediate_size=512,
+            num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)
+WIDER = dict(TINY, hidden_size=384, num_hidden_layers=3, intermediate_size=1024, num_attention_heads=6,
+             vocab_size=2000, tie_word_embeddings=False)
+CASES = [
+    ("tiny, shared prompt", TINY, 2, 64, 64, "shared prompt", {}),
+    ("wider untied, shared prompt", WIDER, 1, 96, 160, "shared prompt", {}),
+    ("wider untied, full rows", WIDER, 2, 64, 96, "full rows", {}),
+    ("tiny, prompt in NLL", TINY, 2, 96, 64, "shared prompt", {"prompt_in_nll": True}),
+    ("tiny, grad checkpoint", dict(TINY, num_hidden_layers=4), 2, 64, 128, "full rows",
+     {"grad_checkpoint": True}),
+    ("tiny 4-bit", TINY, 2, 64, 64, "shared prompt", {"bits": 4}),
+]
+
+
+def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, answer_len: int, layout: str) -> int:
+    """mx.get_peak_memory() of building the model and running one trainer-like step."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.models import llama
+    from mlx_lm.utils import quantize_model
+
+    from mlx_orpo.batching import collate
+    from mlx_orpo.loss import batch_loss
+    from mlx_orpo.models import attach_adapters
+    from mlx_orpo.tokenize import EncodedPair
+    from mlx_orpo.trainer import enable_grad_checkpoint
+
+    mx.synchronize()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    mx.random.seed(0)
+    args = llama.ModelArgs(rms_norm_eps=1e-5, **model_config)
+    model = llama.Model(args)
+    model.set_dtype(mx.float32)
+    if cfg.bits:
+        model, _ = quantize_model(model, {}, group_size=cfg.group_size, bits=cfg.bits)
+    mx.eval(model.parameters())
+    mx.synchronize()
+    mx.reset_peak_memory()  # the float copy that quantising started from is gone: count the run only
+    attach_adapters(model, cfg)
+    if cfg.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    mx.eval(model.parameters())
+    rng = np.random.default_rng(0)
+    ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))  # noqa: E731
+    pairs = [EncodedPair(ids(prompt_len), ids(answer_len), ids(answer_len)) for _ in range(cfg.batch_size)]
+    batch = collate(pairs, 0, cfg.pad_multiple)
+    assert "response_tokens" in batch or cfg.grad_checkpoint
+    if layout == "full rows":  # the layout collate falls back to for batches of mixed prompt/answer lengths
+        batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}
+    optimizer = optim.AdamW(learning_rate=1e-4)
+    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=cfg.prompt_in_nll))
+    state = [model.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(batch):
+        (_, metrics), grads = value_and_grad(model, batch)
+        return metrics, grads
+
+    metrics, grads = step(batch)
+    grads, _ = optim.clip_grad_norm(grads, 1.0)
+    optimizer.update(model, grads)
+    mx.eval(model.trainable_parameters(), optimizer.state, metrics)
+    assert math.isfinite(metrics["loss"].item())
+    peak = mx.get_peak_memory()
+    del model, optimizer, grads, metrics
+    return peak
+
+
+def case_result(case) -> tuple[int, int]:
+    _, config, pairs, prompt_len, answer_len, layout, extra = case
+    cfg = TrainConfig(batch_size=pairs, max_length=prompt_len + answer_len, max_prompt_length=prompt_len,
+                      **extra).validate()
+    predicted = predict_peak(cfg, config, on_gpu=False, layout=layout, prompt_len=prompt_len,
+                             answer_len=answer_len).total
+    return predicted, measure_step_peak(config, cfg, prompt_len, answer_len, layout)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_prediction_within_15_percent_of_measured_peak(case):
+    predicted, measured = case_result(case)
+    error = predicted / measured - 1
+    assert abs(error) <= TOLERANCE, (f"{case[0]}: predicted {format_bytes(predicted)}, measured "
+                                     f"{format_bytes(measured)} ({error:+.1%})")
+
+
+def test_weight_bytes_are_counted_exactly():
+    """SmolLM2-135M: 134,515,008 parameters (tied head); float32 = 4 bytes each."""
+    shape = ModelShape.from_config(KNOWN_CONFIGS["smollm2-135m"])
+    assert weight_bytes(shape, 4, None, 64) == 134_515_008 * 4
+    # 4-bit, group 64, float16 scales and biases: 0.5 + 4/64 bytes per matrix parameter.
+    matrices = 134_515_008 - (2 * 30 + 1) * 576
+    assert weight_bytes(shape, 2, 4, 64) == int(matrices * (0.5 + 4 / 64) + (2 * 30 + 1) * 576 * 2)
+
+
+def test_mistral_7b_4bit_is_planned_offline():
+    cfg = TrainConfig(model="mistral-7b-4bit", batch_size=1, max_length=1024)
+    prediction = predict_peak(cfg, KNOWN_CONFIGS["mistral-7b-4bit"], on_gpu=True)
+    weights = prediction.breakdown["weights"]
+    assert 3.5e9 < weights < 4.5e9  # mlx-community's 4-bit Mistral-7B is about 4.1 GB on disk
+    assert prediction.total > weights
+    assert predict_peak(TrainConfig(**{**cfg.to_dict(), "grad_checkpoint": True}),
+                        KNOWN_CONFIGS["mistral-7b-4bit"], on_gpu=True).total < prediction.total
+
+
+def test_fits_warning_and_recommendations(monkeypatch):
+    import mlx_orpo.plan as plan
+
+    cfg = TrainConfig(batch_size=2, max_length=1024)
+    config = KNOWN_CONFIGS["smollm2-135m"]
+    monkeypatch.setattr(plan, "available_memory", lambda: (64 * 10**9, "test"))
+    assert fits_warning(cfg, config) is None
+    monkeypatch.setattr(plan, "available_memory", lambda: (2 * 10**9, "test"))
+    warning = fits_warning(cfg, config)
+    assert warning and "exceeds test" in warning and "--" in warning
+    for hint in recommend(cfg, config, 2 * 10**9):
+        assert float(hint.split("predicted ")[1].split(" ")[0]) * (1e9 if "GB" in hint else 1e6) <= 2e9
+
+
+def test_parse_bytes():
+    assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("16 GiB") == 16 * 2**30
+    assert parse_bytes("800MB") == 800 * 10**6 and parse_bytes("1.5e9") == 1_500_000_000
+
+
+if __name__ == "__main__":
+    print("| case | predicted | measured | error |\n|---|---|---|---|")
+    for case in CASES:
+        predicted, measured = case_result(case)
+        print(f"| {case[0]} | {format_bytes(predicted)} | {format_bytes(measured)} | {predicted / measured - 1:+.1%} |",
+              flush=True)
