@@ -232,9 +232,9 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
             result = peft_io.import_peft(Path(adapters), out, model=model, force=force)
     else:
         if format == "gguf":
-            from .gguf_export import check_gguf_type, gguf_paths
+            from .gguf_export import check_gguf_type
             check_gguf_type(gguf_type)
-            check_destination(gguf_paths(out)[0], force)
+            check_destination(out, force)
             # f16/q8_0 come from 16-bit weights; fusing happens in float32 per layer regardless.
             dtype = "float32" if gguf_type == "f32" else "float16"
         else:

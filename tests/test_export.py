@@ -265,3 +265,98 @@ def test_import_adapter_trained_by_peft(smollm2_dir, tmp_path):
     err = errors(torch_logits(peft_model, tokens), np_logits(model, tokens))
     print("peft import:", err)
     assert err["max_abs"] < TOL_F32, err
+
+
+# ---- gguf ------------------------------------------------------------------------------------------------
+
+def make_tiny_qwen2(directory: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random 2-block qwen2 (q/k/v biases, untied lm_head) with SmolLM2's tokenizer."""
+    import shutil
+
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import qwen2
+
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+              "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rms_norm_eps": 1e-6, "vocab_size": 49152, "max_position_embeddings": 2048, "rope_theta": 10000.0,
+              "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
+    mx.random.seed(seed)
+    model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
+    # Larger than the default init so the logits spread over several units.
+    model.update(__import__("mlx.utils").utils.tree_map(lambda p: p * 4 if p.ndim == 2 else p, model.parameters()))
+    directory.mkdir(parents=True)
+    mx.save_safetensors(str(directory / "model.safetensors"), dict(tree_flatten(model.parameters())),
+                        metadata={"format": "mlx"})
+    (directory / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tokenizer_dir / name, directory / name)
+    return directory
+
+
+def gguf_in_transformers(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model, tokenizer
+
+
+def test_gguf_llama_reads_back_in_transformers(lora_run, fused32, tmp_path):
+    from gguf import GGUFReader
+
+    from mlx_orpo.export import export
+
+    run_dir, _, tokens = lora_run
+    reference = np_logits(fused32.model, tokens)
+    result = export(adapters=run_dir, format="gguf", gguf_type="q8_0", out=tmp_path / "model.gguf")
+    assert result.dtype == "Q8_0" and "llama-cli -m" in result.usage and "ollama create" in result.usage
+    modelfile = (tmp_path / "model.Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf") and "<|im_end|>" in modelfile
+
+    fields = GGUFReader(tmp_path / "model.gguf").fields
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["tokenizer.ggml.token_type"].types[-1].name == "INT32"  # llama.cpp refuses other types
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+
+    model, tokenizer = gguf_in_transformers(tmp_path / "model.gguf")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write one sentence about the sea, "
+                                          "and count to five."}], add_generation_prompt=True, tokenize=True)
+    assert list(ids["input_ids"] if hasattr(ids, "keys") else ids) == tokens
+    err = errors(reference, torch_logits(model, tokens))
+    print("gguf q8_0:", err)
+    assert err["max_rel"] < 0.06 and err["top1"] >= 0.9, err
+
+
+def test_gguf_qwen2_reads_back_in_transformers(smollm2_dir, tmp_path):
+    from mlx_orpo.export import export
+    from mlx_orpo.fuse import load_fused, reference_tokens
+
+    base = make_tiny_qwen2(tmp_path / "qwen2", smollm2_dir)
+    make_run(tmp_path / "run", base)
+    fused = load_fused(adapters=tmp_path / "run")
+    tokens = reference_tokens(fused.tokenizer)
+    reference = np_logits(fused.model, tokens)
+    export(adapters=tmp_path / "run", format="gguf", gguf_type="f32", out=tmp_path / "gguf")
+    model, _ = gguf_in_transformers(tmp_path / "gguf" / "model-f32.gguf")
+    err = errors(reference, torch_logits(model, tokens))
+    print("gguf qwen2 f32:", err)
+    assert err["max_abs"] < TOL_F32 and err["top1"] == 1.0, err
+
+
+def test_gguf_refuses_other_architectures_and_maps_pre_tokenizers():
+    from mlx_orpo.gguf_export import GGUFExportError, check_architecture, detect_pre_tokenizer, permute_rows
+    from mlx_orpo.gguf_import import unpermute_rows
+
+    with pytest.raises(GGUFExportError, match="supported: llama, mistral, qwen2"):
+        check_architecture({"model_type": "gemma3"})
+    assert check_architecture({"model_type": "mistral"}) == "llama"
+    assert detect_pre_tokenizer({"type": "ByteLevel", "use_regex": True}) == "gpt-2"
+    assert detect_pre_tokenizer({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": True}]}) == "smollm"
+    qwen = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s+"
+    assert detect_pre_tokenizer({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": qwen}}, {"type": "ByteLevel", "use_regex": False}]}) == "qwen2"
+    weight = np.arange(8 * 2 * 3, dtype=np.float32).reshape(16, 3)
+    assert np.array_equal(np.array(unpermute_rows(mx.array(permute_rows(weight, 2)), 2)), weight)
