@@ -3,11 +3,11 @@ and live curves, progress and log tail read from the run directory every ~1.5 s.
 
 from __future__ import annotations
 
-import time
 
 import gradio as gr
 
 from mlx_orpo.config import FIELDS, TrainConfig
+from mlx_orpo.models import resolve_model
 
 from . import runfiles
 from .estimate import estimate_markdown
@@ -94,8 +94,9 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
         return session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip()
     try:
         cfg = config_from_form(model, list(values))
+        resolve_model(cfg.model)  # an unknown alias or a missing path fails here, not in the subprocess
         run = new_run_dir(ctx.runs_dir, run_name)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
         return session, f"⚠️ **Cannot start:** {exc}", gr.skip(), gr.skip()
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True

@@ -194,6 +194,18 @@ def test_curve_frames_put_train_and_eval_on_the_same_axes():
     assert {"a · loss (train)", "b · loss (train)"} <= set(overlay["loss"]["series"])
 
 
+def test_unknown_model_and_crashed_run_are_reported(client, monkeypatch):
+    started = client.predict("", "no-such-model", *form(iters=1), api_name="/start_training")[0]
+    assert "Cannot start" in started and "not an alias" in started
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the run below must fail fast, offline
+    started = client.predict("crash", "nobody-xyz/no-such-repo", *form(iters=1, max_length=128),
+                             api_name="/start_training")[0]
+    assert "Started **crash**" in started
+    out = _refresh_until(client, lambda out: "failed" in out[2] or "finished" in out[2], timeout=120)
+    assert out[2].startswith("⚠️ **crash failed** (exit"), out[2]
+    assert "nobody-xyz/no-such-repo" in out[2] or "error" in out[2].lower()
+
+
 def test_sessions_are_separate(client, served):
     other = Client(served[0], verbose=False)
     assert "No run of this session" in other.predict(api_name="/stop_training")
