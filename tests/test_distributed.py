@@ -35,12 +35,17 @@ def single_process_run(tmp_path_factory, smollm2_dir):
     return run_dir
 
 
-def assert_same_adapters(a: Path, b: Path):
+def assert_same_adapters(a: Path, b: Path, learning_rate=5e-4):
+    """Adam moves every weight by about the learning rate per step, whatever its gradient, so
+    float noise in a near-zero gradient shows up at that scale: require differences of at most
+    1% of one step's update, and that the weights did move by many times that."""
     wa, wb = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
     assert wa.keys() == wb.keys()
     for key in wa:
         x, y = np.array(wa[key]), np.array(wb[key])
-        assert np.abs(x - y).max() <= 1e-4 * max(np.abs(x).max(), 1e-3), key
+        assert np.abs(x - y).max() <= 0.01 * learning_rate, key
+    moved = [np.abs(np.array(wa[k])).max() for k in wa if k.endswith("lora_b")]
+    assert min(moved) > 100 * 0.01 * learning_rate
 
 
 def test_two_ranks_of_batch_1_equal_one_process_of_batch_2(single_process_run, tmp_path):
