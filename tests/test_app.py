@@ -266,3 +266,9 @@ def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
         assert chat[0]["content"][0]["text"] == "What is 2+2?"
         answer = chat[1]["content"][0]["text"]
         assert answer and not answer.startswith("⚠️"), answer
+
+    log, files, usage = client.predict("app_test", "final", "f16", "none", False, api_name="/export_peft")
+    assert "export failed" not in log and files["data"] and usage, log
+    assert all(row[0].startswith("exports/app_test-peft/") for row in files["data"])
+    with pytest.raises(AppError, match="not a valid name"):
+        client.predict("app_test", "../../..", "f16", "none", False, api_name="/export_hf")
