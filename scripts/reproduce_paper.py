@@ -62,9 +62,9 @@ CPU_EVAL_TOKENS_PER_S = 400.0
 CPU_GENERATE_TOKENS_PER_S = 25.0
 
 # Defaults sized for ~35-40 minutes on a quiet 2-core CPU; --smoke overrides them.
-FULL = dict(lambdas=[0.0, 0.1, 0.5, 1.0], iters=60, eval_every=15, eval_pairs=24, batch_size=2,
-            max_length=160, max_prompt_length=48, learning_rate=3e-4, warmup_steps=5, lora_rank=8,
-            samples=3, sample_tokens=96)
+FULL = dict(lambdas=[0.0, 0.1, 0.5, 1.0], iters=60, eval_every=20, eval_pairs=16, batch_size=2,
+            max_length=128, max_prompt_length=48, learning_rate=3e-4, warmup_steps=5, lora_rank=8,
+            samples=3, sample_tokens=80)
 SMOKE = dict(lambdas=[0.0, 1.0], iters=4, eval_every=2, eval_pairs=4, batch_size=2, max_length=96,
              max_prompt_length=32, learning_rate=3e-4, warmup_steps=1, lora_rank=4, samples=1, sample_tokens=12)
 
@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "docs" / "reproduce"), help="where the figure, table, JSON go")
     p.add_argument("--work-dir", default=str(REPO / "runs" / "reproduce"), help="run directories (adapters)")
     p.add_argument("--fresh", action="store_true", help="retrain every λ even if a matching run exists")
+    p.add_argument("--train-only", action="store_true",
+                   help="only train the given λs into --work-dir (e.g. several processes or machines in parallel); "
+                        "a later run with the same settings reuses them and writes the outputs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-fraction", type=float, default=0.1, help="held-out fraction carved with --seed")
     p.add_argument("--lambdas", type=float, nargs="+", help="λ values (0 = SFT only)")
@@ -91,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.orpo_lambda is None:
         args.orpo_lambda = max(args.lambdas)
-    if 0.0 not in args.lambdas or args.orpo_lambda not in args.lambdas or args.orpo_lambda == 0:
+    if not args.train_only and (0.0 not in args.lambdas or args.orpo_lambda not in args.lambdas
+                                or args.orpo_lambda == 0):
         p.error("--lambdas must include 0 (SFT) and --orpo-lambda (> 0)")
     return args
 
@@ -210,7 +214,10 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
         if record.get("key") == key and (base_eval is not None or record.get("base_eval")):
             print(f"λ={beta:g}: reusing the finished run in {run_dir} (same settings; --fresh retrains)")
             progress.advance(est["per_lambda"] + (0 if base_eval is not None else est["eval"]), f"λ={beta:g} reused")
-            return record, base_eval or record["base_eval"]
+            base_eval = base_eval or record["base_eval"]
+            if record["curve"][0]["step"] != 0:  # trained by a --train-only worker that skipped step 0
+                record["curve"].insert(0, {"step": 0, **base_eval})
+            return record, base_eval
     if run_dir.exists():
         shutil.rmtree(run_dir)  # ours: a stale or unfinished run of this script
     cfg = train_config(args, beta, data, run_dir)
@@ -225,11 +232,13 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
     adapter_cfg["model_path"] = str(path)
     atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
 
-    if base_eval is None:  # LoRA B = 0: the freshly adapted model is the base model
+    # Step 0: LoRA B = 0, so the freshly adapted model is the base model, the same for every λ. A
+    # --train-only worker for λ > 0 leaves it to the run that assembles the outputs (λ = 0 has it).
+    if base_eval is None and not (args.train_only and beta != 0):
         t = time.perf_counter()
         base_eval = evaluate_heldout(model, eval_pairs, pad_id, cfg)
         progress.advance(est["eval"], f"step-0 (base model) eval in {time.perf_counter() - t:.0f}s")
-    curve = [{"step": 0, **base_eval}]
+    curve = [{"step": 0, **base_eval}] if base_eval is not None else []
     train_log = []
 
     def on_record(entry: dict) -> None:
@@ -248,8 +257,10 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
                              f"({time.perf_counter() - t:.0f}s)")
 
     t0 = time.perf_counter()
-    train(model, prepared.train, [], cfg, run_dir, pad_id=pad_id, on_record=on_record,
-          log=lambda line: None, progress=False)  # our bar replaces the trainer's lines
+    state = train(model, prepared.train, [], cfg, run_dir, pad_id=pad_id, on_record=on_record,
+                  log=lambda line: None, progress=False)  # our bar replaces the trainer's lines
+    if state.step < cfg.iters:  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; do not mark the run finished
+        raise SystemExit(f"λ={beta:g} stopped at step {state.step}/{cfg.iters}; rerun to retrain it")
     record = {"key": key, "lambda": beta, "run_dir": str(run_dir), "seconds": time.perf_counter() - t0,
               "curve": curve, "train": train_log, "base_eval": base_eval,
               "data": {"train_pairs": len(prepared.train), "eval_pairs": len(eval_pairs),
@@ -444,6 +455,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{s['warmup_steps']} warmup steps then constant; batch {s['batch_size']} pairs; {s['iters']} steps per λ; "
         f"NLL on the response only; seed {s['seed']} (same data order and LoRA init for every λ)",
         f"- held-out evaluation every {s['eval_every']} steps; λ values {lambdas}",
+        "- time per λ (training and its evaluations; a reused run keeps the time it took when trained): "
+        + ", ".join(f"λ = {r['lambda']:g} {_clock(r['seconds'])}" for r in runs),
         "",
         "## Greedy samples on held-out prompts",
         "",
@@ -516,6 +529,8 @@ def main(argv=None) -> int:
 
     # SFT and the largest λ first: if the run is cut short, the key comparison is already written.
     order = [0.0, max(args.lambdas)] + sorted(set(args.lambdas) - {0.0, max(args.lambdas)}, reverse=True)
+    if args.train_only:
+        order = list(dict.fromkeys(args.lambdas))
     progress = Progress(planned)
     runs, base_eval = [], None
     for beta in order:
@@ -525,9 +540,13 @@ def main(argv=None) -> int:
         settings.update(train_pairs=runs[0]["data"]["train_pairs"], truncated=runs[0]["data"]["truncated"],
                         dropped=runs[0]["data"]["dropped"])
         print(f"λ={beta:g} done in {_clock(record['seconds'])}: {record['run_dir']}", flush=True)
+        if args.train_only:
+            continue
         if len(runs) < len(order) and len(runs) >= 2:  # partial outputs, overwritten at the end
             write_outputs(out, settings, runs, [], time.perf_counter() - started)
 
+    if args.train_only:
+        return 0
     by = {r["lambda"]: r for r in runs}
     prompts = pick_prompts(splits[1][:eval_n], samples_n)
     adapters = {"base": None, "SFT (λ=0)": by[0.0]["run_dir"],
