@@ -197,7 +197,9 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     global_batch = cfg.batch_size * cluster.size
     steps = total_steps(cfg, len(train_pairs), cluster.size)
     batches_per_epoch = math.ceil(len(train_pairs) / global_batch)
-    optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay)
+    # Bias-corrected Adam, as in PyTorch/TRL: without it MLX's first updates are about 3x the learning rate.
+    optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay,
+                            bias_correction=True)
     metrics_path = run_dir / "metrics.jsonl"
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
