@@ -7,6 +7,7 @@ Every option is a field of `TrainConfig` (config.py), with its help text;
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
     except ValueError as exc:
         parser.error(str(exc))
+    # Until the training loop installs its own handler (checkpoint, then exit), a stop
+    # request ends the process quietly: nothing has been trained yet, so nothing is lost.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from .api import run_training
     from .data import DataError
     from .distributed import Cluster, PeerLostError

@@ -300,7 +300,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             done = state.step == steps
             if cluster.is_main and (state.step % cfg.report_every == 0 or done):
                 elapsed = time.perf_counter() - window_start
-                entry = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
+                entry = {"step": state.step, "total_steps": steps,
+                         "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
                 # A window whose every step was skipped has no metrics: null, not NaN (valid JSON).
                 entry.update({k: (state.window[k] / state.window_steps if state.window_steps else None)
                               for k in METRIC_KEYS})
