@@ -30,8 +30,8 @@ def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None 
     model, tokenizer, _, path = load_model(str(base), dtype="float32", bits=bits)
     cfg = TrainConfig(model=str(base), lora_rank=4, lora_alpha=8.0, dora=dora, lora_layers=layers,
                       lora_targets=list(targets))
+    mx.random.seed(seed)  # before attaching: lora_a is drawn there
     adapter_cfg = attach_adapters(model, cfg)
-    mx.random.seed(seed)
     for _, module in model.named_modules():
         if hasattr(module, "lora_b"):
             module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
