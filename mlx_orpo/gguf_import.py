@@ -34,7 +34,10 @@ _GLOBAL_NAMES = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+# Hugging Face names of each GGUF architecture; qwen2 adds q/k/v biases and uses NeoX
+# RoPE, so its Q/K rows are stored unpermuted.
+_HF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
 
 
 class GGUFImportError(ValueError):
@@ -75,28 +78,28 @@ def _dequantize_all(tensors: dict) -> dict:
     return out
 
 
-def _llama_config(metadata: dict, has_output: bool) -> dict:
-    arch = "llama"
+def _llama_config(metadata: dict, has_output: bool, arch: str = "llama") -> dict:
+    model_type, hf_class = _HF_ARCHITECTURES[arch]
     n_heads = int(_scalar(metadata, f"{arch}.attention.head_count"))
     hidden = int(_scalar(metadata, f"{arch}.embedding_length"))
     vocab = metadata.get(f"{arch}.vocab_size")
     vocab = int(vocab.item()) if vocab is not None else len(metadata["tokenizer.ggml.tokens"])
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [hf_class],
+        "model_type": model_type,
         "hidden_size": hidden,
         "intermediate_size": int(_scalar(metadata, f"{arch}.feed_forward_length")),
         "num_hidden_layers": int(_scalar(metadata, f"{arch}.block_count")),
         "num_attention_heads": n_heads,
         "num_key_value_heads": int(_scalar(metadata, f"{arch}.attention.head_count_kv", n_heads)),
-        "head_dim": hidden // n_heads,
+        "head_dim": int(_scalar(metadata, f"{arch}.attention.key_length", hidden // n_heads)),
         "rms_norm_eps": float(_scalar(metadata, f"{arch}.attention.layer_norm_rms_epsilon")),
         "rope_theta": float(_scalar(metadata, f"{arch}.rope.freq_base", 10000.0)),
         "max_position_embeddings": int(_scalar(metadata, f"{arch}.context_length", 2048)),
         "vocab_size": vocab,
         "tie_word_embeddings": not has_output,
         "hidden_act": "silu",
-        "attention_bias": False,
+        "attention_bias": arch == "qwen2",
         "mlp_bias": False,
         "bos_token_id": int(_scalar(metadata, "tokenizer.ggml.bos_token_id", 1)),
         "eos_token_id": int(_scalar(metadata, "tokenizer.ggml.eos_token_id", 2)),
@@ -106,7 +109,7 @@ def _llama_config(metadata: dict, has_output: bool) -> dict:
     return config
 
 
-def _rename_llama(tensors: dict, config: dict) -> dict:
+def _rename_llama(tensors: dict, config: dict, permuted: bool = True) -> dict:
     weights = {}
     for name, value in tensors.items():
         parts = name.split(".")
@@ -114,9 +117,9 @@ def _rename_llama(tensors: dict, config: dict) -> dict:
             layer, stem, kind = parts[1], parts[2], parts[3]
             if stem not in _LLAMA_LAYER_NAMES:
                 raise GGUFImportError(f"unexpected GGUF tensor {name!r} for the llama architecture")
-            if stem == "attn_q":
+            if stem == "attn_q" and permuted:
                 value = unpermute_rows(value, config["num_attention_heads"])
-            elif stem == "attn_k":
+            elif stem == "attn_k" and permuted:
                 value = unpermute_rows(value, config["num_key_value_heads"])
             weights[f"model.layers.{layer}.{_LLAMA_LAYER_NAMES[stem]}.{kind}"] = value
         elif parts[0] in _GLOBAL_NAMES:
@@ -141,8 +144,8 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float1
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
     tensors = _dequantize_all(tensors)
-    config = _llama_config(metadata, has_output="output.weight" in tensors)
-    weights = _rename_llama(tensors, config)
+    config = _llama_config(metadata, has_output="output.weight" in tensors, arch=arch)
+    weights = _rename_llama(tensors, config, permuted=arch == "llama")
     target = getattr(mx, dtype)
     weights = {k: v.astype(target) for k, v in weights.items()}
     config["torch_dtype"] = dtype

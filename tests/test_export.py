@@ -345,6 +345,23 @@ def test_gguf_qwen2_reads_back_in_transformers(smollm2_dir, tmp_path):
     assert err["max_abs"] < TOL_F32 and err["top1"] == 1.0, err
 
 
+def test_qwen2_gguf_imports_back_into_mlx(smollm2_dir, tmp_path):
+    """Export the tiny qwen2 to GGUF (q/k/v biases, unpermuted Q/K) and import it: same logits."""
+    from mlx_lm import load as mlx_load
+
+    from mlx_orpo.export import export
+    from mlx_orpo.fuse import load_fused, reference_tokens
+    from mlx_orpo.gguf_import import import_gguf
+
+    base = make_tiny_qwen2(tmp_path / "qwen2", smollm2_dir, seed=1)
+    export(model=str(base), format="gguf", gguf_type="f32", out=tmp_path / "tiny.gguf")
+    import_gguf(tmp_path / "tiny.gguf", tmp_path / "imported", dtype="float32")
+    fused = load_fused(str(base))
+    tokens = reference_tokens(fused.tokenizer)
+    imported, _ = mlx_load(str(tmp_path / "imported"))
+    assert errors(np_logits(fused.model, tokens), np_logits(imported, tokens))["max_abs"] < TOL_F32
+
+
 def test_gguf_refuses_other_architectures_and_maps_pre_tokenizers():
     from mlx_orpo.gguf_export import GGUFExportError, check_architecture, detect_pre_tokenizer, permute_rows
     from mlx_orpo.gguf_import import unpermute_rows
