@@ -13,13 +13,15 @@ from .tokenize import EncodedPair
 def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The batches of one epoch, as lists of pair indices.
 
-    Pairs of similar length go together (little padding); the batch order and
+    Pairs of similar length, then similar prompt length, go together (little padding); the batch order and
     the tie-breaking are shuffled by a generator seeded with (seed, epoch), so a
     resumed run rebuilds exactly the same order. A last short batch is kept.
     """
     rng = np.random.default_rng([seed, epoch])
     shuffled = rng.permutation(len(pairs))
-    by_length = sorted(shuffled, key=lambda i: pairs[i].length)
+    # Then by prompt length: pairs truncated to the same max length still differ in where the
+    # prompt ends, and batches of similar prompts can run each prompt once (see collate).
+    by_length = sorted(shuffled, key=lambda i: (pairs[i].length, len(pairs[i].prompt)))
     batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
     order = rng.permutation(len(batches))
     return [[int(i) for i in batches[j]] for j in order]
