@@ -228,8 +228,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     compiled_state = [model.state, mx.random.state]
 
     @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def grad_step(tokens, lengths, prompt_lengths, nll_weight, pair_weight):
-        batch = {"tokens": tokens, "lengths": lengths, "prompt_lengths": prompt_lengths}
+    def grad_step(batch, nll_weight, pair_weight):
+        # `batch` is collate's dict: with or without the shared-prompt layout (a new trace each).
         (_, metrics), grads = value_and_grad(model, batch, nll_weight, pair_weight)
         return metrics, grads
 
@@ -247,8 +247,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         nll_weight, pair_weight = shard_weights(global_pairs, local_pairs, cfg, cluster.size)
         # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
         batch = collate(local_pairs or global_pairs[:1], pad_id, cfg.pad_multiple)
-        return grad_step(batch["tokens"], batch["lengths"], batch["prompt_lengths"],
-                         mx.array(nll_weight), mx.array(pair_weight))
+        return grad_step(batch, mx.array(nll_weight), mx.array(pair_weight))
 
     batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch)
     bar = None

@@ -12,6 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_orpo.checkpoint import read_metrics
 from test_train_cli import assert_same_metrics, cli, train_records, wait_for
 
 pytestmark = pytest.mark.slow
@@ -48,6 +49,19 @@ def assert_same_adapters(a: Path, b: Path, learning_rate=5e-4):
     assert diffs.mean() <= 1e-4 * learning_rate
     moved = [np.abs(np.array(wa[k])).max() for k in wa if k.endswith("lora_b")]
     assert min(moved) > learning_rate
+
+
+def test_two_ranks_of_batch_1_equal_one_process_of_batch_2(single_process_run, tmp_path):
+    run_dir = tmp_path / "ranks"
+    done = subprocess.run(launch(*ARGS, "--batch-size", "1", "--output-dir", str(run_dir)), capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "data-parallel over 2 processes" in done.stdout
+    assert done.stdout.count("train step 4/4") == 1  # rank 0 alone reports
+    assert_same_metrics(train_records(single_process_run), train_records(run_dir))
+    evals = [[r for r in read_metrics(d / "metrics.jsonl") if "eval_loss" in r] for d in (single_process_run, run_dir)]
+    assert_same_metrics(*evals)
+    assert_same_adapters(single_process_run, run_dir)
 
 
 def rank_pids(run_dir: Path) -> dict[int, int]:
