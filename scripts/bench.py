@@ -373,6 +373,8 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--orpo-layouts", default="split", help="split (shared prompt), full, or both: split,full")
     parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the systems of a round at the same time (needs memory for all of them)")
     parser.add_argument("--timeout", type=float, default=3600, help="per worker process, seconds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -394,17 +396,27 @@ def main(argv=None) -> int:
     loads = [load_average()]
     with tempfile.TemporaryDirectory() as tmp:
         matmul = launch("matmul", spec, Path(tmp), args.timeout)
+        def run_one(r, name):
+            worker_spec = dict(spec, layout=name.split(":")[1] if ":" in name else None)
+            result = launch(name, worker_spec, Path(tmp), args.timeout)
+            loads.append(load_average())
+            print(f"round {r + 1} {name}: " + (result["error"][-400:] if "error" in result else
+                  f"{len(result['steps'])} steps, {result['wall_s']:.0f} s, load {loads[-1]}"),
+                  file=sys.stderr, flush=True)
+            if "error" not in result:
+                results[name].append(result)
+            # partial results survive an interrupted run
+            Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results) + "\n")
+
         for r in range(args.rounds):
             order = systems[r % len(systems):] + systems[: r % len(systems)]  # rotate: drift hits all alike
-            for name in order:
-                worker_spec = dict(spec, layout=name.split(":")[1] if ":" in name else None)
-                result = launch(name, worker_spec, Path(tmp), args.timeout)
-                loads.append(load_average())
-                print(f"round {r + 1} {name}: " + (result["error"][-400:] if "error" in result else
-                      f"{len(result['steps'])} steps, {result['wall_s']:.0f} s, load {loads[-1]}"),
-                      file=sys.stderr, flush=True)
-                if "error" not in result:
-                    results[name].append(result)
+            if args.parallel:  # all systems at once: the same load at the same time, memory permitting
+                from concurrent.futures import ThreadPoolExecutor
+                with ThreadPoolExecutor(len(order)) as pool:
+                    list(pool.map(lambda name: run_one(r, name), order))
+            else:
+                for name in order:
+                    run_one(r, name)
         matmul_after = launch("matmul", spec, Path(tmp), args.timeout)
 
     summary = {name: summarize(runs, args.warmup) for name, runs in results.items() if runs}

@@ -126,8 +126,10 @@ def test_mistral_7b_4bit_is_planned_offline():
     weights = prediction.breakdown["weights"]
     assert 3.5e9 < weights < 4.5e9  # mlx-community's 4-bit Mistral-7B is about 4.1 GB on disk
     assert prediction.total > weights
-    assert predict_peak(TrainConfig(**{**cfg.to_dict(), "grad_checkpoint": True}),
-                        KNOWN_CONFIGS["mistral-7b-4bit"], on_gpu=True).total < prediction.total
+    # Checkpointed blocks run full rows (no shared prompt), and checkpointing saved no measurable memory.
+    checkpointed = predict_peak(TrainConfig(**{**cfg.to_dict(), "grad_checkpoint": True}),
+                                KNOWN_CONFIGS["mistral-7b-4bit"], on_gpu=True)
+    assert checkpointed.layout == "full rows" and checkpointed.total <= prediction.total
 
 
 def test_fits_warning_and_recommendations(monkeypatch):
