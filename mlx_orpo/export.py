@@ -53,8 +53,9 @@ class ExportResult:
         lines += [f"  {_human(size):>10}  {path}" for path, size in self.files]
         if self.logit_error:
             e = self.logit_error
-            lines.append(f"  logit error vs the unquantised fused model: max abs {e['max_abs']:.4g}, "
-                         f"max rel {e['max_rel']:.3g}, top-1 agreement {e['top1_agreement']:.1%}")
+            lines.append(f"  logit error vs the unquantised fused model ({e.get('computed_in', 'float32')} "
+                         f"compute, fixed chat prompt): max abs {e['max_abs']:.4g}, max rel {e['max_rel']:.3g}, "
+                         f"top-1 agreement {e['top1_agreement']:.1%}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"use it:\n  {self.usage}")
         return "\n".join(lines)
@@ -171,6 +172,7 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 6
         reference = logits(fused.model, tokens)
         fused.model, config = quantize_model(fused.model, config, group_size=group_size, bits=bits)
         error = logit_error(reference, logits(fused.model, tokens))
+        error["computed_in"] = fused.dtype
         dtype = f"{bits}-bit affine, group size {group_size} ({fused.dtype} scales)"
         needed = n_params * (bits / 8 + 4 / group_size) + _SLACK
     else:

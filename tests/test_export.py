@@ -377,3 +377,35 @@ def test_gguf_refuses_other_architectures_and_maps_pre_tokenizers():
         {"type": "Split", "pattern": {"Regex": qwen}}, {"type": "ByteLevel", "use_regex": False}]}) == "qwen2"
     weight = np.arange(8 * 2 * 3, dtype=np.float32).reshape(16, 3)
     assert np.array_equal(np.array(unpermute_rows(mx.array(permute_rows(weight, 2)), 2)), weight)
+
+
+# ---- mlx --bits and the CLI ------------------------------------------------------------------------------
+
+def test_cli_mlx_requantised_reports_error_and_refuses_overwrite(lora_run, fused32, tmp_path, cli_env):
+    import re
+    import subprocess
+    import sys
+
+    from mlx_lm import load as mlx_load
+
+    run_dir, _, tokens = lora_run
+    out = tmp_path / "mlx-4bit"
+    cmd = [sys.executable, "-m", "mlx_orpo.export", "--adapters", str(run_dir), "--format", "mlx", "--bits", "4",
+           "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+    assert "model.safetensors" in done.stdout and "4-bit affine" in done.stdout
+    assert f"mlx_lm.generate --model {out}" in done.stdout
+    reported = float(re.search(r"max abs ([0-9.e+-]+)", done.stdout).group(1))
+    assert reported > 0.1  # 4 bits on a 135M model (tied 4-bit embeddings too) costs a lot: about 27
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4
+    model, _ = mlx_load(str(out))
+    err = errors(np_logits(fused32.model, tokens), np_logits(model, tokens))
+    print("mlx 4-bit vs fused f32:", err)
+    assert 0.1 < err["max_abs"] < reported + 5, err  # the report describes the file written
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert again.returncode == 2 and "--force" in again.stderr
