@@ -51,11 +51,6 @@ class ExportResult:
         if self.base:
             lines.append(f"  base: {self.base}; fused adapter modules: {self.fused_modules}")
         lines += [f"  {_human(size):>10}  {path}" for path, size in self.files]
-        if self.logit_error:
-            e = self.logit_error
-            lines.append(f"  logit error vs the unquantised fused model ({e.get('computed_in', 'float32')} "
-                         f"compute, fixed chat prompt): max abs {e['max_abs']:.4g}, max rel {e['max_rel']:.3g}, "
-                         f"top-1 agreement {e['top1_agreement']:.1%}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"use it:\n  {self.usage}")
         return "\n".join(lines)
@@ -180,7 +175,12 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 6
     write_dir_atomically(out, force, int(needed), lambda d: write_model_dir(fused, d, config=config,
                                                                               weights_format="mlx"))
     usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
-    return ExportResult("mlx", out, _files(out), dtype, usage, logit_error=error)
+    result = ExportResult("mlx", out, _files(out), dtype, usage, logit_error=error)
+    if error:
+        result.notes.append(f"logit error vs the unquantised fused model ({fused.dtype} compute, fixed chat "
+                            f"prompt): max abs {error['max_abs']:.4g}, max rel {error['max_rel']:.3g}, "
+                            f"top-1 agreement {error['top1_agreement']:.1%}")
+    return result
 
 
 # ---- the API -----------------------------------------------------------------------------------------------
