@@ -72,6 +72,17 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
+def memory_warning(cfg: TrainConfig) -> str | None:
+    """The planner's warning when the run is predicted not to fit in memory (None if it fits or
+    the model's config.json cannot be read without loading it)."""
+    from .plan import fits_warning, load_model_config
+
+    try:
+        return fits_warning(cfg, load_model_config(cfg.model))
+    except (ValueError, OSError, KeyError):
+        return None
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
@@ -87,6 +98,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
     cfg.output_dir = str(run_dir)
     splits = read_data(cfg)
+    if warning := memory_warning(cfg):
+        log(f"warning: {warning}")
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
         + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)

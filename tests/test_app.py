@@ -178,7 +178,7 @@ def test_memory_estimate_grows_with_batch_and_shrinks_with_bits(smollm2_dir):
     small = estimate_memory(TrainConfig(batch_size=1, max_length=256))
     big = estimate_memory(TrainConfig(batch_size=4, max_length=256))
     quant = estimate_memory(TrainConfig(batch_size=1, max_length=256, bits=4))
-    assert 100e6 < small.params < 200e6
+    assert 0.4 < small.weights_gb < 0.7  # 135M float32 parameters on the CPU
     assert big.activations_gb > 3 * small.activations_gb
     assert quant.weights_gb < small.weights_gb / 4
 
