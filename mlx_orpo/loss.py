@@ -98,7 +98,8 @@ def orpo_loss(chosen_logps: mx.array, rejected_logps: mx.array, nll: mx.array, b
         "log_odds_chosen": odds.mean(),
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32).mean(),
+        # ℓ_w > ℓ_l: TRL compares λ·ℓ, the same for λ > 0, but always 0 for plain SFT (λ = 0).
+        "rewards/accuracies": (chosen_logps > rejected_logps).astype(mx.float32).mean(),
         "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "logps/chosen": chosen_logps.mean(),
         "logps/rejected": rejected_logps.mean(),

@@ -67,6 +67,7 @@ def test_orpo_loss_and_metrics_by_hand():
 def test_lambda_zero_is_plain_nll():
     loss, m = orpo_loss(mx.array([-1.0, -2.0]), mx.array([-0.5, -3.0]), mx.array(1.2345), beta=0.0)
     assert loss.item() == pytest.approx(1.2345) and m["nll_loss"].item() == pytest.approx(1.2345)
+    assert m["rewards/accuracies"].item() == 0.5  # still measured under plain SFT: pair 2 prefers chosen
 
 
 def test_token_logps_is_log_softmax_pick():
