@@ -119,7 +119,7 @@ def test_upload_train_watch_curves_and_chat(app_url, page, tmp_path):
     set_number(page, "train-report_every", 1)
     set_number(page, "train-eval_every", 1)
     page.locator("#train-run-name textarea, #train-run-name input").first.fill("browser")
-    page.wait_for_function("() => document.querySelector('#train-estimate').innerText.includes('× 128 tokens')")
+    page.wait_for_function("() => document.querySelector('#train-estimate').innerText.includes('max length 128')")
     page.locator("#train-start").click()
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('browser')")
     for plot in ("train-loss", "train-log_odds"):
