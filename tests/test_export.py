@@ -391,7 +391,7 @@ def test_cli_mlx_requantised_reports_error_and_refuses_overwrite(lora_run, fused
     run_dir, _, tokens = lora_run
     out = tmp_path / "mlx-4bit"
     cmd = [sys.executable, "-m", "mlx_orpo.export", "--adapters", str(run_dir), "--format", "mlx", "--bits", "4",
-           "--out", str(out)]
+           "--dtype", "f32", "--out", str(out)]  # f32: BLAS on the CPU; f16 there is slow
     done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=900)
     assert done.returncode == 0, done.stderr
     print(done.stdout)
