@@ -7,8 +7,9 @@ import pandas as pd
 
 from .runfiles import CURVES, curve_frames
 
-EMPTY = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
-                      "series": pd.Series(dtype=str)})
+# No data is None, never an empty frame: a LinePlot that once showed an empty frame keeps an
+# empty colour domain in Gradio 6 and draws every later line without a stroke (invisible).
+EMPTY = None
 
 
 def make_plots(prefix: str) -> list[gr.LinePlot]:
@@ -24,6 +25,8 @@ def make_plots(prefix: str) -> list[gr.LinePlot]:
     return plots
 
 
-def plot_values(runs: list[tuple[str, list[dict]]]) -> list[pd.DataFrame]:
+def plot_values(runs: list[tuple[str, list[dict]]]) -> list[pd.DataFrame | None]:
+    if not runs:
+        return [EMPTY] * len(CURVES)
     frames = curve_frames(runs)
-    return [frames[key] for key in CURVES]
+    return [frames[key] if len(frames[key]) else EMPTY for key in CURVES]

@@ -28,9 +28,10 @@ ROWS = [
     {"prompt": "Colour of the sky?", "chosen": "Blue.\n- Rayleigh scattering.\nHope that helps!", "rejected": "Green"},
     {"prompt": "Largest ocean?", "chosen": "The Pacific.\n- A third of Earth.\nHope that helps!", "rejected": "Big"},
 ]
-# A line mark whose path has at least two points ("M x,y L x,y").
+# A visible line mark: a path with at least two points ("M x,y L x,y") and a stroke colour
+# (Gradio can draw lines without one, which leaves the plot looking empty).
 CURVE_DRAWN = """sel => [...document.querySelectorAll(sel + ' path[aria-roledescription="line mark"]')]
-                 .some(p => (p.getAttribute('d') || '').includes('L'))"""
+                 .some(p => (p.getAttribute('d') || '').includes('L') && p.getAttribute('stroke'))"""
 
 
 FAILED = "document.querySelector('#train-status').innerText.includes('failed')"
