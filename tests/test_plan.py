@@ -94,18 +94,36 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     return peak
 
 
-def case_result(case) -> tuple[int, int]:
-    _, config, pairs, prompt_len, answer_len, layout, extra = case
-    cfg = TrainConfig(batch_size=pairs, max_length=prompt_len + answer_len, max_prompt_length=prompt_len,
-                      **extra).validate()
+def case_config(case) -> TrainConfig:
+    _, _, pairs, prompt_len, answer_len, _, extra = case
+    return TrainConfig(batch_size=pairs, max_length=prompt_len + answer_len, max_prompt_length=prompt_len,
+                       **extra).validate()
+
+
+def measured_in_fresh_process(index: int) -> int:
+    """The measured peak of CASES[index], in a new interpreter: MLX's allocator state left by
+    earlier tests in the same process moved the peak by several percent."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, __file__, "--measure", str(index)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def case_result(case, measure=None) -> tuple[int, int]:
+    _, config, _, prompt_len, answer_len, layout, _ = case
+    cfg = case_config(case)
     predicted = predict_peak(cfg, config, on_gpu=False, layout=layout, prompt_len=prompt_len,
                              answer_len=answer_len).total
-    return predicted, measure_step_peak(config, cfg, prompt_len, answer_len, layout)
+    measured = measure() if measure else measure_step_peak(config, cfg, prompt_len, answer_len, layout)
+    return predicted, measured
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_prediction_within_15_percent_of_measured_peak(case):
-    predicted, measured = case_result(case)
+    predicted, measured = case_result(case, partial(measured_in_fresh_process, CASES.index(case)))
     error = predicted / measured - 1
     assert abs(error) <= TOLERANCE, (f"{case[0]}: predicted {format_bytes(predicted)}, measured "
                                      f"{format_bytes(measured)} ({error:+.1%})")
@@ -152,6 +170,12 @@ def test_parse_bytes():
 
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--measure"]:
+        case = CASES[int(sys.argv[2])]
+        print(measure_step_peak(case[1], case_config(case), case[3], case[4], case[5]))
+        raise SystemExit
     print("| case | predicted | measured | error |\n|---|---|---|---|")
     for case in CASES:
         predicted, measured = case_result(case)
