@@ -39,15 +39,15 @@ def single_process_run(tmp_path_factory, smollm2_dir):
 def assert_same_adapters(a: Path, b: Path, learning_rate=5e-4):
     """Adam moves a weight by about the learning rate per step whatever the size of its gradient,
     so where a gradient is near zero, float noise from a different summation order (two ranks'
-    partial gradients vs one batch) can flip a step's direction. Require the typical difference to
-    be tiny, 99.9% of weights within 1% of one step's update, none beyond a quarter of one step,
-    and the weights to have moved far more than that."""
+    partial gradients vs one batch) can flip a step's direction: a handful of the 2.4M weights
+    (seen: 1) then differ by up to about one step's update. Require the typical difference to be
+    tiny, 99.9% of weights within 1% of one step's update, and the weights to have moved far more
+    than that."""
     wa, wb = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
     assert wa.keys() == wb.keys()
     diffs = np.concatenate([np.abs(np.array(wa[k]) - np.array(wb[k])).ravel() for k in wa])
     assert diffs.mean() <= 1e-4 * learning_rate
     assert np.quantile(diffs, 0.999) <= 0.01 * learning_rate
-    assert diffs.max() <= 0.25 * learning_rate
     moved = [np.abs(np.array(wa[k])).max() for k in wa if k.endswith("lora_b")]
     assert min(moved) > learning_rate
 
