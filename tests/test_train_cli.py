@@ -99,7 +99,7 @@ def test_stop_kill_and_resume_match_the_uninterrupted_run(reference_run, tmp_pat
     code, out = interrupt_after(run_dir, 2, signal.SIGTERM, cli(*ARGS, "--output-dir", str(run_dir)))
     assert code == 0 and f"--resume {run_dir}" in out, out[-2000:]
     code, out = interrupt_after(run_dir, 4, signal.SIGKILL, cli("--resume", str(run_dir)))
-    assert code == -signal.SIGKILL and "resumed from" in out
+    assert code == -signal.SIGKILL  # (its buffered output may be lost with it; the last resume checks the log)
     done = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
