@@ -64,6 +64,64 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     return picked - logsumexp_last(logits)
 
 
+LOGIT_CHUNK = 256  # positions whose vocabulary logits exist at one time (head_logps)
+# Models whose forward is `head(model.model(x))` with nothing after the head (no logit soft-capping).
+PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi", "phi3")
+
+
+def head_logps(head, hidden: mx.array, targets: mx.array, chunk: int = LOGIT_CHUNK) -> mx.array:
+    """log p(target) through a frozen vocabulary head, `chunk` positions at a time.
+
+    Equal to token_logps(head(hidden), targets), without its memory: the full
+    (positions, vocabulary) float32 logits, their exponentials and their
+    gradient never exist at once. The forward keeps only each position's
+    log-partition; the backward recomputes a chunk's logits and turns them into
+    softmax - one_hot, so it costs one more head matmul and no more
+    exponentials than plain autodiff. The gradient flows to `hidden` only: the
+    head must be frozen (LoRA never adapts it).
+    hidden (..., d), targets (...) -> (...) float32.
+    """
+    shape = targets.shape
+    flat_targets = targets.reshape(-1)
+    starts = range(0, flat_targets.shape[0], chunk)
+
+    def chunk_logits(h, start):
+        return head(h[start:start + chunk]).astype(mx.float32)
+
+    def picked(logits, start):
+        return mx.take_along_axis(logits, flat_targets[start:start + chunk, None], axis=-1).squeeze(-1)
+
+    @mx.custom_function
+    def logps(h):
+        parts = []
+        for start in starts:
+            logits = chunk_logits(h, start)
+            parts.append(picked(logits, start) - logsumexp_last(logits))
+        return mx.concatenate(parts)
+
+    @logps.vjp
+    def logps_vjp(h, cotangent, output):  # a one-argument function gets its primal unwrapped
+        parts = []
+        for start in starts:
+            logits = chunk_logits(h, start)
+            log_partition = picked(logits, start) - output[start:start + chunk]
+            cot = cotangent[start:start + chunk, None]
+            one_hot = mx.arange(logits.shape[-1])[None, :] == flat_targets[start:start + chunk, None]
+            grad_logits = cot * (one_hot - mx.exp(logits - log_partition[:, None]))
+            _, (grad_h,) = mx.vjp(head, [h[start:start + chunk]], [grad_logits.astype(h.dtype)])
+            parts.append(grad_h)
+        return mx.concatenate(parts)
+
+    return logps(hidden.reshape(-1, hidden.shape[-1])).reshape(shape)
+
+
+def model_logps(model, tokens: mx.array) -> mx.array:
+    """log p(token t+1 | tokens <= t) for each row, (N, W - 1), through head_logps where the model allows."""
+    if getattr(model, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and hasattr(model, "model"):
+        return head_logps(output_head(model), model.model(tokens[:, :-1]), tokens[:, 1:])
+    return token_logps(model(tokens[:, :-1]), tokens[:, 1:])
+
+
 def masked_mean(values: mx.array, mask: mx.array) -> mx.array:
     """Mean over the last axis where mask is set (per sequence)."""
     mask = mask.astype(mx.float32)
@@ -136,8 +194,7 @@ def batch_loss(model, batch: dict, beta: float, prompt_in_nll: bool = False):
         return _split_batch_loss(model, batch, beta, prompt_in_nll)
     tokens = batch["tokens"]
     n_pairs = tokens.shape[0] // 2
-    logits = model(tokens[:, :-1])
-    logps = token_logps(logits, tokens[:, 1:])
+    logps = model_logps(model, tokens)
     response, nll_mask = sequence_masks(batch["lengths"], batch["prompt_lengths"], tokens.shape[1], prompt_in_nll)
     seq_logps = masked_mean(logps, response)
     chosen_nll_mask = nll_mask[:n_pairs].astype(mx.float32)
@@ -162,13 +219,50 @@ SPLIT_MODEL_TYPES = ("llama", "mistral")
 
 def split_supported(model) -> bool:
     """Models whose blocks take the shared-prompt cache: mlx-lm llama-family, no sliding windows,
-    blocks called as mlx-lm wrote them. A gradient-checkpointing wrapper (trainer.enable_grad_checkpoint)
-    would lose the gradient of the prompt keys and values, which leave the block through the cache."""
+    blocks called as mlx-lm wrote them or wrapped by `enable_grad_checkpoint` (which passes the
+    prompt keys and values in and out of the recomputed block, so their gradients survive)."""
     inner = getattr(model, "model", None)
     if getattr(model, "model_type", None) not in SPLIT_MODEL_TYPES or not hasattr(inner, "embed_tokens"):
         return False
-    return all(not getattr(layer, "use_sliding", False) and type(layer).__call__.__module__ == type(model).__module__
-               for layer in inner.layers)
+
+    def as_written(layer):
+        call = type(layer).__call__
+        return getattr(call, "split_aware", False) or call.__module__ == type(model).__module__
+
+    return all(not getattr(layer, "use_sliding", False) and as_written(layer) for layer in inner.layers)
+
+
+def enable_grad_checkpoint(model) -> None:
+    """Recompute each transformer block in the backward pass (mx.checkpoint): the backward keeps
+    each block's input instead of its activations.
+
+    Each block *instance* gets a private subclass; the library's classes are left alone. With
+    the shared-prompt caches, the prompt pass returns its keys and values from the checkpointed
+    call and the answer pass takes them as inputs, so gradients reach them.
+    """
+    for layer in model.layers:
+        base_call = type(layer).__call__
+
+        def checkpointed(self, x, mask=None, cache=None, _base=base_call):
+            def block(params, x, *prompt_kv):
+                self.update(params)
+                if isinstance(cache, _PromptCache):
+                    fresh = _PromptCache()
+                    return _base(self, x, mask, cache=fresh), fresh.keys, fresh.values
+                if isinstance(cache, _AnswerCache):
+                    prompt = _PromptCache()
+                    prompt.keys, prompt.values = prompt_kv
+                    return _base(self, x, mask, cache=_AnswerCache(prompt, cache.offset, cache.mask))
+                return _base(self, x, mask, cache=cache)
+
+            prompt_kv = (cache.prompt.keys, cache.prompt.values) if isinstance(cache, _AnswerCache) else ()
+            out = mx.checkpoint(block)(self.trainable_parameters(), x, *prompt_kv)
+            if isinstance(cache, _PromptCache):
+                out, cache.keys, cache.values = out
+            return out
+
+        checkpointed.split_aware = True
+        layer.__class__ = type(type(layer).__name__, (type(layer),), {"__call__": checkpointed})
 
 
 class _PromptCache:
@@ -231,13 +325,13 @@ def _split_batch_loss(model, batch: dict, beta: float, prompt_in_nll: bool):
     first = mx.take_along_axis(prompt_hidden, last, axis=1)
     first = mx.concatenate([first, first], axis=0)
     head = output_head(model)
-    logps = token_logps(head(mx.concatenate([first, answer_hidden[:, :-1]], axis=1)), answers)
+    logps = head_logps(head, mx.concatenate([first, answer_hidden[:, :-1]], axis=1), answers)
     scored = mx.arange(answer_width)[None, :] < batch["response_lengths"][:, None]
     seq_logps = masked_mean(logps, scored)
     chosen_mask = scored[:n_pairs].astype(mx.float32)
     nll_sum, nll_count = -(logps[:n_pairs] * chosen_mask).sum(), chosen_mask.sum()
     if prompt_in_nll:  # the chosen rows' prompt tokens 1..p-1, predicted inside the prompt pass
-        prompt_logps = token_logps(head(prompt_hidden[:, :-1]), prompts[:, 1:])
+        prompt_logps = head_logps(head, prompt_hidden[:, :-1], prompts[:, 1:])
         in_prompt = (mx.arange(1, prompt_width)[None, :] < prompt_lengths[:n_pairs, None]).astype(mx.float32)
         nll_sum = nll_sum - (prompt_logps * in_prompt).sum()
         nll_count = nll_count + in_prompt.sum()

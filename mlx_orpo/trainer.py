@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .batching import collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
-from .loss import batch_loss
+from .loss import batch_loss, enable_grad_checkpoint
 from .tokenize import EncodedPair
 
 METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
@@ -68,24 +68,6 @@ def build_schedule(cfg: TrainConfig, steps: int):
         return main
     # Warmup starts at peak / (warmup + 1), not 0, so the first step is not wasted.
     return optim.join_schedules([optim.linear_schedule(peak / (warmup + 1), peak, warmup), main], [warmup])
-
-
-def enable_grad_checkpoint(model) -> None:
-    """Recompute each transformer block in the backward pass.
-
-    Each block *instance* gets a private subclass whose __call__ is wrapped in
-    mx.checkpoint; the library's classes are left alone.
-    """
-    for layer in model.layers:
-        base_call = type(layer).__call__
-
-        def checkpointed(self, *args, _base=base_call, **kwargs):
-            def inner(params, *args, **kwargs):
-                self.update(params)
-                return _base(self, *args, **kwargs)
-            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
-
-        layer.__class__ = type(type(layer).__name__, (type(layer),), {"__call__": checkpointed})
 
 
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int):

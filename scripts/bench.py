@@ -77,7 +77,7 @@ def worker_mlx_orpo(spec: dict) -> dict:
     model, _, _, _ = load_model(spec["model_dir"], dtype="float32")
     attach_adapters(model, cfg)
     if cfg.grad_checkpoint:
-        from mlx_orpo.trainer import enable_grad_checkpoint
+        from mlx_orpo.loss import enable_grad_checkpoint
         enable_grad_checkpoint(model)
     optimizer = optim.AdamW(learning_rate=1e-5)
     value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=False))
@@ -200,7 +200,8 @@ def worker_mlx_lm_lora(spec: dict) -> dict:
     class Timer(TrainingCallback):
         def on_train_loss_report(self, info):
             now = time.perf_counter()
-            tokens = sum(pairs[i].tokens for i in dataset.read)
+            # Its iterator reads every row once to sort by length, then batch_size rows per step.
+            tokens = sum(pairs[i].tokens for i in dataset.read[-spec["batch_size"]:])
             dataset.read.clear()
             steps.append({"s": now - clock["t"], "tokens": tokens, "loss": info["train_loss"],
                           "reported_tok_s": info["tokens_per_second"]})

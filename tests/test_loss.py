@@ -8,7 +8,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss, sequence_masks, token_logps
+from mlx_orpo.loss import batch_loss, head_logps, log1mexp, log_odds, orpo_loss, sequence_masks, token_logps
 
 
 def close(a, b, rel=1e-5, abs_=0.0):
@@ -75,6 +75,29 @@ def test_token_logps_is_log_softmax_pick():
     got = token_logps(logits, mx.array([[2, 1]])).tolist()[0]
     assert close(got[0], 3.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3)))
     assert close(got[1], -math.log(3.0))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_chunked_head_logps_equal_the_full_logits(quantized):
+    """Values and gradients (to the hidden states) of head_logps, 5 positions at a time over 3 x 7
+    positions (a ragged last chunk), against autodiff through the whole logits."""
+    mx.random.seed(0)
+    head = nn.Linear(64, 300, bias=False)
+    if quantized:
+        head = nn.QuantizedLinear.from_linear(head)
+    hidden, targets = mx.random.normal((3, 7, 64)), mx.random.randint(0, 300, (3, 7))
+    weights = mx.random.normal((3, 7))  # a cotangent that differs per position
+
+    def total(fn):
+        return lambda h: (fn(h) * weights).sum()
+
+    chunked = lambda h: head_logps(head, h, targets, chunk=5)  # noqa: E731
+    reference = lambda h: token_logps(head(h), targets)  # noqa: E731
+    assert np.abs(np.array(chunked(hidden) - reference(hidden))).max() < 1e-5
+    expected = np.array(mx.grad(total(reference))(hidden))
+    for grad_fn in (mx.grad(total(chunked)), mx.compile(mx.grad(total(chunked)))):
+        got = np.array(grad_fn(hidden))
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 def test_masks_cover_exactly_the_response_tokens():

@@ -69,16 +69,18 @@ def test_split_layout_shapes():
     assert batch["prompt_tokens"][1, 18:].tolist() == [0] * 6
 
 
-def test_grad_checkpointed_blocks_use_the_full_rows():
-    """Checkpointed blocks would drop the prompt keys' gradients: batch_loss must not split then."""
-    from mlx_orpo.trainer import enable_grad_checkpoint
+def test_grad_checkpointed_blocks_keep_the_shared_prompt_and_its_gradients():
+    """Recomputed blocks must pass the prompt keys and values on, or their gradients are lost."""
+    from mlx_orpo.loss import enable_grad_checkpoint
 
     model = tiny_lora_model(True)
     batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, pad_multiple=1)
+    assert "response_tokens" in batch
     step = nn.value_and_grad(model, partial(batch_loss, beta=0.3))
-    _, expected = step(model, {k: batch[k] for k in FULL_KEYS})
+    expected_loss, expected = step(model, {k: batch[k] for k in FULL_KEYS})
     enable_grad_checkpoint(model)
-    assert not split_supported(model)
-    _, grads = nn.value_and_grad(model, partial(batch_loss, beta=0.3))(model, batch)
+    assert split_supported(model)
+    loss, grads = nn.value_and_grad(model, partial(batch_loss, beta=0.3))(model, batch)
+    assert abs(loss[0].item() - expected_loss[0].item()) <= 1e-5 * abs(expected_loss[0].item())
     for (name, a), (_, b) in zip(tree_flatten(grads), tree_flatten(expected)):
         assert np.linalg.norm(np.array(a - b)) <= 1e-4 * np.linalg.norm(np.array(b)), name

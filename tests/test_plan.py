@@ -50,7 +50,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     from mlx_orpo.loss import batch_loss
     from mlx_orpo.models import attach_adapters
     from mlx_orpo.tokenize import EncodedPair
-    from mlx_orpo.trainer import enable_grad_checkpoint
+    from mlx_orpo.loss import enable_grad_checkpoint
 
     mx.synchronize()
     mx.clear_cache()
