@@ -11,11 +11,12 @@ shapes and the run's settings:
   gradients, AdamW's two moments);
 - activations: what the backward pass keeps per transformer block, per token
   (multiples of the hidden and MLP widths) and per attention score;
-- logits: the float32 vocabulary rows of the scored positions;
+- logits: the float32 vocabulary rows alive at once (a chunk of the scored
+  positions, see loss.head_logps);
 - a fixed overhead.
 
 The per-token and per-score multiples were measured (`mx.get_peak_memory()`
-of one training step on tiny llama configs, see tests/test_plan.py and
+of one training step on llama configs, scripts/fit_plan.py, tests/test_plan.py and
 docs/performance.md); everything else is counted. The batch assumed is the
 longest one a run can meet: B pairs at --max-length, the prompt at its
 budget, and also the same pairs laid out as full rows (the layout
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
+from .loss import LOGIT_CHUNK, PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES
 
 # The config.json numbers of the aliases, so the planner works offline for
 # models that are not on disk (mistral-7b-4bit on a machine that never
@@ -61,23 +63,21 @@ KNOWN_CONFIGS = {
         "tie_word_embeddings": False, "torch_dtype": "float16"},
 }
 
-# Measured multiples (float32, MLX CPU backend, mlx 0.32; fitted jointly on 11 tiny llama
-# steps and 12 SmolLM2-135M steps, see docs/performance.md "Memory planner"). Per transformer block and token, the backward
-# pass keeps ACT_HIDDEN x hidden + ACT_MLP x intermediate + ACT_QKV x (q + k + v
-# widths) values, and ACT_SCORES values per attention score (query x key, per
-# head); the vocabulary logits of the scored positions are held LOGIT_COPIES
-# times at the peak.
+# Measured multiples (float32, MLX CPU backend, mlx 0.32; fitted by scripts/fit_plan.py on
+# one training step each of tiny, 8-block and SmolLM2-shaped llama configs, see
+# docs/performance.md "Memory planner"). Per transformer block and token, the backward pass
+# keeps ACT_HIDDEN x hidden + ACT_MLP x intermediate values, and ACT_SCORES values per
+# attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
+# token and block, plus one block's activations while it is recomputed. The vocabulary logits
+# exist LOGIT_CHUNK positions at a time (loss.head_logps), LOGIT_COPIES times over; models
+# whose head is not plain (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times.
 ACT_HIDDEN = 2.67
 ACT_MLP = 4.25
-ACT_QKV = 0.0
 ACT_SCORES = 1.854
-LOGIT_COPIES = 2.98
+CKPT_HIDDEN = 1.0
+LOGIT_COPIES = 3.0
+FULL_LOGIT_COPIES = 2.98
 OVERHEAD_BYTES = 12_500_000
-# Measured, not designed: trainer.enable_grad_checkpoint (mx.checkpoint around each block)
-# lowered the peak by only about 6-9% (tiny llama, 4 blocks, compiled or not), within this
-# model's error: counted as no saving (tests/test_plan.py checks a checkpointed run).
-GRAD_CHECKPOINT_KEEP = 1.0
-SPLIT_MODEL_TYPES = ("llama", "mistral")  # the shared-prompt layout (loss.split_supported)
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -190,11 +190,18 @@ def adapter_params(cfg: TrainConfig, shape: ModelShape) -> int:
 
 def activation_bytes(cfg: TrainConfig, shape: ModelShape, act_bytes: int, tokens: int, scores: int) -> int:
     """Backward-pass residue of all blocks for `tokens` token positions and `scores` attention scores per head."""
-    qkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim
-    per_token = ACT_HIDDEN * shape.hidden + ACT_MLP * shape.intermediate + ACT_QKV * qkv
+    per_token = ACT_HIDDEN * shape.hidden + ACT_MLP * shape.intermediate
     per_block = per_token * tokens + ACT_SCORES * shape.heads * scores
-    keep = GRAD_CHECKPOINT_KEEP if cfg.grad_checkpoint else 1.0
-    return int(act_bytes * per_block * shape.layers * keep)
+    if cfg.grad_checkpoint:  # every block's input, and one block's activations during its recompute
+        return int(act_bytes * (CKPT_HIDDEN * shape.hidden * tokens * shape.layers + per_block))
+    return int(act_bytes * per_block * shape.layers)
+
+
+def logit_bytes(shape: ModelShape, rows: int) -> int:
+    """The float32 vocabulary logits alive at the peak, for `rows` scored positions."""
+    if shape.model_type in PLAIN_HEAD_MODEL_TYPES:
+        return int(LOGIT_COPIES * min(rows, LOGIT_CHUNK) * shape.vocab * 4)
+    return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
 
 
 def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = None,
@@ -209,7 +216,7 @@ def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = 
         answer_len = cfg.max_length - prompt_len
     pairs, width = cfg.batch_size, pad(prompt_len + answer_len)
     layouts = {"full rows": (2 * pairs * width, 2 * pairs * width * width, 2 * pairs * width)}
-    if shape.model_type in SPLIT_MODEL_TYPES and not cfg.grad_checkpoint:  # see loss.split_supported
+    if shape.model_type in SPLIT_MODEL_TYPES:  # see loss.split_supported
         prompt, answer = pad(prompt_len), pad(answer_len)
         tokens = pairs * prompt + 2 * pairs * answer
         if tokens <= 2 * pairs * width:  # otherwise collate keeps the full rows
@@ -242,7 +249,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
         if layout is not None and name != layout:
             continue
         activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
-        logits = int(LOGIT_COPIES * rows * shape.vocab * 4)
+        logits = logit_bytes(shape, rows)
         total = weights + adapters + activations + logits + OVERHEAD_BYTES
         if best is None or total > best.total:
             best = Prediction(total, {"weights": weights, "adapters + optimizer": adapters,

@@ -252,6 +252,10 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 tokens += sum(train_pairs[i].tokens for i in indices)
                 grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                 metrics_sum = metrics if metrics_sum is None else {k: metrics_sum[k] + metrics[k] for k in metrics}
+                # Evaluated here, as the only roots: MLX then walks the backward block by block. Left for
+                # the clipping and the finite check to pull in, the same step peaked 2.7x higher with
+                # gradient checkpointing (0.96 -> 2.54 GB, SmolLM2-135M, 1,536 tokens).
+                mx.eval(grads_sum, metrics_sum)
                 last = index + 1 == batches_per_epoch
                 state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
             grads = cluster.average_gradients(tree_map(lambda g: g / cfg.grad_accum, grads_sum))

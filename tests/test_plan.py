@@ -2,7 +2,7 @@
 
 Each case builds a small llama model, attaches LoRA to every linear layer and runs
 one training step the way the trainer does (compiled value_and_grad of
-batch_loss, clipping, AdamW, one mx.eval), then compares mx.get_peak_memory()
+batch_loss evaluated, then clipping, AdamW, mx.eval), then compares mx.get_peak_memory()
 with plan.predict_peak for the same batch. `python tests/test_plan.py` prints
 the table that docs/performance.md quotes.
 """
@@ -85,6 +85,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
         return metrics, grads
 
     metrics, grads = step(batch)
+    mx.eval(grads, metrics)  # the trainer's order
     grads, _ = optim.clip_grad_norm(grads, 1.0)
     optimizer.update(model, grads)
     mx.eval(model.trainable_parameters(), optimizer.state, metrics)
