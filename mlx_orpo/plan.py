@@ -64,20 +64,23 @@ KNOWN_CONFIGS = {
 }
 
 # Measured multiples (float32, MLX CPU backend, mlx 0.32; fitted by scripts/fit_plan.py on
-# one training step each of tiny, 8-block and SmolLM2-shaped llama configs, see
-# docs/performance.md "Memory planner"). Per transformer block and token, the backward pass
+# one training step each of 14 tiny, 8-block and SmolLM2-shaped llama configs, ACT_MLP set
+# from the block's structure; see docs/performance.md "Memory planner"). Per transformer block and token, the backward pass
 # keeps ACT_HIDDEN x hidden + ACT_MLP x intermediate values, and ACT_SCORES values per
 # attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
-# token and block, plus one block's activations while it is recomputed. The vocabulary logits
+# token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
+# their gradients; set, not fitted). The vocabulary logits
 # exist LOGIT_CHUNK positions at a time (loss.head_logps), LOGIT_COPIES times over; models
-# whose head is not plain (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times.
-ACT_HIDDEN = 2.67
-ACT_MLP = 4.25
-ACT_SCORES = 1.854
-CKPT_HIDDEN = 1.0
-LOGIT_COPIES = 3.0
+# whose head is not plain (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES
+# times (measured before the logits were chunked).
+ACT_HIDDEN = 13.12
+ACT_MLP = 4.0
+ACT_SCORES = 1.735
+CKPT_HIDDEN = 2.159
+CKPT_BLOCKS = 2
+LOGIT_COPIES = 0.222
 FULL_LOGIT_COPIES = 2.98
-OVERHEAD_BYTES = 12_500_000
+OVERHEAD_BYTES = 3_000_000
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -193,7 +196,7 @@ def activation_bytes(cfg: TrainConfig, shape: ModelShape, act_bytes: int, tokens
     per_token = ACT_HIDDEN * shape.hidden + ACT_MLP * shape.intermediate
     per_block = per_token * tokens + ACT_SCORES * shape.heads * scores
     if cfg.grad_checkpoint:  # every block's input, and one block's activations during its recompute
-        return int(act_bytes * (CKPT_HIDDEN * shape.hidden * tokens * shape.layers + per_block))
+        return int(act_bytes * (CKPT_HIDDEN * shape.hidden * tokens * shape.layers + CKPT_BLOCKS * per_block))
     return int(act_bytes * per_block * shape.layers)
 
 

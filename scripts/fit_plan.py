@@ -6,7 +6,8 @@
 Each case is one trainer-like step (tests/test_plan.py `measure_step_peak`). The fit is a least
 squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
 per-token and per-score activation multiples, the per-token residue of a checkpointed block,
-and the copies of a logit chunk. Paste the printed constants into mlx_orpo/plan.py.
+and the copies of a logit chunk (ACT_MLP and CKPT_BLOCKS are set, not fitted). Paste the printed
+constants into mlx_orpo/plan.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+from mlx_orpo import plan  # noqa: E402
 
 TINY = dict(model_type="llama", hidden_size=256, num_hidden_layers=2, intermediate_size=512,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)
@@ -43,26 +46,66 @@ GRID = [
     ("smol full", SMOL, 1, 64, 128, "full rows", {}),
     ("smol shared ckpt", SMOL, 2, 128, 256, "shared prompt", {"grad_checkpoint": True}),
     ("smol full ckpt", SMOL, 1, 96, 160, "full rows", {"grad_checkpoint": True}),
+    ("tiny 4 blocks full ckpt", dict(TINY, num_hidden_layers=4), 2, 64, 128, "full rows", {"grad_checkpoint": True}),
 ]
+# Not fitted, only checked: Mistral-7B's shapes with 1 and 2 blocks (float32), whose per-block
+# slope extrapolates to the 32-block model.
+MISTRAL = dict(model_type="llama", vocab_size=32768, hidden_size=4096, intermediate_size=14336,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+VALIDATE = [
+    ("mistral-shaped 1 block", dict(MISTRAL, num_hidden_layers=1), 1, 128, 128, "shared prompt", {}),
+    ("mistral-shaped 2 blocks", dict(MISTRAL, num_hidden_layers=2), 1, 128, 128, "shared prompt", {}),
+    ("mistral-shaped 2 blocks ckpt", dict(MISTRAL, num_hidden_layers=2), 1, 128, 128, "shared prompt",
+     {"grad_checkpoint": True}),
+]
+CASES = GRID + VALIDATE
+# Collinear with ACT_HIDDEN on these configs (the MLP is 2-2.7x the hidden width in all of them), so
+# set from the block's structure rather than fitted: gate, up, silu(gate) and their product.
+ACT_MLP = plan.ACT_MLP
+CKPT_BLOCKS = plan.CKPT_BLOCKS  # set, not fitted: one block's recomputed activations and their gradients
 
 
-def features(case) -> tuple[list[float], float]:
-    """(coefficients of the fitted multiples, the counted bytes) of one case's prediction."""
-    from mlx_orpo import plan
+def parts(case) -> dict:
+    """The bytes of one case's prediction that are counted, and the shapes the fitted multiples scale."""
     from test_plan import case_config
 
     _, config, _, prompt_len, answer_len, layout, _ = case
     cfg = case_config(case)
     shape = plan.ModelShape.from_config(config)
     tokens, scores, rows = plan.batch_layouts(cfg, shape, prompt_len, answer_len)[layout]
-    act = 4 * (shape.layers if not cfg.grad_checkpoint else 1)
-    per_block = [act * shape.hidden * tokens, act * shape.intermediate * tokens, act * shape.heads * scores]
-    saved_inputs = 4 * shape.layers * shape.hidden * tokens if cfg.grad_checkpoint else 0
-    logit_rows = min(rows, plan.LOGIT_CHUNK) * shape.vocab * 4
     prediction = plan.predict_peak(cfg, config, on_gpu=False, layout=layout, prompt_len=prompt_len,
                                    answer_len=answer_len)
-    counted = prediction.breakdown["weights"] + prediction.breakdown["adapters + optimizer"]
-    return per_block + [saved_inputs, logit_rows, 1.0], counted
+    return {"counted": prediction.breakdown["weights"] + prediction.breakdown["adapters + optimizer"],
+            "hidden": 4 * shape.hidden * tokens, "mlp": 4 * ACT_MLP * shape.intermediate * tokens,
+            "scores": 4 * shape.heads * scores, "layers": shape.layers, "checkpointed": cfg.grad_checkpoint,
+            "logits": min(rows, plan.LOGIT_CHUNK) * shape.vocab * 4}
+
+
+def predicted(p: dict, fit: dict) -> float:
+    block = fit["ACT_HIDDEN"] * p["hidden"] + p["mlp"] + fit["ACT_SCORES"] * p["scores"]
+    if p["checkpointed"]:
+        activations = fit["CKPT_HIDDEN"] * p["hidden"] * p["layers"] + CKPT_BLOCKS * block
+    else:
+        activations = block * p["layers"]
+    return p["counted"] + activations + fit["LOGIT_COPIES"] * p["logits"] + fit["OVERHEAD_BYTES"]
+
+
+def fit_multiples(peaks: dict) -> dict:
+    """One least-squares fit on relative error over every case in GRID."""
+    import numpy as np
+
+    rows, targets, scale = [], [], []
+    for case in GRID:
+        p = parts(case)
+        blocks = CKPT_BLOCKS if p["checkpointed"] else p["layers"]
+        rows.append([blocks * p["hidden"], blocks * p["scores"],
+                     p["hidden"] * p["layers"] if p["checkpointed"] else 0.0, p["logits"], 1.0])
+        targets.append(peaks[case[0]] - p["counted"] - blocks * p["mlp"])
+        scale.append(peaks[case[0]])
+    scale = np.array(scale)
+    solution, *_ = np.linalg.lstsq(np.array(rows) / scale[:, None], np.array(targets) / scale, rcond=None)
+    return dict(zip(["ACT_HIDDEN", "ACT_SCORES", "CKPT_HIDDEN", "LOGIT_COPIES", "OVERHEAD_BYTES"],
+                    solution.tolist()))
 
 
 def measure(index: int) -> int:
@@ -76,34 +119,29 @@ def measure(index: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out")
+    parser.add_argument("--out", help="write the measured peaks here (JSON)")
+    parser.add_argument("--peaks", help="fit these measured peaks (an --out file) instead of measuring")
     args = parser.parse_args()
     if args.measure is not None:
         from test_plan import case_config, measure_step_peak
-        case = GRID[args.measure]
+        case = CASES[args.measure]
         print(measure_step_peak(case[1], case_config(case), case[3], case[4], case[5]))
         return 0
 
-    import numpy as np
-
-    rows, targets, names = [], [], []
-    for i, case in enumerate(GRID):
-        peak = measure(i)
-        coefficients, counted = features(case)
-        rows.append([c / peak for c in coefficients])
-        targets.append(1 - counted / peak)
-        names.append((case[0], peak, coefficients, counted))
-        print(f"measured {case[0]}: {peak / 1e6:.1f} MB", flush=True)
-    fit, *_ = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)
-    labels = ["ACT_HIDDEN", "ACT_MLP", "ACT_SCORES", "CKPT_HIDDEN", "LOGIT_COPIES", "OVERHEAD_BYTES"]
-    print("\n".join(f"{k} = {v:.4g}" for k, v in zip(labels, fit)))
-    print("| case | measured | fitted | error |\n|---|---|---|---|")
-    for name, peak, coefficients, counted in names:
-        fitted = counted + float(np.dot(coefficients, fit))
-        print(f"| {name} | {peak / 1e6:.1f} MB | {fitted / 1e6:.1f} MB | {fitted / peak - 1:+.1%} |")
+    peaks = json.loads(Path(args.peaks).read_text()) if args.peaks else {}
+    for i, case in enumerate(CASES):
+        if case[0] not in peaks:
+            peaks[case[0]] = measure(i)
+            print(f"measured {case[0]}: {peaks[case[0]] / 1e6:.1f} MB", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"fit": dict(zip(labels, fit.tolist())),
-                                              "cases": [(n, p) for n, p, _, _ in names]}, indent=1))
+        Path(args.out).write_text(json.dumps(peaks, indent=1) + "\n")
+    fit = fit_multiples(peaks)
+    print(f"ACT_MLP = {ACT_MLP} (set)\nCKPT_BLOCKS = {CKPT_BLOCKS} (set)\n" + "\n".join(f"{k} = {v:.4g}" for k, v in fit.items()))
+    print("| case | measured | fitted | error |\n|---|---|---|---|")
+    for case in CASES:
+        peak, fitted = peaks[case[0]], predicted(parts(case), fit)
+        tag = " (not in the fit)" if case in VALIDATE else ""
+        print(f"| {case[0]}{tag} | {peak / 1e6:.1f} MB | {fitted / 1e6:.1f} MB | {fitted / peak - 1:+.1%} |")
     return 0
 
 
