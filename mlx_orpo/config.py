@@ -76,7 +76,8 @@ class TrainConfig:
     dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
                       "dtype on GPU), float32, float16, bfloat16.",
                       choices=("auto", "float32", "float16", "bfloat16"))
-    grad_checkpoint: bool = _opt(False, "Recompute block activations in the backward pass: less memory, more time.")
+    grad_checkpoint: bool = _opt(False, "Recompute each block in the backward pass: about a quarter of the "
+                                 "peak memory for about 30% more time (SmolLM2-135M); what makes 7B fit.")
 
     # Reporting and saving
     report_every: int = _opt(10, "Write a metrics line every N steps.")
