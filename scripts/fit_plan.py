@@ -1,7 +1,8 @@
 """Measure training-step peaks on llama configs and fit the memory planner's multiples.
 
     python scripts/fit_plan.py                  # measure the grid (fresh process per case), fit, print
-    python scripts/fit_plan.py --out fit.json   # also keep the measurements
+    python scripts/fit_plan.py --out fit.json   # also keep the measured peaks
+    python scripts/fit_plan.py --peaks fit.json # refit kept peaks (measures only missing cases)
 
 Each case is one trainer-like step (tests/test_plan.py `measure_step_peak`). The fit is a least
 squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
@@ -22,11 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from mlx_orpo import plan  # noqa: E402
+from test_plan import TINY, WIDER  # noqa: E402  (the test's configs)
 
-TINY = dict(model_type="llama", hidden_size=256, num_hidden_layers=2, intermediate_size=512,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)
-WIDER = dict(TINY, hidden_size=384, num_hidden_layers=3, intermediate_size=1024, num_attention_heads=6,
-             vocab_size=2000, tie_word_embeddings=False)
 DEEP = dict(TINY, num_hidden_layers=8, vocab_size=8000)
 SMOL = dict(model_type="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
             num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
