@@ -61,26 +61,24 @@ def _load_spec(path: str) -> dict:
     return spec
 
 
-def worker_mlx_orpo(spec: dict) -> dict:
+def _mlx_orpo_setup(spec: dict, grad_checkpoint: bool):
+    """(model, optimizer, compiled grad step, cfg) as the trainer builds them."""
     import mlx_orpo  # noqa: F401  (fast BLAS before mlx)
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
     from functools import partial
 
-    from mlx_orpo.batching import collate
     from mlx_orpo.config import TrainConfig
-    from mlx_orpo.loss import batch_loss
+    from mlx_orpo.loss import batch_loss, enable_grad_checkpoint
     from mlx_orpo.models import attach_adapters, load_model
 
     cfg = TrainConfig(lora_rank=spec["rank"], lora_alpha=2.0 * spec["rank"], batch_size=spec["batch_size"],
-                      max_length=spec["max_length"], grad_checkpoint="+ckpt" in spec["layout"])
+                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint)
     model, _, _, _ = load_model(spec["model_dir"], dtype="float32")
     attach_adapters(model, cfg)
     if cfg.grad_checkpoint:
-        from mlx_orpo.loss import enable_grad_checkpoint
         enable_grad_checkpoint(model)
-    optimizer = optim.AdamW(learning_rate=1e-5)
     value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=False))
     state = [model.state, mx.random.state]
 
@@ -89,20 +87,42 @@ def worker_mlx_orpo(spec: dict) -> dict:
         (_, metrics), grads = value_and_grad(model, batch)
         return metrics, grads
 
-    pairs, steps = spec["pairs"], []
     model.train()
+    return model, optim.AdamW(learning_rate=1e-5), grad_step, cfg
+
+
+def _mlx_orpo_step(model, optimizer, grad_step, batch) -> dict:
+    """One trainer step: gradients evaluated first (as the trainer does: the backward's own
+    evaluation order keeps the peak low), then clipping, the finite check and AdamW."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    metrics, grads = grad_step(batch)
+    mx.eval(grads, metrics)
+    grads, grad_norm = optim.clip_grad_norm(grads, 1.0)
+    if (mx.isfinite(metrics["loss"]) & mx.isfinite(grad_norm)).item():
+        optimizer.update(model, grads)
+    mx.eval(model.trainable_parameters(), optimizer.state, metrics)
+    return metrics
+
+
+FULL_ROW_KEYS = ("tokens", "lengths", "prompt_lengths")
+
+
+def worker_mlx_orpo(spec: dict) -> dict:
+    import mlx.core as mx
+
+    from mlx_orpo.batching import collate
+
+    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
+    pairs, steps = spec["pairs"], []
     for indices in spec["batches"]:
         chunk = [pairs[i] for i in indices]
         start = time.perf_counter()
         batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
         if spec["layout"].startswith("full"):
-            batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}
-        metrics, grads = grad_step(batch)
-        mx.eval(grads, metrics)  # as the trainer does: the backward's own evaluation order keeps the peak low
-        grads, grad_norm = optim.clip_grad_norm(grads, 1.0)
-        if (mx.isfinite(metrics["loss"]) & mx.isfinite(grad_norm)).item():
-            optimizer.update(model, grads)
-        mx.eval(model.trainable_parameters(), optimizer.state, metrics)
+            batch = {k: batch[k] for k in FULL_ROW_KEYS}
+        metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                       "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch})
     return {"steps": steps, "mlx_peak": mx.get_peak_memory()}
@@ -111,44 +131,22 @@ def worker_mlx_orpo(spec: dict) -> dict:
 def worker_layouts(spec: dict) -> dict:
     """mlx-orpo's two batch layouts step by step on the same batches, interleaved in one process
     (split, full, split, full, ...), so load drift hits both alike: what the shared prompt buys."""
-    import mlx_orpo  # noqa: F401
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    from functools import partial
 
     from mlx_orpo.batching import collate
-    from mlx_orpo.config import TrainConfig
-    from mlx_orpo.loss import batch_loss
-    from mlx_orpo.models import attach_adapters, load_model
 
-    cfg = TrainConfig(lora_rank=spec["rank"], lora_alpha=2.0 * spec["rank"])
-    model, _, _, _ = load_model(spec["model_dir"], dtype="float32")
-    attach_adapters(model, cfg)
-    optimizer = optim.AdamW(learning_rate=1e-5)
-    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=False))
-    state = [model.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(batch):
-        (_, metrics), grads = value_and_grad(model, batch)
-        return metrics, grads
-
+    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint=False)
     steps = {"split": [], "full": []}
     for indices in spec["batches"]:
         chunk = [spec["pairs"][i] for i in indices]
         for layout in ("split", "full"):
             batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
             if layout == "full":
-                batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}
+                batch = {k: batch[k] for k in FULL_ROW_KEYS}
             mx.synchronize()
             mx.reset_peak_memory()
             start = time.perf_counter()
-            metrics, grads = grad_step(batch)
-            mx.eval(grads, metrics)
-            grads, _ = optim.clip_grad_norm(grads, 1.0)
-            optimizer.update(model, grads)
-            mx.eval(model.trainable_parameters(), optimizer.state, metrics)
+            metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
             steps[layout].append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                                   "loss": metrics["loss"].item(), "peak": mx.get_peak_memory(),
                                   "shared_prompt": "response_tokens" in batch})
