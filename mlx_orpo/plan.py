@@ -63,16 +63,16 @@ KNOWN_CONFIGS = {
         "tie_word_embeddings": False, "torch_dtype": "float16"},
 }
 
-# Measured multiples (float32, MLX CPU backend, mlx 0.32; fitted by scripts/fit_plan.py on
-# one training step each of 14 tiny, 8-block and SmolLM2-shaped llama configs, ACT_MLP set
-# from the block's structure; see docs/performance.md "Memory planner"). Per transformer block and token, the backward pass
-# keeps ACT_HIDDEN x hidden + ACT_MLP x intermediate values, and ACT_SCORES values per
-# attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
+# Measured multiples (float32, MLX CPU backend, mlx 0.32), fitted by scripts/fit_plan.py on one
+# training step each of 15 tiny, 8-block and SmolLM2-shaped llama configs (docs/performance.md
+# "Memory planner"). Per transformer block and token, the backward pass keeps ACT_HIDDEN x hidden
+# + ACT_MLP x intermediate values (ACT_MLP set from the block's structure), and ACT_SCORES values
+# per attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
 # token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
-# their gradients; set, not fitted). The vocabulary logits
-# exist LOGIT_CHUNK positions at a time (loss.head_logps), LOGIT_COPIES times over; models
-# whose head is not plain (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES
-# times (measured before the logits were chunked).
+# their gradients; set, not fitted). The vocabulary logits exist LOGIT_CHUNK positions at a time
+# (loss.head_logps), LOGIT_COPIES times over; models whose head is not plain
+# (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times (measured before the
+# logits were chunked).
 ACT_HIDDEN = 13.12
 ACT_MLP = 4.0
 ACT_SCORES = 1.735
