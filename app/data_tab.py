@@ -66,9 +66,7 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
         session.encoded, _ = encode_pairs(ctx.models.tokenizer(model), session.pairs[:STATS_PAIRS],
                                           max_length=huge, max_prompt_length=huge - 1, min_response_length=1)
         session.encoded_model = model
-    from .train_tab import prompt_budget
-
-    prompt_keep = prompt_budget(max_length)
+    prompt_keep = TrainConfig(max_length=max_length).prompt_budget  # the trainer's truncation rule
     truncated = dropped = 0
     for pair in session.encoded:
         fitted, cut = fit_to_length(pair, max_length, prompt_keep, DEFAULTS.min_response_length)

@@ -1,58 +1,30 @@
-"""Export tab: a run's adapters (final or a checkpoint) as HF, MLX, GGUF or PEFT files,
-via `mlx_orpo.export.export` when that module is present. Outputs go to <runs>/exports/."""
+"""Export tab: a run's adapters (final or a checkpoint) as HF, MLX, GGUF or PEFT files, via
+`mlx_orpo.export.export`. Outputs go to <runs>/exports/."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import threading
 import time
 
 import gradio as gr
 import pandas as pd
 
+from mlx_orpo.export import human_size
+
 from . import runfiles
+from .chat_tab import checkpoint_choices
 from .paths import EXPORTS, PathError, child, relative, sanitise
 from .session import Context
 
 FORMATS = {"hf": "Hugging Face (fused safetensors)", "mlx": "MLX (fused, optionally re-quantised)",
            "gguf": "GGUF (llama.cpp / Ollama)", "peft": "PEFT adapter"}
-UNAVAILABLE = "export module not available (mlx_orpo.export has no `export` function yet)"
 EMPTY_FILES = pd.DataFrame(columns=["file", "size"])
-
-
-def export_function():
-    try:
-        module = importlib.import_module("mlx_orpo.export")
-    except Exception:
-        return None
-    fn = getattr(module, "export", None)
-    return fn if callable(fn) else None
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def _call(fn, progress, **kwargs):
-    """Pass only the keyword arguments the library's export() accepts."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    if "progress" in params:
-        kwargs["progress"] = progress
-    return fn(**kwargs)
 
 
 def run_export(ctx: Context, name: str, checkpoint: str, fmt: str, gguf_type: str, bits: str, force: bool):
     """Yields (log text, files table, usage); the export runs in a worker thread."""
-    fn = export_function()
-    if fn is None:
-        yield UNAVAILABLE, EMPTY_FILES, ""
-        return
+    from mlx_orpo.export import export
+
     if fmt not in FORMATS:
         raise gr.Error(f"unknown format {fmt!r}")
     try:
@@ -69,8 +41,8 @@ def run_export(ctx: Context, name: str, checkpoint: str, fmt: str, gguf_type: st
 
     def work():
         try:
-            result.append(_call(fn, lines.append, adapters=str(adapters), format=fmt, out=str(out), force=force,
-                                gguf_type=gguf_type, bits=None if bits in ("", "none", None) else int(bits)))
+            result.append(export(adapters=str(adapters), format=fmt, out=str(out), force=force, gguf_type=gguf_type,
+                                 bits=None if bits in ("", "none", None) else int(bits), progress=lines.append))
         except Exception as exc:  # disk full, unsupported model, existing output, ...
             error.append(f"{type(exc).__name__}: {exc}")
 
@@ -83,18 +55,16 @@ def run_export(ctx: Context, name: str, checkpoint: str, fmt: str, gguf_type: st
         yield "\n".join(map(str, lines[-30:])) + f"\n⚠️ export failed: {error[0]}", EMPTY_FILES, ""
         return
     res = result[0]
-    files = pd.DataFrame([(relative(ctx.runs_dir, p), _human(size)) for p, size in res.files],
+    files = pd.DataFrame([(relative(ctx.runs_dir, p), human_size(size)) for p, size in res.files],
                          columns=["file", "size"])
-    total = _human(sum(size for _, size in res.files))
+    total = human_size(sum(size for _, size in res.files))
     lines.append(f"done: {len(res.files)} files, {total}, weights {res.dtype}")
     lines += [f"note: {n}" for n in getattr(res, "notes", [])]
     yield "\n".join(map(str, lines[-30:])), files, res.usage
 
 
 def build(ctx: Context) -> dict:
-    available = export_function() is not None
-    gr.Markdown("Exports are written under the runs directory, in `exports/`." if available else
-                f"⚠️ {UNAVAILABLE}.")
+    gr.Markdown("Exports are written under the runs directory, in `exports/`.")
     runs = runfiles.list_runs(ctx.runs_dir)
     with gr.Row():
         run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True)
@@ -106,18 +76,13 @@ def build(ctx: Context) -> dict:
     buttons = {}
     with gr.Row():
         for fmt, label in FORMATS.items():
-            buttons[fmt] = gr.Button(f"Export {fmt.upper()}", interactive=available, elem_id=f"export-{fmt}")
+            buttons[fmt] = gr.Button(f"Export {fmt.upper()}", elem_id=f"export-{fmt}")
     log = gr.Textbox(label="Progress", lines=6, interactive=False)
     files = gr.Dataframe(EMPTY_FILES, label="Files written", interactive=False)
     usage = gr.Code(label="How to use it", language="shell")
-    run.change(lambda n: _checkpoints(ctx, n), run, checkpoint, api_visibility="private")
+    run.change(lambda n: checkpoint_choices(ctx, n), run, checkpoint, api_visibility="private")
     for fmt, button in buttons.items():
         button.click(lambda n, c, g, b, f, fmt=fmt: (yield from run_export(ctx, n, c, fmt, g, b, f)),
                      [run, checkpoint, gguf_type, bits, force], [log, files, usage], api_name=f"export_{fmt}")
     return {"run": run, "checkpoint": checkpoint}
 
-
-def _checkpoints(ctx: Context, name: str):
-    from .chat_tab import checkpoint_choices
-
-    return checkpoint_choices(ctx, name)

@@ -73,11 +73,6 @@ def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: 
     return target
 
 
-def upload_path(runs_dir: Path, name: str) -> Path:
-    """An existing upload, by its stored name."""
-    return child(child(runs_dir, UPLOADS), name)
-
-
 def relative(runs_dir: Path, path: Path | str) -> str:
     """A path shown to the user: relative to the runs directory when inside it."""
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +17,19 @@ from mlx_orpo.checkpoint import list_checkpoints, read_metrics
 
 from .paths import EXPORTS, UPLOADS, child
 
-# (plot title, [(metric key, label)]): train and eval of each key share the axes.
+# plot key: (title, y-axis title, [(metric key, label)]); train and eval of each key share the axes.
 CURVES = {
-    "loss": ("Loss and NLL", [("loss", "loss"), ("nll_loss", "NLL")]),
-    "log_odds": ("Log odds ratio", [("log_odds_chosen", "log odds ratio (log OR)"),
-                                    ("log_odds_ratio", "log σ(log OR)")]),
-    "rewards": ("Rewards (β · mean log p)", [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected")]),
-    "accuracy": ("Accuracy and margin", [("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")]),
-    "tokens": ("Throughput (tokens/s)", [("tokens_per_sec", "tokens/s")]),
-    "memory": ("Peak memory (GB)", [("peak_memory_gb", "peak memory GB")]),
+    "loss": ("Loss and NLL", "loss (nats)", [("loss", "loss"), ("nll_loss", "NLL")]),
+    "log_odds": ("Log odds ratio", "log odds", [("log_odds_chosen", "log odds ratio (log OR)"),
+                                                ("log_odds_ratio", "log σ(log OR)")]),
+    "rewards": ("Rewards (β · mean log p)", "reward", [("rewards/chosen", "chosen"),
+                                                       ("rewards/rejected", "rejected")]),
+    "accuracy": ("Accuracy and margin", "accuracy / margin", [("rewards/accuracies", "accuracy"),
+                                                              ("rewards/margins", "margin")]),
+    "tokens": ("Throughput (tokens/s)", "tokens / s", [("tokens_per_sec", "tokens/s")]),
+    "memory": ("Peak memory (GB)", "GB", [("peak_memory_gb", "peak memory GB")]),
 }
 LOG_NAME = "train.log"
-_STEP_IN_LOG = re.compile(r"step (\d+)/(\d+)")
 
 
 def list_runs(runs_dir: Path) -> list[str]:
@@ -56,6 +56,11 @@ def read_config(run: Path) -> dict:
 def checkpoints(run: Path) -> list[str]:
     """Checkpoint names (step-NNNNNN), newest first."""
     return [p.name for p in reversed(list_checkpoints(run))]
+
+
+def adapter_choices(runs_dir: Path, name: str | None) -> list[str]:
+    """What the Chat and Export tabs offer for a run: "final" (its newest adapters) and its checkpoints."""
+    return ["final"] + checkpoints(run_dir(runs_dir, name or ""))
 
 
 def adapter_dir(run: Path, checkpoint: str | None) -> Path:
@@ -85,7 +90,7 @@ def curve_frames(runs: list[tuple[str, list[dict]]]) -> dict[str, pd.DataFrame]:
     label_runs = len(runs) > 1
     return {plot: pd.concat([curve_frame(records, keys, name if label_runs else "") for name, records in runs],
                             ignore_index=True)
-            for plot, (_, keys) in CURVES.items()}
+            for plot, (_, _, keys) in CURVES.items()}
 
 
 def records(run: Path) -> list[dict]:
@@ -109,26 +114,50 @@ def log_tail(run: Path, lines: int = 15) -> str:
 class Progress:
     step: int = 0
     total: int | None = None
+    phase: str = "idle"
 
     @property
     def fraction(self) -> float:
         return min(self.step / self.total, 1.0) if self.total else 0.0
 
 
-def progress(run: Path, recs: list[dict] | None = None) -> Progress:
-    """Steps done and planned: the newest record (total_steps if the trainer writes it),
-    else the trainer's "step k/N" log lines, else --iters from config.json."""
+# What a running trainer is doing, as far as its files tell (the metrics records are the contract).
+LOADING, COMPILING, TRAINING, EVALUATING, SAVING = (
+    "loading the model and data", "compiling and running the first steps", "training",
+    "evaluating on the held-out pairs", "saving the adapters")
+
+
+def _eval_due(step: int, total: int | None, cfg: dict) -> bool:
+    every = cfg.get("eval_every") or 0
+    return bool((every and step % every == 0) or step == total)
+
+
+def progress(run: Path, recs: list[dict] | None = None, running: bool = False) -> Progress:
+    """Steps done and planned (metrics records, else --iters from config.json) and, while the
+    trainer runs, its phase: loading (no config.json yet: the trainer writes it once the model is
+    loaded), compiling (no record yet), training, evaluating (a train record whose evaluation is due
+    and not yet written) or saving (the last step's records are all in)."""
     recs = records(run) if recs is None else recs
+    cfg = read_config(run)
     step = max((r["step"] for r in recs), default=0)
-    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None)
-    if total is None:
-        found = _STEP_IN_LOG.findall(log_tail(run, 40))
-        if found:
-            step = max(step, int(found[-1][0]))
-            total = int(found[-1][1])
-    if total is None:
-        total = read_config(run).get("iters")
-    return Progress(step, total)
+    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) or cfg.get("iters")
+    if not running:
+        return Progress(step, total, "idle")
+    if not cfg:
+        return Progress(step, total, LOADING)
+    trained = [r for r in recs if "loss" in r]
+    if not trained:
+        return Progress(step, total, COMPILING)
+    last = trained[-1]["step"]
+    evaluated = any("eval_loss" in r and r["step"] == last for r in recs)
+    has_eval = any("eval_loss" in r for r in recs) or cfg.get("eval_fraction", 0) > 0 or cfg.get("eval_data")
+    if has_eval and _eval_due(last, total, cfg) and not evaluated:
+        phase = EVALUATING
+    elif total and last >= total:
+        phase = SAVING
+    else:
+        phase = TRAINING
+    return Progress(step, total, phase)
 
 
 def eta_text(seconds: float | None) -> str:
@@ -143,35 +172,56 @@ def eta_text(seconds: float | None) -> str:
 
 
 class Rate:
-    """Steps per second as seen by the UI (first and newest observation)."""
+    """Step and evaluation times as the UI measures them: when each new train (and eval) record
+    was first seen. The first record's time includes loading and compiling, so it only starts
+    the clock; the ETA needs two train records."""
 
     def __init__(self):
-        self.first: tuple[int, float] | None = None
-        self.last: tuple[int, float] | None = None
+        self.train: list[tuple[int, float]] = []   # (step, first seen) of each train record
+        self.eval_s: list[float] = []              # seconds from a train record to its eval record
+        self._seen_eval: set[int] = set()
 
-    def observe(self, step: int, now: float | None = None) -> None:
+    def observe(self, recs: list[dict], now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if self.first is None or step < self.first[0]:
-            self.first = (step, now)
-        if self.last is None or step != self.last[0]:
-            self.last = (step, now)
+        seen = {step for step, _ in self.train}
+        for r in recs:
+            if "loss" in r and r["step"] not in seen:
+                self.train.append((r["step"], now))
+                seen.add(r["step"])
+            elif "eval_loss" in r and r["step"] not in self._seen_eval:
+                self._seen_eval.add(r["step"])
+                at = dict(self.train).get(r["step"])
+                if at is not None and len(self.train) > 1:  # the first train record's eval ran after compiling
+                    self.eval_s.append(now - at)
 
-    def eta(self, p: Progress, started: float | None = None) -> float | None:
-        """From the rate between two observed steps; with one, from the time since `started`
-        (which includes loading the model, so an overestimate)."""
-        if not p.total or self.last is None:
+    @property
+    def step_s(self) -> float | None:
+        """Measured seconds per optimizer step (excluding the first report: it includes compiling)."""
+        if len(self.train) < 2:
             return None
-        if self.last[0] > self.first[0]:
-            per_step = (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
-        elif started is not None and self.last[0] > 0:
-            per_step = (self.last[1] - started) / self.last[0]
-        else:
+        (s0, t0), (s1, t1) = self.train[0], self.train[-1]
+        return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+    def eta(self, p: Progress, cfg: dict) -> float | None:
+        """Seconds left: remaining steps at the measured step time, plus the evaluations still due
+        at the measured evaluation time (when one was measured)."""
+        if not p.total or self.step_s is None:
             return None
-        return per_step * max(p.total - p.step, 0)
+        left = self.step_s * max(p.total - p.step, 0)
+        if self.eval_s:
+            every = cfg.get("eval_every") or 0
+            due = sum(1 for s in range(p.step + 1, p.total + 1) if _eval_due(s, p.total, {"eval_every": every}))
+            if p.phase == EVALUATING:
+                due += 1
+            left += due * sum(self.eval_s) / len(self.eval_s)
+        return left
 
 
 def progress_html(p: Progress, status: str, eta: float | None) -> str:
     pct = round(100 * p.fraction)
     total = p.total if p.total else "?"
+    eta_part = "" if status in ("idle",) or status.startswith(("finished", "failed", "stopped")) \
+        else f" · ETA {eta_text(eta)}"
     return (f'<div class="orpo-progress"><div class="orpo-bar"><div style="width:{pct}%"></div></div>'
-            f'<div class="orpo-progress-text">{html.escape(status)} · step {p.step}/{total} · {pct}% · ETA {eta_text(eta)}</div></div>')
+            f'<div class="orpo-progress-text">{html.escape(status)} · step {p.step}/{total} · {pct}%'
+            f'{eta_part}</div></div>')

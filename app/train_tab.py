@@ -54,20 +54,7 @@ def config_from_form(model: str, values: list) -> TrainConfig:
             kwargs[name] = int(value) if name in INTEGER else float(value)
     if kwargs.get("iters") == 0:
         kwargs["iters"] = None
-    return TrainConfig(**kwargs, **prompt_budget_fix(kwargs["max_length"])).validate()
-
-
-def prompt_budget_fix(max_length: int) -> dict:
-    """A fixed default prompt budget (older TrainConfig: 512) must stay below a small max length."""
-    default = FIELDS["max_prompt_length"].default
-    return {"max_prompt_length": max_length // 2} if default is not None and default >= max_length else {}
-
-
-def prompt_budget(max_length: int) -> int:
-    """Prompt tokens kept when a pair is truncated at max_length (the trainer's rule)."""
-    cfg = TrainConfig(max_length=max_length, **prompt_budget_fix(max_length))
-    budget = getattr(cfg, "prompt_budget", None)
-    return budget if budget is not None else cfg.max_prompt_length
+    return TrainConfig(**kwargs).validate()
 
 
 def memory(model: str, *values) -> str:
@@ -88,71 +75,99 @@ def _busy(session: Session) -> str | None:
     return None
 
 
+def data_line(session: Session) -> str:
+    """Said beside the Start button: each browser tab has its own data choice."""
+    hint = "" if session.data else " (choose other data on the Data tab)"
+    return f"Start trains on **{session.data_label}**{hint}."
+
+
+def buttons(running: bool, stopping: bool = False) -> tuple:
+    """(Start, Stop, Resume) as the run's state allows."""
+    return (gr.Button(interactive=not running), gr.Button(interactive=running and not stopping),
+            gr.Button(interactive=not running))
+
+
+def _cleared(phase: str) -> tuple:
+    """(progress, log, *plots) of a run that has not written anything yet."""
+    return (runfiles.progress_html(runfiles.Progress(phase=phase), phase, None), "",
+            *plot_values([]))
+
+
 def start(ctx: Context, session: Session, run_name: str, model: str, *values):
-    """Start a fresh run; returns (session, status, timer, resume choices)."""
+    """Start a fresh run: (session, status, timer, resume choices, progress, log, *plots, *buttons)."""
     if (busy := _busy(session)) is not None:
-        return session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip()
+        return (session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip(), *[gr.skip()] * (2 + N_PLOTS),
+                *buttons(True))
     try:
         cfg = config_from_form(model, list(values))
         resolve_model(cfg.model)  # an unknown alias or a missing path fails here, not in the subprocess
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
-        return session, f"⚠️ **Cannot start:** {exc}", gr.skip(), gr.skip()
+        session.job = None  # nothing runs: the bar, curves and log no longer show the previous run
+        return (session, f"⚠️ **Cannot start:** {exc}", gr.Timer(active=False), gr.skip(), *_cleared("idle"),
+                *buttons(False))
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
     session.job = launch(run, session.data, cfg)
     session.rate, session.last_seen = runfiles.Rate(), ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
     return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). "
-            "Loading the model…", gr.Timer(active=True), gr.skip())
+            "Loading the model…", gr.Timer(active=True), gr.skip(), *_cleared(runfiles.LOADING), *buttons(True))
 
 
 def stop(session: Session):
     if session.job is None or not session.job.running:
-        return session, "No run of this session is going."
+        return session, "No run of this session is going.", *buttons(False)
     session.job.stop()
-    return session, f"Stopping **{session.job.run_dir.name}**: writing a checkpoint, then it can be resumed."
+    return (session, f"Stopping **{session.job.run_dir.name}**: writing a checkpoint, then it can be resumed.",
+            *buttons(True, stopping=True))
 
 
 def resume(ctx: Context, session: Session, name: str):
     if (busy := _busy(session)) is not None:
-        return session, f"⚠️ {busy}", gr.skip()
+        return session, f"⚠️ {busy}", gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(True)
     try:
         run = child(ctx.runs_dir, name or "")
     except PathError as exc:
-        return session, f"⚠️ **Cannot resume:** {exc}", gr.skip()
+        return session, f"⚠️ **Cannot resume:** {exc}", gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(False)
     if not runfiles.checkpoints(run):
-        return session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip()
+        return (session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip(),
+                *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
     session.job = launch(run, None, TrainConfig(), resume=True)
     session.rate, session.last_seen = runfiles.Rate(), ()
-    return session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True)
+    return (session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True),
+            *_cleared(runfiles.LOADING), *buttons(True))
 
 
-def _status(session: Session) -> str:
+def _status(session: Session, phase: str) -> str:
     job = session.job
     if job.running:
-        return "stopping" if job.stop_requested else "training"
+        return "stopping" if job.stop_requested else phase
     if job.stop_requested:  # a stop before the training loop starts ends the process without a checkpoint
         return "stopped (resumable)" if runfiles.checkpoints(job.run_dir) else "stopped before the first checkpoint"
     return "finished" if job.returncode == 0 else f"failed (exit {job.returncode})"
 
 
+N_PLOTS = len(runfiles.CURVES)
+
+
 def refresh(ctx: Context, session: Session):
-    """Timer tick: (session, progress, log, status, timer, resume choices, *plots); skips what has not changed."""
-    n_plots = len(runfiles.CURVES)
+    """Timer tick: (session, progress, log, status, timer, resume choices, *plots, start, stop, resume);
+    skips what has not changed."""
     if session.job is None:
-        return (session, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *[gr.skip()] * n_plots)
+        return (session, *[gr.skip()] * 3, gr.Timer(active=False), *[gr.skip()] * (1 + N_PLOTS),
+                *buttons(False))
     run, running = session.job.run_dir, session.job.running
-    sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0 for f in ("metrics.jsonl", "train.log"))
+    sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0
+                  for f in ("config.json", "metrics.jsonl", "train.log"))
     seen = (*sizes, running)
     if seen == session.last_seen:
-        return (session, *[gr.skip()] * 5, *[gr.skip()] * n_plots)
+        return (session, *[gr.skip()] * (5 + N_PLOTS + 3))
     session.last_seen = seen
     recs = runfiles.records(run)
-    p = runfiles.progress(run, recs)
-    if p.step:
-        session.rate.observe(p.step)
-    status = _status(session)
+    p = runfiles.progress(run, recs, running)
+    session.rate.observe(recs)
+    status = _status(session, p.phase)
     log = runfiles.log_tail(run)
     message = f"**{run.name}**: {status}."
     if status.startswith("failed"):
@@ -162,18 +177,17 @@ def refresh(ctx: Context, session: Session):
         message += " Resume continues it from its newest checkpoint."
     elif status == "finished":
         message += " Compare it with the base model on the Chat tab, or export it."
-    eta = session.rate.eta(p, session.job.started) if running else 0.0 if status == "finished" else None
+    eta = session.rate.eta(p, runfiles.read_config(run)) if running else None
     timer = gr.Timer(active=running)
     choices = resumable(ctx)
     resume_choice = gr.skip() if running else gr.Dropdown(choices=choices,
                                                           value=run.name if run.name in choices else None)
     return (session, runfiles.progress_html(p, status, eta), log, message, timer, resume_choice,
-            *plot_values([(run.name, recs)]))
+            *plot_values([(run.name, recs)]), *buttons(running, session.job.stop_requested))
 
 
 def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     defaults = TrainConfig()
-    data_info = gr.Markdown("Data: the shipped demo set (choose other data on the Data tab).")
     widgets = []
     with gr.Accordion("Hyperparameters (defaults from TrainConfig)", open=True):
         for i in range(0, len(NUMBERS), 5):
@@ -191,30 +205,33 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                                   elem_id="train-run-name")
     estimate = gr.Markdown(memory(defaults.model, *[getattr(defaults, n) if n != "bits" else "none"
                                                     for n in FORM]), elem_id="train-estimate")
-    with gr.Row():
-        start_btn = gr.Button("Start", variant="primary", elem_id="train-start")
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    with gr.Row(equal_height=True):
+        start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False, scale=1)
+        data_info = gr.Markdown(data_line(Session()), elem_id="train-data")
         resume_run = gr.Dropdown(resumable(ctx), value=None, label="Run to resume", allow_custom_value=True,
                                  scale=2)
-        resume_btn = gr.Button("Resume", elem_id="train-resume")
+        resume_btn = gr.Button("Resume", elem_id="train-resume", scale=1)
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(runfiles.progress_html(runfiles.Progress(), "idle", None), elem_id="train-progress")
     plots = make_plots("train")
     log = gr.Textbox(label="Log (tail of train.log)", lines=8, max_lines=8, autoscroll=True, interactive=False,
                      elem_id="train-log")
     timer = gr.Timer(REFRESH_S, active=False)
+    button_row = [start_btn, stop_btn, resume_btn]
 
     for w in [model, *widgets]:
         w.change(memory, [model, *widgets], estimate, show_progress="hidden", queue=False,
                  api_visibility="private")
     start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
-                    [state, status, timer, resume_run], api_name="start_training")
-    stop_btn.click(stop, state, [state, status], api_name="stop_training")
-    resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, timer],
-                     api_name="resume_training")
-    timer.tick(lambda s: refresh(ctx, s), state, [state, progress, log, status, timer, resume_run, *plots],
-               api_name="refresh_training",
-               show_progress="hidden")
+                    [state, status, timer, resume_run, progress, log, *plots, *button_row],
+                    api_name="start_training")
+    stop_btn.click(stop, state, [state, status, *button_row], api_name="stop_training")
+    resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run],
+                     [state, status, timer, progress, log, *plots, *button_row], api_name="resume_training")
+    timer.tick(lambda s: refresh(ctx, s), state,
+               [state, progress, log, status, timer, resume_run, *plots, *button_row],
+               api_name="refresh_training", show_progress="hidden")
     resume_run.focus(lambda: gr.Dropdown(choices=resumable(ctx)), None, resume_run, queue=False,
                      api_visibility="private")
     return {"data_info": data_info, "max_length": widgets[[n for n, _ in NUMBERS].index("max_length")],

@@ -48,12 +48,13 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         data["max_length"].input(lambda n: n, data["max_length"], train["max_length"], **GLUE)
         train["max_length"].input(lambda n: n, train["max_length"], data["max_length"], **GLUE)
         for event in data["loaded"]:
-            event.then(lambda s: f"Data: {s.data_label}.", state, train["data_info"], **GLUE)
+            event.then(train_tab.data_line, state, train["data_info"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
-        demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"]], **GLUE)
-        demo.load(lambda n: export_tab._checkpoints(ctx, n), export["run"], export["checkpoint"], **GLUE)
+        demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"],
+                                                                         chat["pairs"]], **GLUE)
+        demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)
         if past["run"].value:
             demo.load(past["show"], [past["run"], past["other"]], past["outputs"], **GLUE)
     return demo

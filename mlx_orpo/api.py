@@ -163,3 +163,31 @@ def generate(model, tokenizer, messages, *, max_tokens: int = 256, temperature: 
     for text in pieces():
         pass
     return text
+
+
+@dataclass
+class PairScore:
+    """How a model ranks one preference pair: the numbers ORPO's odds-ratio term moves."""
+    chosen_logps: float    # ℓ_w: mean log-probability per token of the chosen answer
+    rejected_logps: float  # ℓ_l: the same for the rejected answer
+    log_odds: float        # log(odds(y_w) / odds(y_l)); > 0: the model prefers the chosen answer
+
+
+def score_pair(model, tokenizer, pair, cfg: TrainConfig | None = None) -> PairScore:
+    """ℓ_w, ℓ_l and the log odds ratio of one `data.PreferencePair` under `model`, computed as
+    the trainer's evaluation does (same template, truncation to cfg's lengths, same loss code)."""
+    from .batching import collate
+    from .loss import batch_loss
+
+    cfg = cfg or TrainConfig()
+    ensure_chat_template(tokenizer)
+    encoded, _ = encode_pairs(tokenizer, [pair], max_length=cfg.max_length, max_prompt_length=cfg.prompt_budget,
+                              min_response_length=cfg.min_response_length)
+    if not encoded:
+        raise ValueError(f"the pair does not fit --max-length {cfg.max_length}")
+    _, metrics = batch_loss(model, collate(encoded, pad_token_id(tokenizer), cfg.pad_multiple), cfg.beta,
+                            cfg.prompt_in_nll)
+    mx.eval(metrics)
+    return PairScore(metrics["logps/chosen"].item(), metrics["logps/rejected"].item(),
+                     metrics["log_odds_chosen"].item())
+

@@ -50,13 +50,14 @@ class ExportResult:
         lines = [f"wrote {self.format} export to {self.out} ({self.dtype})"]
         if self.base:
             lines.append(f"  base: {self.base}; fused adapter modules: {self.fused_modules}")
-        lines += [f"  {_human(size):>10}  {path}" for path, size in self.files]
+        lines += [f"  {human_size(size):>10}  {path}" for path, size in self.files]
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"use it:\n  {self.usage}")
         return "\n".join(lines)
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as the export report shows them (1.5 MB); the app's file table uses it too."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -74,8 +75,8 @@ def check_free_space(directory: Path, needed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise OSError(f"not enough disk space in {directory}: the export needs about {_human(needed)}, "
-                      f"{_human(free)} is free")
+        raise OSError(f"not enough disk space in {directory}: the export needs about {human_size(needed)}, "
+                      f"{human_size(free)} is free")
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -245,7 +246,8 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
 
         log(f"loading {model or 'the run base'} and fusing {adapters or 'no adapters'} ({dtype})")
         fused = load_fused(model, adapters, dtype=dtype)
-        log(f"fused {fused.fused_modules} adapter modules into {fused.base_spec}; writing {format} to {out}")
+        log(f"merged {fused.fused_modules} adapter modules into an in-memory copy of {fused.base_spec} "
+            f"(the base on disk is not changed); writing {format} to {out}")
         if format == "hf":
             result = export_hf(fused, out, force=force)
         elif format == "mlx":

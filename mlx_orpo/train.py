@@ -7,6 +7,7 @@ Every option is a field of `TrainConfig` (config.py), with its help text;
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import typing
@@ -66,6 +67,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return from_dict(values, source=args.config or "options").validate()
 
 
+def _model_path(run_dir: Path, spec: str) -> str:
+    """The directory the run's base was loaded from (an alias resolves to a cached copy), as the
+    run's adapter_config.json records it; the spec itself if that file is missing."""
+    try:
+        return json.loads((run_dir / "adapter_config.json").read_text())["model_path"]
+    except (OSError, ValueError, KeyError):
+        return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if Cluster.init().is_main:
         print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
-              f"chat:     python -m mlx_lm generate --model {cfg.model if Path(cfg.model).exists() else '<model path>'} "
+              f"chat:     python -m mlx_lm generate --model {_model_path(run_dir, cfg.model)} "
               f"--adapter-path {run_dir} --prompt 'Hello'")
     return 0
 
