@@ -23,6 +23,7 @@ PREVIEW_PAIRS = 3
 _HUB = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
 EMPTY_PREVIEW = pd.DataFrame(columns=["prompt (chat template)", "chosen", "rejected"])
+FITS_COLOURS = {"≤ max length": "#3b82f6", "over max length": "#ef4444"}
 EMPTY_HIST = None  # (an empty frame as a BarPlot's first value stops later bars from drawing in Gradio 6)
 
 
@@ -74,18 +75,19 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
         truncated += cut and fitted is not None
     lengths = pd.Series([p.length for p in session.encoded])
     width = _nice_width(int(lengths.max()) / 20)
-    counts = ((lengths // width) * width).value_counts().sort_index()
-    hist = pd.DataFrame({"tokens": [f"{int(b)}–{int(b) + width - 1}" if width > 1 else str(int(b))
-                                    for b in counts.index],
-                         "pairs": counts.values.astype(int),
-                         "fits": ["≤ max length" if b + width - 1 <= max_length else "over max length"
-                                  for b in counts.index]})
+    # A numeric axis: bins keep their numeric order and empty ones stay as gaps. Each row is a bin
+    # start (a multiple of width, so the plot's bins of `width` hold exactly one row per colour).
+    fits = (lengths <= max_length).map({True: "≤ max length", False: "over max length"})
+    hist = (pd.DataFrame({"tokens": (lengths // width * width).astype(int), "fits": fits})
+            .groupby(["tokens", "fits"]).size().rename("pairs").reset_index()[["tokens", "pairs", "fits"]])
     n = len(session.encoded)
     sampled = f" (first {n} of {len(session.pairs)})" if len(session.pairs) > n else ""
     text = (f"**At max length {max_length}:** {truncated} of {n} pairs{sampled} will be truncated, "
             f"**{dropped} dropped** (cannot keep {DEFAULTS.min_response_length} response tokens). "
             f"Pair length (prompt + longer answer): median {int(lengths.median())}, max {int(lengths.max())} tokens.")
-    return hist, text
+    # x_bin and the colours present rebuild the chart when they change (Gradio fixes both when it draws).
+    colours = {name: FITS_COLOURS[name] for name in FITS_COLOURS if name in set(hist["fits"])}
+    return gr.BarPlot(hist, x_bin=width, color_map=colours), text
 
 
 def _nice_width(raw: float) -> int:
@@ -173,7 +175,7 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     with gr.Row():
         hist = gr.BarPlot(None, x="tokens", y="pairs", color="fits", title="Token lengths of pairs",
                           x_title="tokens (prompt + longer answer)", y_title="pairs", height=260, sort=None,
-                          color_map={"≤ max length": "#3b82f6", "over max length": "#ef4444"})
+                          color_map=FITS_COLOURS, elem_id="data-hist")
         with gr.Column():
             max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0, minimum=16,
                                    info=FIELD_HELP, elem_id="data-max-length")

@@ -141,7 +141,8 @@ def generate(model, tokenizer, messages, *, max_tokens: int = 256, temperature: 
              seed: int = 0, stream: bool = False):
     """Chat completion for `messages` with mlx-lm's generator (greedy when temperature is 0).
 
-    With stream=True, yields the text generated so far after each token.
+    With stream=True, yields the text generated so far after each token. The text ends on a whole
+    character: a multi-byte character cut by max_tokens is left out rather than shown as \ufffd.
     """
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
@@ -155,7 +156,9 @@ def generate(model, tokenizer, messages, *, max_tokens: int = 256, temperature: 
         text = ""
         for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler):
             text += response.text
-            yield text
+            # Only whole characters: when max_tokens cuts a multi-byte character, mlx-lm's detokenizer
+            # flushes its first bytes as "\ufffd" (�); the streaming segments before never end in one.
+            yield text.rstrip("\ufffd")
 
     if stream:
         return pieces()

@@ -43,6 +43,11 @@ def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
     return path
 
 
+def rows(plot) -> list:
+    """A plot's data rows, whether the handler returned a frame or a component update around one."""
+    return (plot.get("value") or plot)["data"] if plot.get("__type__") == "update" else plot["data"]
+
+
 def form(**overrides) -> list:
     """The Train tab's widget values in FORM order: TrainConfig defaults plus overrides."""
     cfg = TrainConfig()
@@ -84,7 +89,8 @@ def test_upload_good_file_reports_pairs_bad_rows_preview_and_lengths(client, ser
     prompt, chosen, rejected = preview["data"][0]
     assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
     assert chosen.startswith("4.") and rejected == "five"
-    assert sum(row[1] for row in hist["data"]) == 4
+    assert sum(row[1] for row in rows(hist)) == 4
+    assert [row[0] for row in rows(hist)] == sorted(row[0] for row in rows(hist))  # numeric bin starts
     assert "0 of 4 pairs will be truncated" in stats
 
 
@@ -94,7 +100,7 @@ def test_token_stats_count_truncation_at_the_chosen_max_length(client, tmp_path)
                    api_name="/upload_data")
     hist, stats = client.predict("smollm2-135m", 64, api_name="/token_stats")
     assert "At max length 64:** 1 of 5 pairs will be truncated" in stats
-    assert any(row[2] == "over max length" for row in hist["data"])
+    assert any(row[2] == "over max length" for row in rows(hist))
 
 
 def test_bad_file_gives_a_readable_report(client, served, tmp_path):
@@ -250,13 +256,13 @@ def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
     assert "train step 3/3" in out[1]  # log tail
 
     loss, log_odds = out[5], out[6]
-    series = {row[2] for row in loss["data"]}
+    series = {row[2] for row in rows(loss)}
     assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= series
-    assert {row[0] for row in log_odds["data"]} == {1, 2, 3}
+    assert {row[0] for row in rows(log_odds)} == {"1", "2", "3"}  # a short run: one category per step
 
     config, summary, *plots = client.predict("app_test", "(none)", api_name="/show_run")
     assert config["iters"] == 3 and config["data"].endswith("uploads/p.jsonl")
-    assert "step 3/3" in summary and len(plots[0]["data"]) == len(loss["data"])
+    assert "step 3/3" in summary and len(rows(plots[0])) == len(rows(loss))
     assert "app_test" in json.dumps(client.predict(api_name="/list_runs"))
 
     ckpt, examples = client.predict("app_test", api_name="/chat_run")
