@@ -232,7 +232,7 @@ def build(ctx: Context) -> dict:
                                  elem_id="chat-ckpt")
         refresh = gr.Button("Refresh runs", scale=1)
     with gr.Row():
-        max_tokens = gr.Slider(1, 1024, 128, step=1, label="Max new tokens")
+        max_tokens = gr.Slider(1, 1024, 128, step=1, label="Max new tokens", elem_id="chat-max-tokens")
         temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0: greedy)")
         top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
         seed = gr.Number(0, label="Seed", precision=0)
