@@ -24,7 +24,8 @@ from .paths import PathError
 from .session import Context
 
 EXAMPLES = 8
-COLLAPSE_CHARS = 280   # prompts longer than this show their start and a "show more"
+COLLAPSE_CHARS = 160   # prompts longer than this show their start (SUMMARY_CHARS) and a "show more"
+SUMMARY_CHARS = 90
 EXAMPLE_CHARS = 140    # shown of each example prompt in the list
 BASE, TUNED = 0, 1
 
@@ -83,7 +84,7 @@ def prompt_html(prompt: str) -> str:
     """The user bubble: a long prompt collapses to its start with a "show more"."""
     if len(prompt) <= COLLAPSE_CHARS:
         return prompt
-    head = html.escape(_short(prompt, COLLAPSE_CHARS))
+    head = html.escape(_short(prompt, SUMMARY_CHARS))
     return (f'<details class="orpo-prompt"><summary>{head} <b>show more</b></summary>\n\n'
             f"{html.escape(prompt)}</details>")
 
@@ -114,7 +115,8 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
 
     The base starts first; the tuned model loads after the base's first token (its weights are
     cached after the first chat), then both advance one token in turn. Sends (slot, text),
-    ("scores", dict), ("error", slot, message) and finally ("done",).
+    ("status", slot, placeholder), ("error", slot, message), ("scores", dict), ("note", text) and
+    finally ("done",).
     """
     from mlx_orpo.api import generate, score_pair
     from mlx_orpo.data import PreferencePair
@@ -126,6 +128,7 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
                 return
             try:
                 models[slot] = ctx.models.model(spec, path)
+                out.put(("status", slot, "…reading the prompt"))
                 streams[slot] = generate(*models[slot], messages, stream=True, **sampling)
                 if slot == BASE:  # the base's first token before the tuned model loads
                     texts[BASE] = next(streams[BASE], texts[BASE])
@@ -202,7 +205,7 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
             for item in items:
                 if item[0] == "done":
                     done = True
-                elif item[0] == "error":
+                elif item[0] in ("error", "status"):
                     texts[item[1]] = item[2]
                 elif item[0] == "scores":
                     scores = _score_line(item[1])
@@ -264,6 +267,8 @@ def build(ctx: Context) -> dict:
     prompt.input(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
     inputs = [run, checkpoint, prompt, max_tokens, temperature, top_p, seed, chosen_pair]
     outputs = [base, tuned, scores]
+    # A free prompt (typed, or an example edited) has no pair beside it.
+    send.click(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
     sent = [send.click(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_name="chat"),
             prompt.submit(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_visibility="private")]
     halt.click(None, None, None, cancels=sent, queue=False, api_visibility="private")
