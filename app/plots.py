@@ -27,8 +27,9 @@ def make_plots(prefix: str) -> list[gr.LinePlot]:
         with gr.Row():
             for key in keys[i:i + 2]:
                 title, y_title, _ = CURVES[key]
-                # The title is the block label, shown before a run too (a chart title shows only with data).
-                plots.append(gr.LinePlot(EMPTY, x="step", y="value", color="series", height=260,
+                # Without data the title is the block label (a chart title shows only with data); with
+                # data it is the chart's own title, since the block label would push the legend out of view.
+                plots.append(gr.LinePlot(EMPTY, x="step", y="value", color="series", height=280,
                                          x_title="optimizer step", y_title=y_title, color_title="",
                                          label=title, show_label=True, elem_id=f"{prefix}-{key}",
                                          elem_classes=["orpo-plot"]))
@@ -44,7 +45,7 @@ def series_names(key: str, runs: list[str]) -> list[str]:
 
 def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
     if not len(frame):
-        return EMPTY
+        return gr.LinePlot(EMPTY, show_label=True)
     present = set(frame["series"])
     names = [name for name in series_names(key, runs) if name in present]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series_names(key, runs))}
@@ -54,12 +55,13 @@ def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
         order = [str(int(s)) for s in steps]
     else:
         order = None
-    return gr.LinePlot(frame, color_map={name: colours[name] for name in names}, sort=order)
+    return gr.LinePlot(frame, color_map={name: colours[name] for name in names}, sort=order, title=CURVES[key][0],
+                       show_label=False)
 
 
 def plot_values(runs: list[tuple[str, list[dict]]]) -> list:
     if not runs:
-        return [EMPTY] * len(CURVES)
+        return [gr.LinePlot(EMPTY, show_label=True) for _ in CURVES]
     frames = curve_frames(runs)
     names = [name for name, _ in runs]
     return [plot_update(key, frames[key], names) for key in CURVES]
