@@ -200,6 +200,48 @@ def test_curve_frames_put_train_and_eval_on_the_same_axes():
     assert {"a · loss (train)", "b · loss (train)"} <= set(overlay["loss"]["series"])
 
 
+def test_progress_names_the_trainer_phase_from_its_files(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    phase = lambda: runfiles.progress(run, running=True).phase  # noqa: E731
+    assert phase() == runfiles.LOADING  # no config.json: the model is loading
+    (run / "config.json").write_text(json.dumps({"iters": 4, "eval_every": 2, "eval_fraction": 0.05}))
+    assert phase() == runfiles.COMPILING  # no record yet
+    metrics = run / "metrics.jsonl"
+
+    def add(record):
+        with open(metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    add({"step": 1, "total_steps": 4, "loss": 1.0})
+    assert phase() == runfiles.TRAINING
+    add({"step": 2, "total_steps": 4, "loss": 1.0})
+    assert phase() == runfiles.EVALUATING  # eval due at step 2, not written yet
+    add({"step": 2, "eval_loss": 1.0})
+    assert phase() == runfiles.TRAINING
+    add({"step": 4, "total_steps": 4, "loss": 1.0})
+    assert phase() == runfiles.EVALUATING
+    add({"step": 4, "eval_loss": 1.0})
+    p = runfiles.progress(run, running=True)
+    assert (p.phase, p.step, p.total) == (runfiles.SAVING, 4, 4)
+    assert runfiles.progress(run, running=False).phase == "idle"
+
+
+def test_eta_comes_from_measured_step_and_eval_times():
+    rate = runfiles.Rate()
+    cfg = {"eval_every": 5}
+    recs = [{"step": 1, "loss": 1.0}]
+    rate.observe(recs, now=100.0)  # the first report includes loading and compiling: it only starts the clock
+    assert rate.eta(runfiles.Progress(1, 20, runfiles.TRAINING), cfg) is None
+    recs.append({"step": 3, "loss": 1.0})
+    rate.observe(recs, now=104.0)  # 2 s per step
+    assert rate.eta(runfiles.Progress(3, 20, runfiles.TRAINING), cfg) == pytest.approx(34.0)
+    recs.append({"step": 5, "loss": 1.0})
+    rate.observe(recs, now=108.0)
+    recs.append({"step": 5, "eval_loss": 1.0})
+    rate.observe(recs, now=111.0)  # an evaluation took 3 s; three more are due (steps 10, 15, 20)
+    assert rate.eta(runfiles.Progress(5, 20, runfiles.TRAINING), cfg) == pytest.approx(15 * 2.0 + 3 * 3.0)
+
+
 def test_unknown_model_and_crashed_run_are_reported(client, monkeypatch):
     started = client.predict("", "no-such-model", *form(iters=1), api_name="/start_training")[0]
     assert "Cannot start" in started and "not an alias" in started
