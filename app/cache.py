@@ -42,6 +42,9 @@ class Models:
     def __init__(self, models: int = 3, tokenizers: int = 4):
         self._models = LRU(models)
         self._tokenizers = LRU(tokenizers)
+        # One chat's MLX work at a time: a chat cut off ends its worker only after the current token,
+        # and the next chat's worker waits for that instead of running MLX beside it.
+        self.generation = threading.Lock()
 
     def tokenizer(self, spec: str):
         """The model's tokenizer only (no weights), with a chat template guaranteed."""

@@ -122,6 +122,7 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
     from mlx_orpo.data import PreferencePair
 
     streams, models, texts = {}, {}, {BASE: "", TUNED: ""}
+    ctx.models.generation.acquire()
     try:
         for slot, path in ((BASE, None), (TUNED, adapter)):
             if stop.is_set():
@@ -160,6 +161,7 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
     finally:
         for stream in streams.values():
             stream.close()  # here, in the thread that opened its MLX stream
+        ctx.models.generation.release()
         out.put(("done",))
 
 
