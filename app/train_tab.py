@@ -3,7 +3,6 @@ and live curves, progress and log tail read from the run directory every ~1.5 s.
 
 from __future__ import annotations
 
-
 import gradio as gr
 
 from mlx_orpo.config import FIELDS, TrainConfig
@@ -111,8 +110,8 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
     session.job = launch(run, session.data, cfg)
     session.rate, session.last_seen = runfiles.Rate(), ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
-    return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). "
-            "Loading the model…", gr.Timer(active=True), gr.skip(), *_cleared(runfiles.LOADING), *buttons(True))
+    started = f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). Loading the model…"
+    return session, started, gr.Timer(active=True), gr.skip(), *_cleared(runfiles.LOADING), *buttons(True)
 
 
 def stop(session: Session):

@@ -220,7 +220,7 @@ def test_a_person_uploads_trains_watches_and_compares(app_url, page, tmp_path):
     assert "train step 4/4" in log
     model_line = log.strip().splitlines()[-1]
     assert "<model path>" not in model_line and re.search(r"--model /\S+", model_line), model_line
-    x_title, ticks = x_axis(page, "#train-loss")
+    _, ticks = x_axis(page, "#train-loss")
     assert ticks == ["1", "2", "3", "4"], ticks  # integer steps, no 1.2 / 1.4
     assert "loss (nats)" in text(page, "#train-loss")  # the y title says what is plotted
     shot(page, "3-train-finished")
@@ -271,7 +271,7 @@ def test_a_person_uploads_trains_watches_and_compares(app_url, page, tmp_path):
     numbers = {row.split("\t")[0].strip(): row for row in scores.splitlines()}
     for model in ("base", "base + adapters"):
         assert re.search(rf"^{re.escape(model)}\s+-?\d+\.\d{{3}}\s+-?\d+\.\d{{3}}\s+[+-]\d+\.\d{{3}}",
-                         numbers.get(model, ""), re.M), scores
+                         numbers.get(model, ""), re.MULTILINE), scores
     assert re.search(r"Tuning moved the log odds by [+-]\d+\.\d{3}", scores), scores
     texts = [text(page, sel) for sel in ("#chat-base", "#chat-tuned")]
     assert all(prompt in t for t in texts) and not any("⚠️" in t for t in texts), texts
