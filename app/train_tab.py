@@ -214,7 +214,7 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(runfiles.progress_html(runfiles.Progress(), "idle", None), elem_id="train-progress")
     plots = make_plots("train")
-    log = gr.Textbox(label="Log (tail of train.log)", lines=8, max_lines=8, autoscroll=True, interactive=False,
+    log = gr.Textbox(label="Log (tail of train.log)", lines=8, max_lines=16, autoscroll=True, interactive=False,
                      elem_id="train-log")
     timer = gr.Timer(REFRESH_S, active=False)
     button_row = [start_btn, stop_btn, resume_btn]
