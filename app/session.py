@@ -28,4 +28,5 @@ class Session:
     encoded_model: str | None = None
     job: Job | None = None
     rate: Rate = field(default_factory=Rate)
-    last_seen: tuple = ()            # (metrics size, log size) at the last refresh
+    last_seen: tuple = ()            # (config, metrics and log sizes, running) at the last refresh
+    shown: tuple = ()                # (progress, status, eta, when) last drawn, for the ETA countdown

@@ -3,6 +3,8 @@ and live curves, progress and log tail read from the run directory every ~1.5 s.
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from mlx_orpo.config import FIELDS, TrainConfig
@@ -108,7 +110,7 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
     session.job = launch(run, session.data, cfg)
-    session.rate, session.last_seen = runfiles.Rate(), ()
+    session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
     started = f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). Loading the model…"
     return session, started, gr.Timer(active=True), gr.skip(), *_cleared(runfiles.LOADING), *buttons(True)
@@ -133,7 +135,7 @@ def resume(ctx: Context, session: Session, name: str):
         return (session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip(),
                 *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
     session.job = launch(run, None, TrainConfig(), resume=True)
-    session.rate, session.last_seen = runfiles.Rate(), ()
+    session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
     return (session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True),
             *_cleared(runfiles.LOADING), *buttons(True))
 
@@ -161,7 +163,11 @@ def refresh(ctx: Context, session: Session):
                   for f in ("config.json", "metrics.jsonl", "train.log"))
     seen = (*sizes, running)
     if seen == session.last_seen:
-        return (session, *[gr.skip()] * (5 + N_PLOTS + 3))
+        if not (running and session.shown and session.shown[2] is not None):
+            return (session, *[gr.skip()] * (5 + N_PLOTS + 3))
+        p, status, eta, when = session.shown  # nothing new: count the ETA down
+        html = runfiles.progress_html(p, status, max(eta - (time.time() - when), 0.0))
+        return (session, html, *[gr.skip()] * (4 + N_PLOTS + 3))
     session.last_seen = seen
     recs = runfiles.records(run)
     p = runfiles.progress(run, recs, running)
@@ -177,6 +183,7 @@ def refresh(ctx: Context, session: Session):
     elif status == "finished":
         message += " Compare it with the base model on the Chat tab, or export it."
     eta = session.rate.eta(p, runfiles.read_config(run)) if running else None
+    session.shown = (p, status, eta, time.time())
     timer = gr.Timer(active=running)
     choices = resumable(ctx)
     resume_choice = gr.skip() if running else gr.Dropdown(choices=choices,
