@@ -7,6 +7,7 @@ Every option is a field of `TrainConfig` (config.py), with its help text;
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import typing
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for name, f in FIELDS.items():
         flags = [f"--{name.replace('_', '-')}", *f.metadata.get("aliases", ())]
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
+        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
         kwargs = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if hints[name] is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
@@ -91,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
               f"--resume {cfg.output_dir} once every host is back.", file=sys.stderr)
         return 3
     if Cluster.init().is_main:
+        from .models import resolve_model
+
         print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
-              f"chat:     python -m mlx_lm generate --model {cfg.model if Path(cfg.model).exists() else '<model path>'} "
-              f"--adapter-path {run_dir} --prompt 'Hello'")
+              f"chat:     python -m mlx_lm generate --model {shlex.quote(resolve_model(cfg.model))} "
+              f"--adapter-path {shlex.quote(str(run_dir))} --prompt 'Hello'")
     return 0
 
 
