@@ -188,7 +188,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         run_dir.mkdir(parents=True, exist_ok=True)
     state = LoopState(world_size=cluster.size)
     if resume:
-        found = ckpt.list_checkpoints(run_dir)
+        found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
         if not found:
             raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
         state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
