@@ -53,6 +53,29 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
     return path
 
 
+def received_upload(path: str, upload_dir: Path) -> Path:
+    """The file Gradio stored for an upload to this app; any other path is refused.
+
+    A client names its file by path in the request and Gradio passes that path on
+    unchecked: `/upload_data` once returned the rows of a private file that was never
+    uploaded. Resolved first, so neither '..' nor a symlink leads out of the folder.
+    """
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(upload_dir).resolve()) or not resolved.is_file():
+        raise PathError("that file was not uploaded to this app (only files sent with the upload button "
+                        "are read); upload it again")
+    return resolved
+
+
+def discard(*files: Path) -> None:
+    """Delete refused uploads, so that rejected files do not pile up on disk."""
+    for file in files:
+        try:
+            file.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: int) -> Path:
     """Copy an uploaded file into runs_dir/uploads/ under a sanitised, unique name."""
     source = Path(temp_path)
