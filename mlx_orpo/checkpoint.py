@@ -130,6 +130,8 @@ def check_safetensors(path: Path) -> None:
                 raise corrupt(f"{size} bytes, the header is cut off")
             header = json.loads(f.read(length))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except CorruptFileError:
+        raise
     except FileNotFoundError:
         raise CorruptFileError(f"{path}: missing") from None
     except OSError as exc:
