@@ -124,7 +124,7 @@ def upload(ctx: Context, session: Session, file, model: str, max_length: int):
     def load():
         if not file:
             raise ValueError("no file uploaded")
-        path = received_upload(file if isinstance(file, str) else file.name, upload_folder())
+        path = received_upload(file if isinstance(file, str) else file.name, ctx.uploaded)
         try:
             stored = store_upload(ctx.runs_dir, str(path), path.name, ctx.max_upload_bytes)
         except (PathError, OSError):
@@ -136,13 +136,6 @@ def upload(ctx: Context, session: Session, file, model: str, max_length: int):
             discard(stored, path)
             raise PathError(f"{exc}\n\nThe file was not kept.") from None
     return _analyse(ctx, session, model, max_length, load)
-
-
-def upload_folder() -> Path:
-    """Where Gradio stores the files uploaded to it (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder())
 
 
 def hub(ctx: Context, session: Session, name: str, model: str, max_length: int):

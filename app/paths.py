@@ -53,15 +53,16 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
     return path
 
 
-def received_upload(path: str, upload_dir: Path) -> Path:
+def received_upload(path: str, uploaded: set[str]) -> Path:
     """The file Gradio stored for an upload to this app; any other path is refused.
 
-    A client names its file by path in the request and Gradio passes that path on
-    unchecked: `/upload_data` once returned the rows of a private file that was never
-    uploaded. Resolved first, so neither '..' nor a symlink leads out of the folder.
+    A client names its file by path in the request, and Gradio 6.31 copies whatever path
+    it is given into its cache before the handler runs: `/upload_data` once returned the
+    rows of a private file that was never uploaded. So only the paths that Gradio's upload
+    route handed out (`Blocks.upload_file_set`, passed here as `uploaded`) are read.
     """
     resolved = Path(path).resolve()
-    if not resolved.is_relative_to(Path(upload_dir).resolve()) or not resolved.is_file():
+    if not resolved.is_file() or resolved not in {Path(p).resolve() for p in list(uploaded)}:
         raise PathError("that file was not uploaded to this app (only files sent with the upload button "
                         "are read); upload it again")
     return resolved
