@@ -20,7 +20,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from app import paths  # noqa: E402
 
-from mlx_orpo.runlock import RunLock  # noqa: E402
 from test_app import GOOD_ROWS, served, write_jsonl  # noqa: E402,F401  (served: this module's own server)
 
 SECRET = "SECRET-TOKEN-1234"
@@ -145,6 +144,8 @@ def test_hub_data_takes_owner_name_ids_only(client, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_run_that_another_process_is_training(client, served):
+    from mlx_orpo.runlock import RunLock
+
     runs = served[1]
     run = runs / "busy"
     (run / "checkpoints" / "step-000002").mkdir(parents=True)

@@ -8,7 +8,7 @@ import pytest
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
-from mlx_orpo.checkpoint import CorruptFileError, check_safetensors, list_checkpoints, verify_checkpoint
+from mlx_orpo.checkpoint import list_checkpoints
 from test_trainer import cfg_for, make, pairs
 
 DATA = pairs(8)
@@ -39,7 +39,7 @@ def test_a_fresh_checkpoint_carries_a_manifest_and_verifies(run):
     manifest = json.loads((newest / ckpt.MANIFEST).read_text())
     assert set(manifest) == {"adapters.safetensors", "optimizer.safetensors", "state.json"}
     assert manifest["state.json"]["bytes"] == (newest / "state.json").stat().st_size
-    verify_checkpoint(newest)
+    ckpt.verify_checkpoint(newest)
 
 
 @pytest.mark.parametrize("damage", ["truncated adapters", "truncated optimizer", "missing optimizer",
@@ -65,7 +65,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_naming_the_bad_file(r
     assert "falling back to step-000004" in warnings[0]
     assert any("resumed from" in line and "step-000004" in line for line in lines)
     assert state.step == 6
-    verify_checkpoint(newest)  # rewritten whole by the resumed run
+    ckpt.verify_checkpoint(newest)  # rewritten whole by the resumed run
 
 
 def test_every_checkpoint_damaged_is_a_clear_error(run):
@@ -80,13 +80,13 @@ def test_checkpoint_without_manifest_gets_structural_checks(run):
     state.json is still named."""
     newest = list_checkpoints(run)[-1]
     (newest / ckpt.MANIFEST).unlink()
-    verify_checkpoint(newest)
+    ckpt.verify_checkpoint(newest)
     (newest / "state.json").write_text("{")
-    with pytest.raises(CorruptFileError, match=re.escape(f"{newest / 'state.json'}: corrupt checkpoint state")):
-        verify_checkpoint(newest)
+    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / 'state.json'}: corrupt checkpoint state")):
+        ckpt.verify_checkpoint(newest)
     truncate(newest / "optimizer.safetensors", 0.9)
-    with pytest.raises(CorruptFileError, match=re.escape(f"{newest / 'optimizer.safetensors'}: corrupt or truncated")):
-        verify_checkpoint(newest)
+    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / 'optimizer.safetensors'}: corrupt or truncated")):
+        ckpt.verify_checkpoint(newest)
 
 
 def test_check_safetensors_names_cut_and_garbage_files(tmp_path):
@@ -94,7 +94,7 @@ def test_check_safetensors_names_cut_and_garbage_files(tmp_path):
                             (b"\x04\x00\x00\x00\x00\x00\x00\x00{no}", "header is not valid")]:
         path = tmp_path / "x.safetensors"
         path.write_bytes(content)
-        with pytest.raises(CorruptFileError, match=re.escape(detail)):
-            check_safetensors(path)
-    with pytest.raises(CorruptFileError, match="missing"):
-        check_safetensors(tmp_path / "absent.safetensors")
+        with pytest.raises(ckpt.CorruptFileError, match=re.escape(detail)):
+            ckpt.check_safetensors(path)
+    with pytest.raises(ckpt.CorruptFileError, match="missing"):
+        ckpt.check_safetensors(tmp_path / "absent.safetensors")

@@ -13,7 +13,6 @@ from mlx.utils import tree_flatten, tree_map
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo.checkpoint import read_metrics
-from mlx_orpo.update import apply_finite_update
 from test_trainer import cfg_for, make, pairs
 
 
@@ -22,6 +21,8 @@ def snapshot(tree) -> dict:
 
 
 def test_an_update_that_makes_a_weight_non_finite_is_undone():
+    from mlx_orpo.update import apply_finite_update
+
     model = nn.Linear(4, 3)
     optimizer = optim.Adam(learning_rate=1e-2)
     grads = tree_map(mx.ones_like, model.trainable_parameters())
