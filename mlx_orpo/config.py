@@ -114,6 +114,7 @@ class TrainConfig:
             (self.weight_decay >= 0 and self.max_grad_norm >= 0, "--weight-decay and --max-grad-norm must be >= 0"),
             (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
             (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
+            (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
         ]
         for ok, message in checks:
             if not ok:
