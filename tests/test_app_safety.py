@@ -67,7 +67,7 @@ def refusal(client, request) -> str:
     return outputs[0]
 
 
-def test_upload_reads_only_files_uploaded_to_this_app(client, served, tmp_path, no_client_upload):
+def test_upload_reads_only_files_uploaded_to_this_app(client, served, tmp_path, no_client_upload):  # noqa: F811
     """A path in Gradio's upload folder passes Gradio's own check (the folder is shared by every
     Gradio app of this user, and holds other sessions' files); the app reads only the paths its
     upload route handed out."""
@@ -97,14 +97,15 @@ def test_received_upload_accepts_only_handed_out_paths(tmp_path):
     uploaded.parent.mkdir(parents=True)
     uploaded.write_text("{}\n")
     handed_out = {str(uploaded)}
-    assert paths.received_upload(str(tmp_path / "gradio" / "abc" / ".." / "abc" / "prefs.jsonl"), handed_out) == uploaded
+    roundabout = tmp_path / "gradio" / "abc" / ".." / "abc" / "prefs.jsonl"
+    assert paths.received_upload(str(roundabout), handed_out) == uploaded
     (tmp_path / "gradio" / "link.jsonl").symlink_to(tmp_path / "secret.jsonl")
     for bad in (tmp_path / "gradio" / "link.jsonl", tmp_path / "secret.jsonl", "/etc/passwd"):
         with pytest.raises(paths.PathError, match="not uploaded to this app"):
             paths.received_upload(str(bad), handed_out)
 
 
-def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload):
+def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload):  # noqa: F811
     url, runs = served
     broken = tmp_path / "broken2.jsonl"
     broken.write_text("not json\nnor this\n")
@@ -115,7 +116,7 @@ def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload)
     assert not (runs / "uploads" / "broken2.jsonl").exists() and not Path(stored_by_gradio).exists()
 
 
-def test_upload_over_the_size_limit_is_refused_with_a_clear_message(client, served, tmp_path):
+def test_upload_over_the_size_limit_is_refused_with_a_clear_message(client, served, tmp_path):  # noqa: F811
     runs = served[1]
     big = write_jsonl(tmp_path / "big2.jsonl", GOOD_ROWS * 5000)  # about 1.5 MB, over this app's 1 MB
     with pytest.raises(Exception, match="exceeds the maximum file size of 1000000 bytes"):
@@ -143,7 +144,7 @@ def test_hub_data_takes_owner_name_ids_only(client, tmp_path, monkeypatch):
     assert calls == []
 
 
-def test_resume_refuses_a_run_that_another_process_is_training(client, served):
+def test_resume_refuses_a_run_that_another_process_is_training(client, served):  # noqa: F811
     from mlx_orpo.runlock import RunLock
 
     runs = served[1]

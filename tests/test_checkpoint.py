@@ -85,7 +85,8 @@ def test_checkpoint_without_manifest_gets_structural_checks(run):
     with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / 'state.json'}: corrupt checkpoint state")):
         ckpt.verify_checkpoint(newest)
     truncate(newest / "optimizer.safetensors", 0.9)
-    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / 'optimizer.safetensors'}: corrupt or truncated")):
+    cut = newest / "optimizer.safetensors"
+    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{cut}: corrupt or truncated")):
         ckpt.verify_checkpoint(newest)
 
 
