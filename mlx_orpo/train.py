@@ -60,7 +60,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         saved = Path(args.resume) / "config.json"
         if not saved.is_file():
             raise ValueError(f"{args.resume}: not a run directory (no config.json)")
-        values.update(json.loads(saved.read_text()))
+        try:
+            values.update(json.loads(saved.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
         values["output_dir"] = args.resume
     if args.config:
         values.update(load_yaml(args.config))
@@ -82,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .distributed import Cluster, PeerLostError
     from .models import ModelNotFoundError
+    from .runlock import RunLockedError
 
     try:
         run_dir = run_training(cfg, resume=bool(args.resume))
-    except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PeerLostError as exc:
