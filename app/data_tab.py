@@ -13,14 +13,16 @@ from mlx_orpo.config import FIELDS, TrainConfig
 from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.tokenize import encode_pairs, fit_to_length, render_prompt
 
-from .paths import PathError, relative, store_upload
+from .paths import PathError, discard, received_upload, relative, store_upload
 from .session import Context, Session
 
 DEFAULTS = TrainConfig()
 FIELD_HELP = FIELDS["max_length"].metadata["help"]
 STATS_PAIRS = 2000          # token statistics on at most this many pairs
 PREVIEW_PAIRS = 3
-_HUB = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+# owner/name[:split] only: a bare name may be a `datasets` builder ("json", "csv") that reads every
+# such file in the app's working directory, and was once shown quoting a creds.csv.
+_HUB = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
 EMPTY_PREVIEW = pd.DataFrame(columns=["prompt (chat template)", "chosen", "rejected"])
 FITS_COLOURS = {"≤ max length": "#3b82f6", "over max length": "#ef4444"}
@@ -122,9 +124,17 @@ def upload(ctx: Context, session: Session, file, model: str, max_length: int):
     def load():
         if not file:
             raise ValueError("no file uploaded")
-        path = file if isinstance(file, str) else file.name
-        stored = store_upload(ctx.runs_dir, path, Path(path).name, ctx.max_upload_bytes)
-        return _load(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
+        path = received_upload(file if isinstance(file, str) else file.name, ctx.uploaded)
+        try:
+            stored = store_upload(ctx.runs_dir, str(path), path.name, ctx.max_upload_bytes)
+        except (PathError, OSError):
+            discard(path)
+            raise
+        try:
+            return _load(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
+        except (DataError, OSError, ValueError) as exc:
+            discard(stored, path)
+            raise PathError(f"{exc}\n\nThe file was not kept.") from None
     return _analyse(ctx, session, model, max_length, load)
 
 

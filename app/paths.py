@@ -53,6 +53,30 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
     return path
 
 
+def received_upload(path: str, uploaded: set[str]) -> Path:
+    """The file Gradio stored for an upload to this app; any other path is refused.
+
+    A client names its file by path in the request, and Gradio 6.31 copies whatever path
+    it is given into its cache before the handler runs: `/upload_data` once returned the
+    rows of a private file that was never uploaded. So only the paths that Gradio's upload
+    route handed out (`Blocks.upload_file_set`, passed here as `uploaded`) are read.
+    """
+    resolved = Path(path).resolve()
+    if not resolved.is_file() or resolved not in {Path(p).resolve() for p in list(uploaded)}:
+        raise PathError("that file was not uploaded to this app (only files sent with the upload button "
+                        "are read); upload it again")
+    return resolved
+
+
+def discard(*files: Path) -> None:
+    """Delete refused uploads, so that rejected files do not pile up on disk."""
+    for file in files:
+        try:
+            file.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: int) -> Path:
     """Copy an uploaded file into runs_dir/uploads/ under a sanitised, unique name."""
     source = Path(temp_path)

@@ -16,6 +16,7 @@ class Context:
     runs_dir: Path
     max_upload_bytes: int
     models: Models
+    uploaded: set = field(default_factory=set)  # paths Gradio's upload route handed out (build_app links it)
 
 
 @dataclass

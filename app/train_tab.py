@@ -9,6 +9,7 @@ import gradio as gr
 
 from mlx_orpo.config import FIELDS, TrainConfig
 from mlx_orpo.models import resolve_model
+from mlx_orpo.runlock import holder as run_holder
 
 from . import runfiles
 from .estimate import estimate_markdown
@@ -134,6 +135,9 @@ def resume(ctx: Context, session: Session, name: str):
     if not runfiles.checkpoints(run):
         return (session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip(),
                 *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
+    if (pid := run_holder(run)) is not None:  # the trainer would refuse too; say so here, not in its log
+        return (session, (f"⚠️ **Cannot resume:** {run.name} is still being trained by another process "
+                          f"(pid {pid}); stop it first."), gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
     session.job = launch(run, None, TrainConfig(), resume=True)
     session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
     return (session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True),

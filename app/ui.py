@@ -57,6 +57,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)
         if past["run"].value:
             demo.load(past["show"], [past["run"], past["other"]], past["outputs"], **GLUE)
+    ctx.uploaded = demo.upload_file_set  # the only files the Data tab will read
     return demo
 
 
@@ -73,5 +74,6 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, max_up
     """Serve the app; only loopback unless `host` says otherwise. Gradio serves no files from the
     runs directory (it is not in allowed_paths): results are shown, not downloaded."""
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(server_name=host, server_port=port, css=CSS, max_file_size=f"{max_upload_mb:g}mb",
+    # The limit in bytes, equal to the Data tab's (Gradio reads "1mb" as 1,048,576 and cannot parse "0.5mb").
+    return demo.launch(server_name=host, server_port=port, css=CSS, max_file_size=int(max_upload_mb * 1e6),
                        show_error=True, footer_links=["api"], ssr_mode=False, **kwargs)

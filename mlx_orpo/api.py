@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .config import TrainConfig
 from .data import load_splits
 from .distributed import Cluster
 from .models import attach_adapters, load_model
+from .runlock import RunLock
 from .tokenize import EncodeStats, EncodedPair, encode_pairs, ensure_chat_template, render_prompt
 from .trainer import train
 
@@ -94,6 +96,13 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     if not cluster.is_main:
         log, progress, on_record = (lambda _: None), False, None
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
+    # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
+    with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
+        return _run_locked(cfg, run_dir, cluster, resume=resume, on_record=on_record, log=log, progress=progress)
+
+
+def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bool, on_record, log,
+                progress: bool) -> Path:
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
     cfg.output_dir = str(run_dir)

@@ -6,15 +6,18 @@ Layout of a run directory:
     adapters.safetensors        newest adapter weights
     metrics.jsonl               one JSON record per report / eval
     checkpoints/step-000100/    adapters.safetensors, optimizer.safetensors, state.json,
-                                adapter_config.json
+                                adapter_config.json, manifest.json (sizes and SHA-256 of the first three)
 
 Every file is written to a temporary name and renamed into place, and a
 checkpoint directory is renamed into place whole, so a crash (even SIGKILL)
-leaves either the old or the new version, never a torn one.
+leaves either the old or the new version, never a torn one. A disk can still lose
+or cut a file later, so each checkpoint is verified against its manifest on load
+and a damaged one is named and passed over for the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +29,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
+MANIFEST = "manifest.json"
+_VERIFIED = ("adapters.safetensors", "optimizer.safetensors", "state.json")
+
+
+class CorruptFileError(ValueError):
+    """A run or checkpoint file that is missing, cut short or altered; the message names it."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,6 +81,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
     state = dict(state, step=step)
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    (tmp / MANIFEST).write_text(json.dumps({name: _fingerprint(tmp / name) for name in _VERIFIED}, indent=2))
     if (run_dir / "adapter_config.json").is_file():  # so a checkpoint loads like a run directory
         shutil.copy(run_dir / "adapter_config.json", tmp / "adapter_config.json")
     for f in tmp.iterdir():
@@ -97,14 +107,110 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def _fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise CorruptFileError unless `path` is a whole safetensors file: its header parses and
+    the file is exactly as long as the header says (cheap: no tensor data is read)."""
+    def corrupt(detail: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: corrupt or truncated safetensors file ({detail})")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or 8 + length > size:
+                raise corrupt(f"{size} bytes, the header is cut off")
+            header = json.loads(f.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except CorruptFileError:
+        raise
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: missing") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise corrupt("the header is not valid") from None
+    if size != 8 + length + end:
+        raise corrupt(f"{size} bytes, the header describes {8 + length + end}")
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CorruptFileError naming the first missing or damaged file of a checkpoint.
+
+    Checked against manifest.json (sizes and SHA-256); a checkpoint written before
+    manifests existed gets the structural checks only.
+    """
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        for name in _VERIFIED[:2]:
+            check_safetensors(path / name)
+        _read_state(path)
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{manifest_path}: unreadable checkpoint manifest ({exc})") from None
+    for name in _VERIFIED:
+        file = path / name
+        if not file.is_file():
+            raise CorruptFileError(f"{file}: missing")
+        expected, found = manifest.get(name, {}), _fingerprint(file)
+        if found["bytes"] != expected.get("bytes"):
+            raise CorruptFileError(f"{file}: corrupt or truncated ({found['bytes']} bytes, "
+                                   f"{expected.get('bytes')} were written)")
+        if found["sha256"] != expected.get("sha256"):
+            raise CorruptFileError(f"{file}: corrupt (its checksum differs from the one written with it)")
+
+
+def intact_checkpoints(run_dir: Path, warn=print) -> list[Path]:
+    """Checkpoints oldest first, up to the newest one that verifies; each damaged newer one
+    is passed over with a warning naming the bad file (a resume then continues from an
+    older step rather than stopping on a traceback)."""
+    found = list_checkpoints(run_dir)
+    while found:
+        try:
+            verify_checkpoint(found[-1])
+            return found
+        except CorruptFileError as exc:
+            older = f"falling back to {found[-2].name}" if len(found) > 1 else "no older checkpoint is left"
+            warn(f"warning: checkpoint {found[-1].name} is unusable: {exc}; {older}")
+            found.pop()
+    return found
+
+
+def _read_state(path: Path) -> dict:
+    file = path / "state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{file}: corrupt checkpoint state ({exc})") from None
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"{file}: corrupt checkpoint state (not a JSON object)")
+    return state
+
+
 def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Restore adapters and optimizer state; return the saved loop state.
 
     (No RNG state is saved: the trainer reseeds from (seed, step) every step.)
     """
-    model.load_weights(list(mx.load(str(path / "adapters.safetensors")).items()), strict=False)
-    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
-    state = json.loads((path / "state.json").read_text())
+    state = _read_state(path)
+    arrays = {}
+    for name in _VERIFIED[:2]:
+        try:
+            arrays[name] = mx.load(str(path / name))
+        except (OSError, RuntimeError, ValueError) as exc:  # mx.load raises RuntimeError on a torn file
+            raise CorruptFileError(f"{path / name}: cannot be loaded ({exc})") from None
+    model.load_weights(list(arrays["adapters.safetensors"].items()), strict=False)
+    optimizer.state = tree_unflatten(list(arrays["optimizer.safetensors"].items()))
     mx.eval(model.parameters(), optimizer.state)
     return state
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,7 @@ class TrainConfig:
                                "this many seconds, e.g. because a peer hung (0: wait forever).")
 
     def validate(self) -> "TrainConfig":
+        _check_numbers(self)  # first: the range checks below assume real, finite numbers
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -103,6 +106,15 @@ class TrainConfig:
             (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
             (self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
             (min(self.report_every, self.save_every) >= 1, "--report-every and --save-every must be >= 1"),
+            (self.lora_alpha > 0, "--lora-alpha must be > 0"),
+            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+            (self.lora_layers == -1 or self.lora_layers >= 1, "--lora-layers must be -1 (all) or >= 1"),
+            (min(self.warmup_steps, self.eval_every, self.eval_max_pairs, self.keep_checkpoints) >= 0,
+             "--warmup-steps, --eval-every, --eval-max-pairs and --keep-checkpoints must be >= 0"),
+            (self.weight_decay >= 0 and self.max_grad_norm >= 0, "--weight-decay and --max-grad-norm must be >= 0"),
+            (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
+            (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
+            (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +135,27 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric option is a real, finite number of its field's type.
+
+    `--learning-rate inf` once trained to all-NaN adapters and exited 0, `--beta inf` and
+    `--lora-alpha nan` trained nothing and exited 0, `--epochs inf` overflowed: inf passes
+    every `>= 0` check, an unchecked field passes nan, and a YAML file can give a string.
+    """
+    for name, hint in _HINTS.items():
+        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        value = getattr(cfg, name)
+        if value is None or not kinds & {int, float}:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (float not in kinds
+                                                                               and not isinstance(value, int)):
+            raise ValueError(f"{flag} must be {'an integer' if float not in kinds else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:

@@ -225,6 +225,18 @@ def _rows_for(source: str, split: str) -> tuple[str, list[_Row]]:
     raise DataError(f"{source}: no such file")
 
 
+def _check_unicode(prompt, chosen: str, rejected: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"), which is no Unicode text: the
+    tokenizer stopped the run on it with a TypeError, even with --skip-bad-rows."""
+    texts = [(f"prompt message {i + 1}", m["content"]) for i, m in enumerate(prompt)]
+    for where, text in texts + [("'chosen'", chosen), ("'rejected'", rejected)]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RowError(f"{where} holds a lone surrogate {text[e.start]!r} at character {e.start + 1} "
+                           "(not valid Unicode text)") from None
+
+
 def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: str | None, label: str):
     if fmt == "auto":
         fmt, first_problem = None, None
@@ -243,6 +255,7 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
             if isinstance(row.value, RowError):
                 raise row.value
             prompt, chosen, rejected = normalise_row(row.value, fmt, system)
+            _check_unicode(prompt, chosen, rejected)
         except RowError as e:
             message = f"{row.where}: {e}"
             if not skip_bad_rows:

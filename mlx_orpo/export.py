@@ -71,6 +71,24 @@ def check_destination(out: Path, force: bool) -> None:
         raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
 
 
+def check_apart(out: Path, source: str | Path | None, what: str) -> None:
+    """Refuse an output that is, contains or lies inside an input: `--adapters RUN --out RUN
+    --force` once replaced the whole run directory with two PEFT files."""
+    if source is None or not Path(source).expanduser().exists():
+        return  # an alias or Hub id is not a path on this machine
+    src, dst = Path(source).expanduser().resolve(), out.resolve()
+    if dst == src:
+        problem = "is"
+    elif src.is_relative_to(dst):
+        problem = "contains"
+    elif dst.is_relative_to(src):
+        problem = "lies inside"
+    else:
+        return
+    raise ValueError(f"--out {out} {problem} the input {what} {source}; writing it would destroy the input: "
+                     "choose an output outside it")
+
+
 def check_free_space(directory: Path, needed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
@@ -217,6 +235,8 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     if out is None:
         raise ValueError("an output path (--out) is required")
     out = Path(out).expanduser().absolute()
+    check_apart(out, adapters, "--adapters")
+    check_apart(out, model, "--model")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose f16, bf16 or f32")
     dtype = DTYPES[dtype]

@@ -19,6 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
+from .checkpoint import check_safetensors
+
 # A fixed chat prompt on which exports are compared with the MLX fused model.
 REFERENCE_MESSAGES = [{"role": "user", "content": "Write one sentence about the sea, and count to five."}]
 
@@ -69,6 +71,7 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
         raise FileNotFoundError(
             f"{adapter_dir}: not an adapter directory (missing {', '.join(missing)}); pass a run directory "
             "or one of its checkpoints/step-N directories")
+    check_safetensors(adapter_dir / "adapters.safetensors")  # a cut file: name it, not a loader traceback
     return adapter_dir
 
 

@@ -4,8 +4,8 @@
 quantised triplets (weight, scales, biases). We dequantise them, rename the
 tensors to Hugging Face names, undo the row permutation llama.cpp's converter
 applies to Q and K for its RoPE layout, and write safetensors + config.json +
-the tokenizer (transformers rebuilds it from the GGUF vocabulary, merges and
-chat template). The result loads with `mlx_lm.load` and with transformers.
+the tokenizer (rebuilt from the GGUF vocabulary, merges and chat template:
+gguf_tokenizer.py). The result loads with `mlx_lm.load` and with transformers.
 """
 
 from __future__ import annotations
@@ -131,6 +131,24 @@ def _rename_llama(tensors: dict, config: dict, permuted: bool = True) -> dict:
     return weights
 
 
+def _tokenizer(gguf_path: Path, metadata: dict):
+    """The file's tokenizer: byte-level BPE rebuilt without torch, anything else via transformers."""
+    from .gguf_tokenizer import UnsupportedTokenizer, build_tokenizer
+
+    try:
+        return build_tokenizer(metadata)
+    except UnsupportedTokenizer:
+        pass
+    # transformers' GGUF reader needs PyTorch.
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except ImportError as exc:
+        raise GGUFImportError(f"{gguf_path}: its {metadata.get('tokenizer.ggml.model')!r} tokenizer is read "
+                              f"through transformers, which needs PyTorch here ({exc})") from exc
+
+
 def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
     """Convert `gguf_path` into a model directory at `out_dir` (written atomically)."""
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -150,10 +168,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float1
     weights = {k: v.astype(target) for k, v in weights.items()}
     config["torch_dtype"] = dtype
 
-    # Imported lazily: transformers is slow to import and only needed here.
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer = _tokenizer(gguf_path, metadata)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

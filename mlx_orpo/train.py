@@ -7,7 +7,7 @@ Every option is a field of `TrainConfig` (config.py), with its help text;
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import signal
 import sys
 import typing
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for name, f in FIELDS.items():
         flags = [f"--{name.replace('_', '-')}", *f.metadata.get("aliases", ())]
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
+        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
         kwargs = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if hints[name] is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
@@ -59,21 +60,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         saved = Path(args.resume) / "config.json"
         if not saved.is_file():
             raise ValueError(f"{args.resume}: not a run directory (no config.json)")
-        values.update(json.loads(saved.read_text()))
+        try:
+            values.update(json.loads(saved.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
         values["output_dir"] = args.resume
     if args.config:
         values.update(load_yaml(args.config))
     values.update(given)
     return from_dict(values, source=args.config or "options").validate()
-
-
-def _model_path(run_dir: Path, spec: str) -> str:
-    """The directory the run's base was loaded from (an alias resolves to a cached copy), as the
-    run's adapter_config.json records it; the spec itself if that file is missing."""
-    try:
-        return json.loads((run_dir / "adapter_config.json").read_text())["model_path"]
-    except (OSError, ValueError, KeyError):
-        return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .distributed import Cluster, PeerLostError
     from .models import ModelNotFoundError
+    from .runlock import RunLockedError
 
     try:
         run_dir = run_training(cfg, resume=bool(args.resume))
-    except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PeerLostError as exc:
@@ -101,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
               f"--resume {cfg.output_dir} once every host is back.", file=sys.stderr)
         return 3
     if Cluster.init().is_main:
+        from .models import resolve_model
+
         print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
-              f"chat:     python -m mlx_lm generate --model {_model_path(run_dir, cfg.model)} "
-              f"--adapter-path {run_dir} --prompt 'Hello'")
+              f"chat:     python -m mlx_lm generate --model {shlex.quote(resolve_model(cfg.model))} "
+              f"--adapter-path {shlex.quote(str(run_dir))} --prompt 'Hello'")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Each optimizer step runs `grad_accum` micro-batches through one compiled
 function (chosen and rejected rows of a batch in a single forward), checks the
-loss and gradient norm for non-finite values (one sync point per step: a
+loss and gradient norm, then the updated weights, for non-finite values (a
 poisoned step is skipped and counted, never applied), and applies AdamW.
 Metrics stay lazy arrays until a report is due.
 """
@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .distributed import Cluster, Watchdog
 from .loss import batch_loss, enable_grad_checkpoint
 from .tokenize import EncodedPair
+from .update import apply_finite_update
 
 METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
                "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
@@ -187,7 +188,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         run_dir.mkdir(parents=True, exist_ok=True)
     state = LoopState(world_size=cluster.size)
     if resume:
-        found = ckpt.list_checkpoints(run_dir)
+        found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
         if not found:
             raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
         state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
@@ -268,15 +269,15 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             else:
                 grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
             finite = mx.isfinite(metrics_mean["loss"]) & mx.isfinite(grad_norm)
-            if finite.item():  # sync point: never apply a non-finite update
-                optimizer.update(model, grads)
-                mx.eval(model.trainable_parameters(), optimizer.state, metrics_mean)
+            # Sync points: never apply a non-finite update, nor one that makes a weight non-finite.
+            if finite.item() and apply_finite_update(model, optimizer, grads):
+                mx.eval(metrics_mean)
                 for k in METRIC_KEYS:
                     state.window[k] = state.window.get(k, 0.0) + metrics_mean[k].item()
                 state.window_steps += 1
             else:
                 state.skipped_steps += 1
-                log(f"step {state.step + 1}: non-finite loss or gradient; update skipped")
+                log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.window_tokens += tokens
             state.step += 1
             watchdog.beat()

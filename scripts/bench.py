@@ -39,11 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
 SYSTEMS = ("mlx-orpo", "mlx-lm-lora", "trl")
+# The module each peer needs; they install with `pip install -e ".[peers]"`.
+PEER_MODULES = {"mlx-lm-lora": "mlx_lm_lora", "trl": "trl"}
 START = time.perf_counter()
 
 
@@ -388,6 +391,13 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.rounds, args.warmup, args.steps = 1, 1, 3
+    unknown = [n for n in args.systems.split(",") if n not in SYSTEMS]
+    missing = [n for n in args.systems.split(",") if n in PEER_MODULES and find_spec(PEER_MODULES[n]) is None]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if missing:
+        parser.error(f"{', '.join(missing)} requested but not installed: pip install -e \".[peers]\" "
+                     f"(or leave it out with --systems)")
 
     spec = prepare(args)
     systems = []

@@ -391,3 +391,25 @@ def test_write_demo_data_is_deterministic(tmp_path):
 
 def test_formats_tuple_is_the_contract():
     assert FORMATS == ("prompt_strings", "trl_conversational", "ultrafeedback", "sharegpt", "hh")
+
+
+# -- text that is not Unicode -------------------------------------------------------
+
+
+def test_a_lone_surrogate_is_a_bad_row_named_by_line(tmp_path):
+    """JSON may spell "\\ud800", which no tokenizer can encode: it once ended the run in a
+    TypeError from the tokenizer, even with --skip-bad-rows."""
+    path = tmp_path / "prefs.jsonl"
+    rows = [json.dumps(r) for r in pair_rows(2)]
+    rows.insert(1, '{"prompt": "Hi", "chosen": "fine \\ud800 thanks", "rejected": "no"}')
+    rows.append('{"prompt": "\\udfff", "chosen": "a", "rejected": "b"}')
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"prefs.jsonl, line 2: 'chosen' holds a lone surrogate '\\ud800' at "
+                                        r"character 6 \(not valid Unicode text\)"):
+        load_pairs(str(path))
+    pairs, report = load_pairs(str(path), skip_bad_rows=True)
+    assert [p.chosen for p in pairs] == ["good 0", "good 1"]
+    assert [s.split(": ", 1)[0] for s in report.skipped] == [f"{path}, line 2", f"{path}, line 4"]
+    assert "prompt message 1 holds a lone surrogate '\\udfff'" in report.skipped[1]
+    for pair in pairs:  # what is kept encodes
+        assert pair.chosen.encode() and pair.prompt[-1]["content"].encode()
