@@ -11,8 +11,8 @@ system runs in its own process (peak memory is per process), a warm-up then N
 timed steps, and the systems alternate over rounds so load drift on the
 machine hits all of them alike.
 
-- mlx-orpo: the trainer's step (compiled value_and_grad of `loss.batch_loss`,
-  gradient clipping, the finite check, AdamW, one `mx.eval`), on the batches of
+- mlx-orpo: the trainer's own step, `step.OrpoStep` (compiled value_and_grad of
+  `loss.batch_loss`, gradient clipping, the finite check, AdamW), on the batches of
   `batching.epoch_batches` + `collate`, by default twice: with the shared
   prompt (`split`) and with gradient checkpointing as well (`split+ckpt`);
   `--orpo-layouts split,full` runs the full-row layout (no shared prompt) instead.
@@ -62,48 +62,23 @@ def _load_spec(path: str) -> dict:
 
 
 def _mlx_orpo_setup(spec: dict, grad_checkpoint: bool):
-    """(model, optimizer, compiled grad step, cfg) as the trainer builds them."""
+    """(step, cfg): the model loaded and adapted as the trainer does, inside `step.OrpoStep`, the
+    step the trainer runs (compiled value-and-grad, gradients evaluated first, clipping, the
+    finite check, AdamW)."""
     import mlx_orpo  # noqa: F401  (fast BLAS before mlx)
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    from functools import partial
 
     from mlx_orpo.config import TrainConfig
-    from mlx_orpo.loss import batch_loss, enable_grad_checkpoint
     from mlx_orpo.models import attach_adapters, load_model
+    from mlx_orpo.step import OrpoStep, build_optimizer
 
     cfg = TrainConfig(lora_rank=spec["rank"], lora_alpha=2.0 * spec["rank"], batch_size=spec["batch_size"],
-                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint)
+                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint, beta=0.1,
+                      learning_rate=1e-5, lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0)
     model, _, _, _ = load_model(spec["model_dir"], dtype="float32")
     attach_adapters(model, cfg)
-    if cfg.grad_checkpoint:
-        enable_grad_checkpoint(model)
-    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=False))
-    state = [model.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(batch):
-        (_, metrics), grads = value_and_grad(model, batch)
-        return metrics, grads
-
+    step = OrpoStep(model, cfg, build_optimizer(cfg, len(spec["batches"])))
     model.train()
-    return model, optim.AdamW(learning_rate=1e-5), grad_step, cfg
-
-
-def _mlx_orpo_step(model, optimizer, grad_step, batch) -> dict:
-    """One trainer step: gradients evaluated first (as the trainer does: the backward's own
-    evaluation order keeps the peak low), then clipping, the finite check and AdamW."""
-    import mlx.core as mx
-    import mlx.optimizers as optim
-
-    metrics, grads = grad_step(batch)
-    mx.eval(grads, metrics)
-    grads, grad_norm = optim.clip_grad_norm(grads, 1.0)
-    if (mx.isfinite(metrics["loss"]) & mx.isfinite(grad_norm)).item():
-        optimizer.update(model, grads)
-    mx.eval(model.trainable_parameters(), optimizer.state, metrics)
-    return metrics
+    return step, cfg
 
 
 FULL_ROW_KEYS = ("tokens", "lengths", "prompt_lengths")
@@ -113,8 +88,9 @@ def worker_mlx_orpo(spec: dict) -> dict:
     import mlx.core as mx
 
     from mlx_orpo.batching import collate
+    from mlx_orpo.step import MicroBatch
 
-    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
+    step, cfg = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
     pairs, steps = spec["pairs"], []
     for indices in spec["batches"]:
         chunk = [pairs[i] for i in indices]
@@ -122,7 +98,7 @@ def worker_mlx_orpo(spec: dict) -> dict:
         batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
         if spec["layout"].startswith("full"):
             batch = {k: batch[k] for k in FULL_ROW_KEYS}
-        metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
+        metrics = step([MicroBatch(batch)]).metrics
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                       "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch})
     return {"steps": steps, "mlx_peak": mx.get_peak_memory()}
@@ -134,8 +110,9 @@ def worker_layouts(spec: dict) -> dict:
     import mlx.core as mx
 
     from mlx_orpo.batching import collate
+    from mlx_orpo.step import MicroBatch
 
-    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint=False)
+    step, cfg = _mlx_orpo_setup(spec, grad_checkpoint=False)
     steps = {"split": [], "full": []}
     for indices in spec["batches"]:
         chunk = [spec["pairs"][i] for i in indices]
@@ -146,7 +123,7 @@ def worker_layouts(spec: dict) -> dict:
             mx.synchronize()
             mx.reset_peak_memory()
             start = time.perf_counter()
-            metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
+            metrics = step([MicroBatch(batch)]).metrics
             steps[layout].append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                                   "loss": metrics["loss"].item(), "peak": mx.get_peak_memory(),
                                   "shared_prompt": "response_tokens" in batch})

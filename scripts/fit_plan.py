@@ -4,8 +4,8 @@
     python scripts/fit_plan.py --out fit.json   # also keep the measured peaks
     python scripts/fit_plan.py --peaks fit.json # refit kept peaks (measures only missing cases)
 
-Each case is one trainer-like step (tests/test_plan.py `measure_step_peak`). The fit is a least
-squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
+Each case is one step of the trainer's own `step.OrpoStep` (tests/test_plan.py `measure_step_peak`).
+The fit is a least squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
 per-token and per-score activation multiples, the per-token residue of a checkpointed block,
 and the copies of a logit chunk (ACT_MLP and CKPT_BLOCKS are set, not fitted). Paste the printed
 constants into mlx_orpo/plan.py.
