@@ -31,7 +31,8 @@ from mlx.utils import tree_flatten, tree_map
 
 from .config import TrainConfig
 from .distributed import Cluster
-from .loss import batch_loss, enable_grad_checkpoint
+from .forward import enable_grad_checkpoint
+from .loss import batch_loss
 
 METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
                "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
@@ -79,7 +80,7 @@ class OrpoStep:
 
     `loss(model, batch, beta, prompt_in_nll) -> (loss, metrics)` defaults to loss.batch_loss
     (tests inject fakes). With cfg.grad_checkpoint the model's blocks are made to recompute in
-    the backward (loss.enable_grad_checkpoint) here, once.
+    the backward (forward.enable_grad_checkpoint) here, once.
     """
 
     def __init__(self, model, cfg: TrainConfig, optimizer: optim.Optimizer, *,

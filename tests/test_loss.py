@@ -8,7 +8,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_orpo.loss import batch_loss, head_logps, log1mexp, log_odds, orpo_loss, sequence_masks, token_logps
+from mlx_orpo.forward import head_logps, sequence_masks, token_logps
+from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss
 
 
 def close(a, b, rel=1e-5, abs_=0.0):
