@@ -132,8 +132,8 @@ def _push(result: ExportResult, repo: str, log: Callable[[str], None]) -> None:
 
 def export(model: str | None = None, adapters: str | Path | None = None, format: str = "hf",
            out: str | Path | None = None, *, dtype: str = "float16", gguf_type: str = "f16",
-           bits: int | None = None, group_size: int = TrainConfig.group_size, force: bool = False, push_to_hub: str | None = None,
-           progress: Callable[[str], None] | None = None) -> ExportResult:
+           bits: int | None = None, group_size: int = TrainConfig.group_size, force: bool = False,
+           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export `adapters` (a run directory or checkpoint) fused into `model` (default: the run's base).
 
     format: hf | mlx | gguf (fused weights), peft (the adapter alone, PEFT layout),

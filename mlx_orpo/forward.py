@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
+from .models import on_gpu
+
 LSE_BLOCK = 256  # vocabulary block for an accurate logsumexp on the CPU
 
 
@@ -45,13 +47,26 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     return picked - logsumexp_last(logits)
 
 
-LOGIT_CHUNK = 256  # positions whose vocabulary logits exist at one time (head_logps)
+# Positions whose vocabulary logits exist at one time (head_logps). On the CPU, 256 bounds the logits'
+# memory at no cost in speed (element-wise work is the bottleneck there, not the number of kernels). On
+# a GPU each chunk adds a handful of small kernels to every step (a head matmul, a logsumexp, a gather,
+# forward and backward), so a chunk there covers a whole batch of usual length (2 x 2 pairs x 512)
+# while still bounding the logits of long ones. Both give the same numbers (tests/test_loss.py).
+LOGIT_CHUNK_CPU = 256
+LOGIT_CHUNK_GPU = 2048
+
+
+def logit_chunk(gpu: bool | None = None) -> int:
+    """The head_logps chunk for the CPU or a GPU (default: where MLX computes here)."""
+    return LOGIT_CHUNK_GPU if (on_gpu() if gpu is None else gpu) else LOGIT_CHUNK_CPU
+
+
 # Models whose forward is `head(model.model(x))` with nothing after the head (no logit soft-capping).
 PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi", "phi3")
 
 
-def head_logps(head, hidden: mx.array, targets: mx.array, chunk: int = LOGIT_CHUNK) -> mx.array:
-    """log p(target) through a frozen vocabulary head, `chunk` positions at a time.
+def head_logps(head, hidden: mx.array, targets: mx.array, chunk: int | None = None) -> mx.array:
+    """log p(target) through a frozen vocabulary head, `chunk` positions at a time (default: logit_chunk()).
 
     Equal to token_logps(head(hidden), targets), without its memory: the full
     (positions, vocabulary) float32 logits, their exponentials and their
@@ -62,6 +77,7 @@ def head_logps(head, hidden: mx.array, targets: mx.array, chunk: int = LOGIT_CHU
     head must be frozen (LoRA never adapts it).
     hidden (..., d), targets (...) -> (...) float32.
     """
+    chunk = chunk or logit_chunk()
     shape = targets.shape
     flat_targets = targets.reshape(-1)
     starts = range(0, flat_targets.shape[0], chunk)

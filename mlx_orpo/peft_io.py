@@ -213,5 +213,5 @@ def import_peft(peft_dir: Path, out: Path, *, model: str | None = None, force: b
     write_dir_atomically(out, force, needed, write)
     usage = (f"python -c \"from mlx_orpo.api import load_with_adapters, generate; m, t = load_with_adapters("
              f"'{base}', '{out}'); print(generate(m, t, [{{'role': 'user', 'content': 'Hello'}}]))\"")
-    return ExportResult("import-peft", out, output_files(out), f"{config['fine_tune_type']} r={config['lora_parameters']['rank']}",
-                        usage, base=str(base))
+    kind = f"{config['fine_tune_type']} r={config['lora_parameters']['rank']}"
+    return ExportResult("import-peft", out, output_files(out), kind, usage, base=str(base))

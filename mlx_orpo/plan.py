@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .forward import LOGIT_CHUNK, PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES
+from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
 from . import models
 
 # The config.json numbers of the aliases, so the planner works offline for
@@ -70,8 +70,8 @@ KNOWN_CONFIGS = {
 # + ACT_MLP x intermediate values (ACT_MLP set from the block's structure), and ACT_SCORES values
 # per attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
 # token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
-# their gradients; set, not fitted). The vocabulary logits exist LOGIT_CHUNK positions at a time
-# (forward.head_logps), LOGIT_COPIES times over; models whose head is not plain
+# their gradients; set, not fitted). The vocabulary logits exist forward.logit_chunk() positions at
+# a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over; models whose head is not plain
 # (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times (measured before the
 # logits were chunked).
 ACT_HIDDEN = 13.12
@@ -194,10 +194,10 @@ def activation_bytes(cfg: TrainConfig, shape: ModelShape, act_bytes: int, tokens
     return int(act_bytes * per_block * shape.layers)
 
 
-def logit_bytes(shape: ModelShape, rows: int) -> int:
+def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
     """The float32 vocabulary logits alive at the peak, for `rows` scored positions."""
     if shape.model_type in PLAIN_HEAD_MODEL_TYPES:
-        return int(LOGIT_COPIES * min(rows, LOGIT_CHUNK) * shape.vocab * 4)
+        return int(LOGIT_COPIES * min(rows, logit_chunk(gpu)) * shape.vocab * 4)
     return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
 
 
@@ -231,7 +231,8 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     batches and the full-row fallback); `layout`, `prompt_len` and `answer_len` pin one batch.
     """
     shape = ModelShape.from_config(model_config)
-    dtype = models.compute_dtype(cfg.dtype, on_gpu) or shape.checkpoint_dtype
+    gpu = models.on_gpu() if on_gpu is None else on_gpu
+    dtype = models.compute_dtype(cfg.dtype, gpu) or shape.checkpoint_dtype
     dtype_bytes = _DTYPE_BYTES[dtype]
     bits = cfg.bits or shape.quant_bits
     group = cfg.group_size if cfg.bits else shape.quant_group
@@ -244,7 +245,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
         if layout is not None and name != layout:
             continue
         activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
-        logits = logit_bytes(shape, rows)
+        logits = logit_bytes(shape, rows, gpu)
         total = weights + adapters + activations + logits + OVERHEAD_BYTES
         if best is None or total > best.total:
             best = Prediction(total, {"weights": weights, "adapters + optimizer": adapters,
