@@ -4,8 +4,10 @@
     log_odds = log(odds(y_w) / odds(y_l)),   odds(y) = P(y|x) / (1 - P(y|x))
 
 where P is the length-normalised likelihood: log P = ℓ, the mean per-token
-log-probability of the response tokens (prompt masked). Everything here is
-computed in float32 whatever the model dtype. No I/O, no `mx.eval`.
+log-probability of the response tokens (prompt masked). Every function here
+takes log-probabilities; `batch_loss`, at the end, takes them from the model
+through `forward.batch_token_logps`. Everything is computed in float32 whatever
+the model dtype. No I/O, no `mx.eval`.
 """
 
 from __future__ import annotations

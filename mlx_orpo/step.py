@@ -153,8 +153,10 @@ class OrpoStep:
         mx.eval(self.model.trainable_parameters(), self.optimizer.state, metrics)
         return True, grad_norm
 
-    def __call__(self, micro_batches: Iterable[MicroBatch], stop: bool = False) -> StepResult:
-        """One optimizer step over `micro_batches` (gradient accumulation when there are several)."""
-        grads, metrics, stop_requested = self.reduce(*self.accumulate(micro_batches), stop=stop)
+    def __call__(self, micro_batches: Iterable[MicroBatch], stop: Callable[[], bool] | None = None) -> StepResult:
+        """One optimizer step over `micro_batches` (gradient accumulation when there are several).
+        `stop()`, asked once the gradients are in, says whether this rank wants the run to stop."""
+        totals = self.accumulate(micro_batches)
+        grads, metrics, stop_requested = self.reduce(*totals, stop=bool(stop and stop()))
         applied, grad_norm = self.apply(grads, metrics)
         return StepResult(metrics, grad_norm, applied, stop_requested)

@@ -204,7 +204,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
-            result = step(step_micro_batches(), stop=stop.stop)
+            result = step(step_micro_batches(), stop=lambda: stop.stop)
             if result.applied:
                 for k in METRIC_KEYS:
                     state.window[k] = state.window.get(k, 0.0) + result.metrics[k].item()
