@@ -9,7 +9,7 @@ import time
 import gradio as gr
 import pandas as pd
 
-from mlx_orpo.export import human_size
+from mlx_orpo.output import human_size
 
 from . import runfiles
 from .chat_tab import checkpoint_choices

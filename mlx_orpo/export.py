@@ -22,106 +22,17 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from .config import TrainConfig
+from .output import ExportResult, check_apart, check_destination, output_files, write_dir_atomically
 
 FORMATS = ("hf", "mlx", "gguf", "peft", "import-peft")
 DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32",
           "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
 _BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 _SLACK = 64 << 20  # tokenizer files, metadata, filesystem overhead
-
-
-@dataclass
-class ExportResult:
-    format: str
-    out: Path
-    files: list[tuple[Path, int]]  # (path, bytes)
-    dtype: str  # float dtype or quantisation type of the weights
-    usage: str  # one command that uses the output
-    base: str = ""
-    fused_modules: int = 0
-    logit_error: dict | None = None  # measured against the unquantised fused model (mlx --bits)
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"wrote {self.format} export to {self.out} ({self.dtype})"]
-        if self.base:
-            lines.append(f"  base: {self.base}; fused adapter modules: {self.fused_modules}")
-        lines += [f"  {human_size(size):>10}  {path}" for path, size in self.files]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"use it:\n  {self.usage}")
-        return "\n".join(lines)
-
-
-def human_size(n: float) -> str:
-    """Bytes as the export report shows them (1.5 MB); the app's file table uses it too."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-# ---- output safety -----------------------------------------------------------------------------------------
-
-def check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
-
-
-def check_apart(out: Path, source: str | Path | None, what: str) -> None:
-    """Refuse an output that is, contains or lies inside an input: `--adapters RUN --out RUN
-    --force` once replaced the whole run directory with two PEFT files."""
-    if source is None or not Path(source).expanduser().exists():
-        return  # an alias or Hub id is not a path on this machine
-    src, dst = Path(source).expanduser().resolve(), out.resolve()
-    if dst == src:
-        problem = "is"
-    elif src.is_relative_to(dst):
-        problem = "contains"
-    elif dst.is_relative_to(src):
-        problem = "lies inside"
-    else:
-        return
-    raise ValueError(f"--out {out} {problem} the input {what} {source}; writing it would destroy the input: "
-                     "choose an output outside it")
-
-
-def check_free_space(directory: Path, needed: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise OSError(f"not enough disk space in {directory}: the export needs about {human_size(needed)}, "
-                      f"{human_size(free)} is free")
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move a finished temporary file/dir into place (removing an old output only now)."""
-    if out.is_dir() and not out.is_symlink():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    tmp.rename(out)
-
-
-def _files(out: Path) -> list[tuple[Path, int]]:
-    paths = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
-    return [(p, p.stat().st_size) for p in paths]
-
-
-def write_dir_atomically(out: Path, force: bool, needed: int, write: Callable[[Path], None]) -> None:
-    check_destination(out, force)
-    check_free_space(out.parent, needed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        write(tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---- fused model directories (hf, mlx) ---------------------------------------------------------------------
@@ -168,10 +79,10 @@ def export_hf(fused, out: Path, *, force: bool = False) -> ExportResult:
         fused, d, config=_hf_config(fused, fused.dtype), weights_format="pt"))
     usage = ("python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
              f"m = AutoModelForCausalLM.from_pretrained('{out}'); t = AutoTokenizer.from_pretrained('{out}')\"")
-    return ExportResult("hf", out, _files(out), fused.dtype, usage)
+    return ExportResult("hf", out, output_files(out), fused.dtype, usage)
 
 
-def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 64,
+def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = TrainConfig.group_size,
                force: bool = False) -> ExportResult:
     """An mlx-lm model directory; with `bits`, re-quantised after fusing and the logit error measured."""
     from mlx_lm.utils import quantize_model
@@ -194,7 +105,7 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = 6
     write_dir_atomically(out, force, int(needed), lambda d: write_model_dir(fused, d, config=config,
                                                                               weights_format="mlx"))
     usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
-    result = ExportResult("mlx", out, _files(out), dtype, usage, logit_error=error)
+    result = ExportResult("mlx", out, output_files(out), dtype, usage, logit_error=error)
     if error:
         result.notes.append(f"logit error vs the unquantised fused model ({fused.dtype} compute, fixed chat "
                             f"prompt): max abs {error['max_abs']:.4g}, max rel {error['max_rel']:.3g}, "
@@ -221,8 +132,8 @@ def _push(result: ExportResult, repo: str, log: Callable[[str], None]) -> None:
 
 def export(model: str | None = None, adapters: str | Path | None = None, format: str = "hf",
            out: str | Path | None = None, *, dtype: str = "float16", gguf_type: str = "f16",
-           bits: int | None = None, group_size: int = 64, force: bool = False, push_to_hub: str | None = None,
-           progress: Callable[[str], None] | None = None) -> ExportResult:
+           bits: int | None = None, group_size: int = TrainConfig.group_size, force: bool = False,
+           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export `adapters` (a run directory or checkpoint) fused into `model` (default: the run's base).
 
     format: hf | mlx | gguf (fused weights), peft (the adapter alone, PEFT layout),
@@ -300,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GGUF tensor type of the 2-D weights (norms stay f32).")
     p.add_argument("--bits", type=int, choices=(4, 8), help="mlx: re-quantise after fusing; reports the logit "
                                                              "error against the unquantised fused model.")
-    p.add_argument("--group-size", type=int, default=64, help="Quantisation group size for --bits.")
+    p.add_argument("--group-size", type=int, default=TrainConfig.group_size, help="Quantisation group size for --bits.")
     p.add_argument("--force", action="store_true", help="Replace an existing output.")
     p.add_argument("--push-to-hub", metavar="REPO", help="Upload the export to this Hugging Face repo.")
     return p

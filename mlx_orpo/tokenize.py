@@ -45,11 +45,16 @@ class EncodeStats:
     dropped: int = 0
 
 
-def ensure_chat_template(tokenizer) -> bool:
-    """Give a template-less tokenizer the fallback; return True if it had one."""
+def hf_tokenizer(tokenizer):
+    """The Hugging Face tokenizer inside mlx-lm's TokenizerWrapper (or the tokenizer itself)."""
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-    hf = tokenizer._tokenizer if isinstance(tokenizer, TokenizerWrapper) else tokenizer
+    return tokenizer._tokenizer if isinstance(tokenizer, TokenizerWrapper) else tokenizer
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give a template-less tokenizer the fallback; return True if it had one."""
+    hf = hf_tokenizer(tokenizer)
     if getattr(hf, "chat_template", None):
         return True
     hf.chat_template = FALLBACK_CHAT_TEMPLATE

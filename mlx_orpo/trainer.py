@@ -1,10 +1,11 @@
 """The ORPO training loop: one plain function, `train`.
 
-Each optimizer step runs `grad_accum` micro-batches through one compiled
-function (chosen and rejected rows of a batch in a single forward), checks the
-loss and gradient norm, then the updated weights, for non-finite values (a
-poisoned step is skipped and counted, never applied), and applies AdamW.
-Metrics stay lazy arrays until a report is due.
+Each optimizer step is `step.OrpoStep`: `grad_accum` micro-batches through one
+compiled function (chosen and rejected rows of a batch in a single forward), a
+check of the loss, the gradient norm and then the updated weights for non-finite
+values (a poisoned step is skipped and counted, never applied), and AdamW. This
+module feeds it batches and keeps the loop's state: resume, reports, held-out
+evaluation, checkpoints, stop requests.
 """
 
 from __future__ import annotations
@@ -15,25 +16,18 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
 
 from . import checkpoint as ckpt
 from .batching import collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
-from .loss import batch_loss, enable_grad_checkpoint
+from .loss import batch_loss
+from .step import METRIC_KEYS, MicroBatch, OrpoStep, build_optimizer
 from .tokenize import EncodedPair
-from .update import apply_finite_update
-
-METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
-               "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
 
 @dataclass
@@ -54,21 +48,6 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
         return cfg.iters
     batches_per_epoch = math.ceil(n_train / (cfg.batch_size * world_size))
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
-
-
-def build_schedule(cfg: TrainConfig, steps: int):
-    peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 0))
-    decay_steps = max(steps - warmup, 1)
-    if cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(peak, decay_steps, 0.0)
-    elif cfg.lr_schedule == "linear":
-        main = optim.linear_schedule(peak, 0.0, decay_steps)
-    else:
-        main = lambda _: mx.array(peak, dtype=mx.float32)  # noqa: E731
-    if warmup == 0:
-        return main
-    # Warmup starts at peak / (warmup + 1), not 0, so the first step is not wasted.
-    return optim.join_schedules([optim.linear_schedule(peak / (warmup + 1), peak, warmup), main], [warmup])
 
 
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int):
@@ -97,7 +76,7 @@ def shard_weights(global_pairs, local_pairs, cfg: TrainConfig, world: int) -> tu
     return world * n / total, world * len(local_pairs) / len(global_pairs)
 
 
-def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> dict:
+def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None) -> dict:
     """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set.
 
     The NLL is a token mean and the rest pair means over all evaluated pairs,
@@ -113,7 +92,8 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int) -> 
     for start in range(0, len(order), cfg.batch_size):
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
         nll_weight, pair_weight = shard_weights(pairs, chunk, cfg, world=1)
-        _, metrics = batch_loss(model, collate(chunk, pad_id, cfg.pad_multiple), cfg.beta, cfg.prompt_in_nll)
+        _, metrics = (loss or batch_loss)(model, collate(chunk, pad_id, cfg.pad_multiple), cfg.beta,
+                                          cfg.prompt_in_nll)
         mx.eval(metrics)
         for k in METRIC_KEYS:
             sums[k] += metrics[k].item() * (nll_weight if k == "nll_loss" else pair_weight)
@@ -168,53 +148,28 @@ class _StopFlag:
 
 def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], cfg: TrainConfig,
           run_dir: Path, *, pad_id: int, resume: bool = False, on_record: Callable[[dict], None] | None = None,
-          log: Callable[[str], None] = print, progress: bool = True, cluster: Cluster | None = None) -> LoopState:
+          log: Callable[[str], None] = print, progress: bool = True, cluster: Cluster | None = None,
+          loss: Callable | None = None) -> LoopState:
     """Train the (adapter-bearing, base-frozen) model with ORPO; return the final loop state.
 
     Writes metrics.jsonl, adapters.safetensors and checkpoints under run_dir
     (rank 0 only when data-parallel). With resume=True, continues from the
-    newest checkpoint in run_dir exactly.
+    newest checkpoint in run_dir exactly. `loss` replaces loss.batch_loss (tests).
     """
     cluster = cluster or Cluster()
+    loss = loss or batch_loss
     run_dir = Path(run_dir)
     global_batch = cfg.batch_size * cluster.size
     steps = total_steps(cfg, len(train_pairs), cluster.size)
     batches_per_epoch = math.ceil(len(train_pairs) / global_batch)
-    # Bias-corrected Adam, as in PyTorch/TRL: without it MLX's first updates are about 3x the learning rate.
-    optimizer = optim.AdamW(learning_rate=build_schedule(cfg, steps), weight_decay=cfg.weight_decay,
-                            bias_correction=True)
+    optimizer = build_optimizer(cfg, steps)
     metrics_path = run_dir / "metrics.jsonl"
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     state = LoopState(world_size=cluster.size)
     if resume:
-        found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
-        if not found:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-        state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
-        if state.world_size != cluster.size:
-            raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
-                             f"number (this run has {cluster.size}), so every step sees the same global batch")
-        if cluster.is_main:
-            ckpt.truncate_metrics(metrics_path, state.step)
-        log(f"resumed from {found[-1]} at step {state.step}")
-    if cfg.grad_checkpoint:
-        enable_grad_checkpoint(model)
-
-    def objective(model, batch, nll_weight, pair_weight):
-        _, metrics = batch_loss(model, batch, cfg.beta, cfg.prompt_in_nll)
-        metrics = {k: v * (nll_weight if k == "nll_loss" else pair_weight) for k, v in metrics.items() if k != "tokens"}
-        metrics["loss"] = metrics["nll_loss"] - cfg.beta * metrics["log_odds_ratio"]
-        return metrics["loss"], metrics
-
-    value_and_grad = nn.value_and_grad(model, objective)
-    compiled_state = [model.state, mx.random.state]
-
-    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def grad_step(batch, nll_weight, pair_weight):
-        # `batch` is collate's dict: with or without the shared-prompt layout (a new trace each).
-        (_, metrics), grads = value_and_grad(model, batch, nll_weight, pair_weight)
-        return metrics, grads
+        state = _resume(run_dir, model, optimizer, cluster, log)
+    step = OrpoStep(model, cfg, optimizer, loss=loss, cluster=cluster)
 
     def record(entry: dict):
         with open(metrics_path, "a") as f:
@@ -223,20 +178,23 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             on_record(entry)
         log(_format(entry, steps))
 
-    def micro_step(indices):
-        """Gradients and metrics of this rank's shard of one global batch."""
-        global_pairs = [train_pairs[i] for i in indices]
-        local_pairs = cluster.shard(global_pairs)
-        nll_weight, pair_weight = shard_weights(global_pairs, local_pairs, cfg, cluster.size)
-        # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
-        batch = collate(local_pairs or global_pairs[:1], pad_id, cfg.pad_multiple)
-        return grad_step(batch, mx.array(nll_weight), mx.array(pair_weight))
+    def step_micro_batches():
+        """This rank's micro-batches of the next optimizer step; advances the loop's data position."""
+        for _ in range(cfg.grad_accum):
+            epoch, index, indices = next(batches)
+            global_pairs = [train_pairs[i] for i in indices]
+            local_pairs = cluster.shard(global_pairs)
+            nll_weight, pair_weight = shard_weights(global_pairs, local_pairs, cfg, cluster.size)
+            state.window_tokens += sum(p.tokens for p in global_pairs)
+            last = index + 1 == batches_per_epoch
+            state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
+            # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
+            yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, cfg.pad_multiple), nll_weight,
+                             pair_weight)
 
     batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch)
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=state.step, unit="step", dynamic_ncols=True, leave=False)
+    bar = _progress_bar(steps, state.step) if progress else None
+    if bar is not None:
         log = bar.write  # keep the bar below the report lines
     model.train()
     mx.reset_peak_memory()
@@ -244,72 +202,74 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."  # noqa: E731
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
-            grads_sum, metrics_sum, tokens = None, None, 0
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
-            for _ in range(cfg.grad_accum):
-                epoch, index, indices = next(batches)
-                metrics, grads = micro_step(indices)
-                tokens += sum(train_pairs[i].tokens for i in indices)
-                grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
-                metrics_sum = metrics if metrics_sum is None else {k: metrics_sum[k] + metrics[k] for k in metrics}
-                # Evaluated here, as the only roots: MLX then walks the backward block by block. Left for
-                # the clipping and the finite check to pull in, the same step peaked 2.7x higher with
-                # gradient checkpointing (0.96 -> 2.54 GB, SmolLM2-135M, 1,536 tokens).
-                mx.eval(grads_sum, metrics_sum)
-                last = index + 1 == batches_per_epoch
-                state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
-            grads = cluster.average_gradients(tree_map(lambda g: g / cfg.grad_accum, grads_sum))
-            # One all-reduce carries the metrics and every rank's stop request, so all stop together.
-            reduced = cluster.sum(mx.stack([metrics_sum[k] for k in METRIC_KEYS] + [mx.array(float(stop.stop))]))
-            metrics_mean = {k: reduced[i] / (cluster.size * cfg.grad_accum) for i, k in enumerate(METRIC_KEYS)}
-            stop_requested = reduced[-1].item() > 0
-            if cfg.max_grad_norm > 0:
-                grads, grad_norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
-            else:
-                grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
-            finite = mx.isfinite(metrics_mean["loss"]) & mx.isfinite(grad_norm)
-            # Sync points: never apply a non-finite update, nor one that makes a weight non-finite.
-            if finite.item() and apply_finite_update(model, optimizer, grads):
-                mx.eval(metrics_mean)
+            result = step(step_micro_batches(), stop=lambda: stop.stop)
+            if result.applied:
                 for k in METRIC_KEYS:
-                    state.window[k] = state.window.get(k, 0.0) + metrics_mean[k].item()
+                    state.window[k] = state.window.get(k, 0.0) + result.metrics[k].item()
                 state.window_steps += 1
             else:
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
-            state.window_tokens += tokens
             state.step += 1
             watchdog.beat()
             if bar is not None:
                 bar.update(1)
             done = state.step == steps
-            if cluster.is_main and (state.step % cfg.report_every == 0 or done):
-                elapsed = time.perf_counter() - window_start
-                entry = {"step": state.step, "total_steps": steps,
-                         "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
-                # A window whose every step was skipped has no metrics: null, not NaN (valid JSON).
-                entry.update({k: (state.window[k] / state.window_steps if state.window_steps else None)
-                              for k in METRIC_KEYS})
-                entry.update({
-                    "learning_rate": optimizer.learning_rate.item(),
-                    "tokens_per_sec": state.window_tokens / max(elapsed, 1e-9),
-                    "peak_memory_gb": mx.get_peak_memory() / 1e9,
-                    "skipped_steps": state.skipped_steps,
-                })
-                record(entry)
             if state.step % cfg.report_every == 0 or done:
+                if cluster.is_main:
+                    elapsed = time.perf_counter() - window_start
+                    record(_train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
             if cluster.is_main and eval_pairs and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
-                record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id)})
-            if cluster.is_main and (state.step % cfg.save_every == 0 or done or stop_requested):
+                record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id, loss)})
+            if cluster.is_main and (state.step % cfg.save_every == 0 or done or result.stop_requested):
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
-            if stop_requested:
+            if result.stop_requested:
                 break
     if bar is not None:
         bar.close()
     if state.step < steps and cluster.is_main:
-        print(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
+        log(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
     return state
+
+
+def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[str], None]) -> LoopState:
+    """Load the newest checkpoint into model and optimizer; return its loop state."""
+    found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
+    state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
+    if state.world_size != cluster.size:
+        raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
+                         f"number (this run has {cluster.size}), so every step sees the same global batch")
+    if cluster.is_main:
+        ckpt.truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    log(f"resumed from {found[-1]} at step {state.step}")
+    return state
+
+
+def _train_record(state: LoopState, steps: int, batches_per_epoch: int, optimizer, elapsed: float) -> dict:
+    """The metrics record of the report window that just ended."""
+    entry = {"step": state.step, "total_steps": steps,
+             "epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4)}
+    # A window whose every step was skipped has no metrics: null, not NaN (valid JSON).
+    entry.update({k: (state.window[k] / state.window_steps if state.window_steps else None) for k in METRIC_KEYS})
+    entry.update({
+        "learning_rate": optimizer.learning_rate.item(),
+        "tokens_per_sec": state.window_tokens / max(elapsed, 1e-9),
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        "skipped_steps": state.skipped_steps,
+    })
+    return entry
+
+
+def _progress_bar(steps: int, done: int):
+    """A tqdm bar on an interactive terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=steps, initial=done, unit="step", dynamic_ncols=True, leave=False)

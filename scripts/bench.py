@@ -2,8 +2,11 @@
 
     python scripts/bench.py --quick          # a few minutes
     python scripts/bench.py                  # 3 alternating rounds
+    python scripts/bench.py --whole-run      # no warm-up: tokens/s over all steps, compilation included
 
-Same model (SmolLM2-135M-Instruct from the offline package, float32), same
+Same model (by default SmolLM2-135M-Instruct from the offline package; --model
+any other) in the same dtype (models.compute_dtype: float32 on the CPU, the
+checkpoint's own dtype on a GPU; TRL runs PyTorch on the CPU in float32), same
 pairs (the shared set's single-turn rows, or the demo set, tokenized once by
 our tokenizer so every system sees the same token ids), LoRA r=8, alpha=16 on
 every linear layer of every block, the same batch size and max length. Each
@@ -11,8 +14,8 @@ system runs in its own process (peak memory is per process), a warm-up then N
 timed steps, and the systems alternate over rounds so load drift on the
 machine hits all of them alike.
 
-- mlx-orpo: the trainer's step (compiled value_and_grad of `loss.batch_loss`,
-  gradient clipping, the finite check, AdamW, one `mx.eval`), on the batches of
+- mlx-orpo: the trainer's own step, `step.OrpoStep` (compiled value_and_grad of
+  `loss.batch_loss`, gradient clipping, the finite check, AdamW), on the batches of
   `batching.epoch_batches` + `collate`, by default twice: with the shared
   prompt (`split`) and with gradient checkpointing as well (`split+ckpt`);
   `--orpo-layouts split,full` runs the full-row layout (no shared prompt) instead.
@@ -25,7 +28,11 @@ machine hits all of them alike.
   same batches as mlx-orpo (the HF Trainer loop around it is left out).
 
 Tokens are non-pad prompt + response tokens of both sequences of each pair.
-Writes a markdown table to stdout and the raw numbers to --out (JSON).
+Each step's time includes compiling it where its shape is new, so the
+first steps are slow: the default reports the steps after --warmup (median and
+all together), --whole-run the whole run from its first step. The fraction of
+peak compares with a large matmul in the run's dtype (8192^3 on a GPU, 2048^3
+on the CPU). Writes a markdown table to stdout and the raw numbers to --out (JSON).
 """
 
 from __future__ import annotations
@@ -65,48 +72,34 @@ def _load_spec(path: str) -> dict:
 
 
 def _mlx_orpo_setup(spec: dict, grad_checkpoint: bool):
-    """(model, optimizer, compiled grad step, cfg) as the trainer builds them."""
+    """(step, cfg): the model loaded and adapted as the trainer does, inside `step.OrpoStep`, the
+    step the trainer runs (compiled value-and-grad, gradients evaluated first, clipping, the
+    finite check, AdamW)."""
     import mlx_orpo  # noqa: F401  (fast BLAS before mlx)
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    from functools import partial
 
     from mlx_orpo.config import TrainConfig
-    from mlx_orpo.loss import batch_loss, enable_grad_checkpoint
     from mlx_orpo.models import attach_adapters, load_model
+    from mlx_orpo.step import OrpoStep, build_optimizer
 
     cfg = TrainConfig(lora_rank=spec["rank"], lora_alpha=2.0 * spec["rank"], batch_size=spec["batch_size"],
-                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint)
-    model, _, _, _ = load_model(spec["model_dir"], dtype="float32")
+                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint, beta=0.1,
+                      learning_rate=1e-5, lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0)
+    model, _, _, _ = load_model(spec["model_dir"], dtype="auto")  # the trainer's default: models.compute_dtype
+    dtype = _float_dtype(model)
     attach_adapters(model, cfg)
-    if cfg.grad_checkpoint:
-        enable_grad_checkpoint(model)
-    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=False))
-    state = [model.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(batch):
-        (_, metrics), grads = value_and_grad(model, batch)
-        return metrics, grads
-
+    step = OrpoStep(model, cfg, build_optimizer(cfg, len(spec["batches"])))
     model.train()
-    return model, optim.AdamW(learning_rate=1e-5), grad_step, cfg
+    return step, cfg, dtype
 
 
-def _mlx_orpo_step(model, optimizer, grad_step, batch) -> dict:
-    """One trainer step: gradients evaluated first (as the trainer does: the backward's own
-    evaluation order keeps the peak low), then clipping, the finite check and AdamW."""
+def _float_dtype(model) -> str:
+    """The dtype the base model computes in: that of its first floating-point parameter (a quantised
+    model's scales)."""
     import mlx.core as mx
-    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
 
-    metrics, grads = grad_step(batch)
-    mx.eval(grads, metrics)
-    grads, grad_norm = optim.clip_grad_norm(grads, 1.0)
-    if (mx.isfinite(metrics["loss"]) & mx.isfinite(grad_norm)).item():
-        optimizer.update(model, grads)
-    mx.eval(model.trainable_parameters(), optimizer.state, metrics)
-    return metrics
+    floats = (mx.float32, mx.float16, mx.bfloat16)
+    return next(str(v.dtype).split(".")[-1] for _, v in tree_flatten(model.parameters()) if v.dtype in floats)
 
 
 FULL_ROW_KEYS = ("tokens", "lengths", "prompt_lengths")
@@ -116,8 +109,9 @@ def worker_mlx_orpo(spec: dict) -> dict:
     import mlx.core as mx
 
     from mlx_orpo.batching import collate
+    from mlx_orpo.step import MicroBatch
 
-    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
+    step, cfg, dtype = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
     pairs, steps = spec["pairs"], []
     for indices in spec["batches"]:
         chunk = [pairs[i] for i in indices]
@@ -125,10 +119,10 @@ def worker_mlx_orpo(spec: dict) -> dict:
         batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
         if spec["layout"].startswith("full"):
             batch = {k: batch[k] for k in FULL_ROW_KEYS}
-        metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
+        metrics = step([MicroBatch(batch)]).metrics
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                       "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch})
-    return {"steps": steps, "mlx_peak": mx.get_peak_memory()}
+    return {"steps": steps, "mlx_peak": mx.get_peak_memory(), "dtype": dtype}
 
 
 def worker_layouts(spec: dict) -> dict:
@@ -137,8 +131,9 @@ def worker_layouts(spec: dict) -> dict:
     import mlx.core as mx
 
     from mlx_orpo.batching import collate
+    from mlx_orpo.step import MicroBatch
 
-    model, optimizer, grad_step, cfg = _mlx_orpo_setup(spec, grad_checkpoint=False)
+    step, cfg, dtype = _mlx_orpo_setup(spec, grad_checkpoint=False)
     steps = {"split": [], "full": []}
     for indices in spec["batches"]:
         chunk = [spec["pairs"][i] for i in indices]
@@ -149,11 +144,11 @@ def worker_layouts(spec: dict) -> dict:
             mx.synchronize()
             mx.reset_peak_memory()
             start = time.perf_counter()
-            metrics = _mlx_orpo_step(model, optimizer, grad_step, batch)
+            metrics = step([MicroBatch(batch)]).metrics
             steps[layout].append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                                   "loss": metrics["loss"].item(), "peak": mx.get_peak_memory(),
                                   "shared_prompt": "response_tokens" in batch})
-    return {"layouts": steps}
+    return {"layouts": steps, "dtype": dtype}
 
 
 class _Recording(list):
@@ -186,11 +181,13 @@ def worker_mlx_lm_lora(spec: dict) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm_lora.trainer.orpo_trainer import ORPOTrainingArgs, train_orpo
 
-    from mlx_orpo.models import lora_keys
+    from mlx_orpo.models import compute_dtype, lora_keys
 
     np.random.seed(0)
     model, _ = load(spec["model_dir"])
-    model.set_dtype(mx.float32)
+    if (target := compute_dtype("auto")) is not None:  # as mlx-orpo: float32 on the CPU, else the checkpoint's
+        model.set_dtype(getattr(mx, target))
+    dtype = _float_dtype(model)
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": spec["rank"], "scale": 2.0, "dropout": 0.0,
                                                      "keys": lora_keys(model, None)})
@@ -218,7 +215,7 @@ def worker_mlx_lm_lora(spec: dict) -> dict:
                                 adapter_file=str(Path(tmp) / "adapters.safetensors"), beta=0.1)
         clock["t"] = time.perf_counter()
         train_orpo(model, optim.AdamW(learning_rate=1e-5), dataset, None, args=args, training_callback=Timer())
-    return {"steps": steps, "mlx_peak": mx.get_peak_memory()}
+    return {"steps": steps, "mlx_peak": mx.get_peak_memory(), "dtype": dtype}
 
 
 def worker_trl(spec: dict) -> dict:
@@ -252,22 +249,26 @@ def worker_trl(spec: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                       "loss": loss.item()})
-    return {"steps": steps}
+    return {"steps": steps, "dtype": "float32"}
 
 
 def worker_matmul(spec: dict) -> dict:
-    """The backend's large-matmul rate: float32 (n, n) @ (n, n), best of several."""
+    """The backend's large-matmul rate in the run's dtype: (n, n) @ (n, n), n = 8192 on a GPU and
+    2048 on the CPU, best of several."""
     import mlx_orpo  # noqa: F401
     import mlx.core as mx
 
-    n, rates = 2048, []
-    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    from mlx_orpo.models import on_gpu
+
+    n, dtype, rates = (8192 if on_gpu() else 2048), getattr(mx, spec["dtype"]), []
+    a, b = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
     mx.eval(a, b, a @ b)
     for _ in range(8):
         start = time.perf_counter()
         mx.eval(a @ b)
         rates.append(2 * n**3 / (time.perf_counter() - start))
-    return {"gflops_best": max(rates) / 1e9, "gflops_median": statistics.median(rates) / 1e9}
+    return {"gflops_best": max(rates) / 1e9, "gflops_median": statistics.median(rates) / 1e9, "n": n,
+            "dtype": spec["dtype"]}
 
 
 WORKERS = {"mlx-orpo": worker_mlx_orpo, "layouts": worker_layouts, "mlx-lm-lora": worker_mlx_lm_lora, "trl": worker_trl,
@@ -293,7 +294,8 @@ def prepare(args) -> dict:
     from mlx_orpo.api import pad_token_id
     from mlx_orpo.batching import epoch_batches
     from mlx_orpo.data import load_pairs
-    from mlx_orpo.models import resolve_model
+    from mlx_orpo.models import compute_dtype, resolve_model
+    from mlx_orpo.plan import ModelShape
     from mlx_orpo.tokenize import encode_pairs, ensure_chat_template
 
     model_dir = resolve_model(args.model)
@@ -310,7 +312,10 @@ def prepare(args) -> dict:
     batches = epoch_batches(encoded, args.batch_size, seed=0, epoch=0)
     needed = args.warmup + args.steps
     batches = (batches * (needed // len(batches) + 1))[:needed]
-    return {"model_dir": str(model_dir), "source": source, "rank": args.rank, "batch_size": args.batch_size,
+    # The run's dtype, as load_model(dtype="auto") chooses it: float32 on the CPU, else the checkpoint's.
+    checkpoint_dtype = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text())).checkpoint_dtype
+    return {"model": args.model, "model_dir": str(model_dir), "dtype": compute_dtype("auto") or checkpoint_dtype,
+            "source": source, "rank": args.rank, "batch_size": args.batch_size,
             "max_length": args.max_length, "pad_id": pad_token_id(tokenizer), "warmup": args.warmup,
             "pairs": [[list(p.prompt), list(p.chosen), list(p.rejected)] for p in encoded], "batches": batches}
 
@@ -340,11 +345,15 @@ def load_average() -> str:
 
 def summarize(runs: list[dict], warmup: int) -> dict:
     timed = [s for r in runs for s in r["steps"][warmup:]]
+    every = [s for r in runs for s in r["steps"]]
     rates = [s["tokens"] / s["s"] for s in timed]
     return {
         "timed_steps": len(timed),
         "tok_s_median": statistics.median(rates) if rates else None,
         "tok_s_overall": sum(s["tokens"] for s in timed) / sum(s["s"] for s in timed) if timed else None,
+        # From each run's first step, compiling included (each step's time covers compiling a new shape).
+        "tok_s_whole_run": sum(s["tokens"] for s in every) / sum(s["s"] for s in every) if every else None,
+        "dtype": runs[-1].get("dtype"),
         "step_s_median": statistics.median(s["s"] for s in timed) if timed else None,
         "mlx_peak_gb": max((r.get("mlx_peak", 0) for r in runs), default=0) / 1e9 or None,
         "rss_peak_gb": max(r["rss_peak"] for r in runs) / 1e9,
@@ -368,6 +377,9 @@ def flops_per_token(model_dir: str, mean_context: float) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 1 warm-up + 3 timed steps")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="time whole runs: no warm-up, tokens/s over all --steps from the first, compiling "
+                             "included (the ratios then compare whole runs, not median steps)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per system per round")
@@ -398,6 +410,8 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"{', '.join(missing)} requested but not installed: pip install -e \".[peers]\" "
                      f"(or leave it out with --systems)")
+    if args.whole_run:
+        args.warmup = 0
 
     spec = prepare(args)
     systems = []
@@ -438,7 +452,8 @@ def main(argv=None) -> int:
     mean_context = statistics.mean(len(p) + (len(c) + len(r)) / 2 for p, c, r in pairs)
     fpt = flops_per_token(spec["model_dir"], mean_context)
     peak = max(matmul.get("gflops_best", 0), matmul_after.get("gflops_best", 0)) * 1e9
-    report = {"settings": {k: spec[k] for k in ("source", "rank", "batch_size", "max_length", "warmup")},
+    report = {"settings": {k: spec[k] for k in ("model", "model_dir", "dtype", "source", "rank", "batch_size",
+                                                "max_length", "warmup")}, "whole_run": args.whole_run,
               "pairs": len(pairs), "rounds": args.rounds, "timed_steps_per_round": args.steps,
               "load_average": loads, "cpu_count": os.cpu_count(), "matmul": [matmul, matmul_after],
               "flops_per_token": fpt, "systems": summary, "raw": results}
@@ -450,38 +465,46 @@ def main(argv=None) -> int:
 def markdown(report: dict, peak_flops: float) -> str:
     systems = report["systems"]
     s = report["settings"]
-    lines = [f"SmolLM2-135M-Instruct float32, LoRA r={s['rank']} all linear layers, batch {s['batch_size']} pairs, "
-             f"max length {s['max_length']}, {report['pairs']} pairs ({Path(s['source']).name}); "
-             f"{report['rounds']} round(s) x {report['timed_steps_per_round']} timed steps after {s['warmup']} warm-up; "
-             f"load average during the run: {', '.join(report['load_average'])} on {report['cpu_count']} CPUs.", "",
-             "| system | tokens/s (median step) | tokens/s (all timed steps) | step s (median) | MLX peak GB "
-             "| RSS peak GB | time to first step s |",
-             "|---|---|---|---|---|---|---|"]
+    whole = report.get("whole_run", False)
+    rate_key = "tok_s_whole_run" if whole else "tok_s_median"
+    rate_name = "tokens/s over the whole run" if whole else "tokens/s by median step"
+    timing = (f"{report['rounds']} round(s) x {report['timed_steps_per_round']} steps, each run timed whole "
+              f"from its first step (compiling included)" if whole else
+              f"{report['rounds']} round(s) x {report['timed_steps_per_round']} timed steps after {s['warmup']} "
+              f"warm-up")
+    lines = [f"{s['model']} ({Path(s['model_dir']).name if s.get('model_dir') else s['model']}) {s['dtype']}, "
+             f"LoRA r={s['rank']} all linear layers, batch {s['batch_size']} pairs, max length {s['max_length']}, "
+             f"{report['pairs']} pairs ({Path(s['source']).name}); {timing}; load average during the run: "
+             f"{', '.join(report['load_average'])} on {report['cpu_count']} CPUs.", "",
+             "| system | dtype | tokens/s (median step) | tokens/s (all timed steps) | tokens/s (whole run, "
+             "compiling included) | step s (median) | MLX peak GB | RSS peak GB | time to first step s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in systems.items():
         mlx_peak = f"{m['mlx_peak_gb']:.2f}" if m["mlx_peak_gb"] else "n/a"
-        lines.append(f"| {name} | {m['tok_s_median']:.1f} | {m['tok_s_overall']:.1f} | {m['step_s_median']:.2f} "
-                     f"| {mlx_peak} | {m['rss_peak_gb']:.2f} | {m['first_step_s']:.1f} |")
+        lines.append(f"| {name} | {m.get('dtype') or 'n/a'} | {m['tok_s_median']:.1f} | {m['tok_s_overall']:.1f} "
+                     f"| {m['tok_s_whole_run']:.1f} | {m['step_s_median']:.2f} | {mlx_peak} "
+                     f"| {m['rss_peak_gb']:.2f} | {m['first_step_s']:.1f} |")
     ours = [n for n in systems if n.startswith("mlx-orpo")]
     peers = [n for n in systems if not n.startswith("mlx-orpo")]
     if ours and peers:
-        lines += ["", "Ratios mlx-orpo / peer (tokens/s by median step; memory by MLX peak where both have one, "
-                  "else RSS):", "", "| mlx-orpo | peer | speed x | memory x |", "|---|---|---|---|"]
+        lines += ["", f"Ratios mlx-orpo / peer ({rate_name}; memory by MLX peak where both have one, else RSS):",
+                  "", "| mlx-orpo | peer | speed x | memory x |", "|---|---|---|---|"]
         for mine in ours:
             o = systems[mine]
             for name in peers:
                 m = systems[name]
                 key = "mlx_peak_gb" if (m["mlx_peak_gb"] and o["mlx_peak_gb"]) else "rss_peak_gb"
-                lines.append(f"| {mine} | {name} | {o['tok_s_median'] / m['tok_s_median']:.2f} "
-                             f"| {o[key] / m[key]:.2f} |")
+                lines.append(f"| {mine} | {name} | {o[rate_key] / m[rate_key]:.2f} | {o[key] / m[key]:.2f} |")
     if ours:
         fpt = report["flops_per_token"]
+        matmul = report["matmul"][0]
         rates = ", ".join(f"{m.get('gflops_best', 0):.0f}" for m in report["matmul"])
-        reach = ", ".join(f"{n} {systems[n]['tok_s_median'] * fpt / peak_flops:.1%}" for n in ours)
-        lines += ["", f"Matmul peak (MLX float32 2048^2, best of 8, before/after): {rates} GFLOP/s. "
-                  f"FLOPs per token {fpt / 1e9:.2f} G (4 x matmul parameters + causal attention, LoRA: "
-                  f"no base weight gradients). Fraction of that peak reached: {reach} "
-                  f"(effective: the shared prompt is counted twice, as for the peers; a checkpointed run's "
-                  f"recomputed forward is not counted)."]
+        reach = ", ".join(f"{n} {systems[n][rate_key] * fpt / peak_flops:.1%}" for n in ours)
+        lines += ["", f"Matmul peak (MLX {matmul.get('dtype', s['dtype'])} {matmul.get('n', '?')}^3, best of 8, "
+                  f"before/after): {rates} GFLOP/s. FLOPs per token {fpt / 1e9:.2f} G (4 x matmul parameters + "
+                  f"causal attention, LoRA: no base weight gradients). Fraction of that peak reached ({rate_name}): "
+                  f"{reach} (effective: the shared prompt is counted twice, as for the peers; a checkpointed "
+                  f"run's recomputed forward is not counted)."]
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@
     python scripts/fit_plan.py --out fit.json   # also keep the measured peaks
     python scripts/fit_plan.py --peaks fit.json # refit kept peaks (measures only missing cases)
 
-Each case is one trainer-like step (tests/test_plan.py `measure_step_peak`). The fit is a least
-squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
+Each case is one step of the trainer's own `step.OrpoStep` (tests/test_plan.py `measure_step_peak`).
+The fit is a least squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
 per-token and per-score activation multiples, the per-token residue of a checkpointed block,
 and the copies of a logit chunk (ACT_MLP and CKPT_BLOCKS are set, not fitted). Paste the printed
 constants into mlx_orpo/plan.py.
@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from mlx_orpo import plan  # noqa: E402
+from mlx_orpo.forward import logit_chunk  # noqa: E402
 from test_plan import TINY, WIDER  # noqa: E402  (the test's configs)
 
 DEEP = dict(TINY, num_hidden_layers=8, vocab_size=8000)
@@ -76,7 +77,7 @@ def parts(case) -> dict:
     return {"counted": prediction.breakdown["weights"] + prediction.breakdown["adapters + optimizer"],
             "hidden": 4 * shape.hidden * tokens, "mlp": 4 * ACT_MLP * shape.intermediate * tokens,
             "scores": 4 * shape.heads * scores, "layers": shape.layers, "checkpointed": cfg.grad_checkpoint,
-            "logits": min(rows, plan.LOGIT_CHUNK) * shape.vocab * 4}
+            "logits": min(rows, logit_chunk(gpu=False)) * shape.vocab * 4}
 
 
 def predicted(p: dict, fit: dict) -> float:

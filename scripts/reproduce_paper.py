@@ -49,7 +49,8 @@ from mlx_orpo.api import generate, load_with_adapters, pad_token_id, prepare_dat
 from mlx_orpo.batching import collate  # noqa: E402
 from mlx_orpo.checkpoint import atomic_write_text  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
-from mlx_orpo.loss import log_odds, log_sigmoid, masked_mean, sequence_masks, token_logps  # noqa: E402
+from mlx_orpo.forward import sequence_masks, token_logps  # noqa: E402
+from mlx_orpo.loss import log_odds, log_sigmoid, masked_mean  # noqa: E402
 from mlx_orpo.models import attach_adapters, load_model  # noqa: E402
 from mlx_orpo.trainer import train  # noqa: E402
 

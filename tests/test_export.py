@@ -184,6 +184,7 @@ def test_refuses_to_overwrite_and_checks_disk_space(lora_run, tmp_path, monkeypa
     import shutil
 
     from mlx_orpo import export as export_mod
+    from mlx_orpo.output import write_dir_atomically
 
     out = tmp_path / "taken"
     out.mkdir()
@@ -192,12 +193,12 @@ def test_refuses_to_overwrite_and_checks_disk_space(lora_run, tmp_path, monkeypa
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OSError, match="needs about .* is free"):
-        export_mod.write_dir_atomically(tmp_path / "new", False, 10**6, lambda d: None)
+        write_dir_atomically(tmp_path / "new", False, 10**6, lambda d: None)
     assert not (tmp_path / "new").exists()
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    from mlx_orpo.export import write_dir_atomically
+    from mlx_orpo.output import write_dir_atomically
 
     def boom(directory):
         (directory / "half.bin").write_bytes(b"x")

@@ -8,7 +8,9 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_orpo.loss import batch_loss, head_logps, log1mexp, log_odds, orpo_loss, sequence_masks, token_logps
+from mlx_orpo.forward import (LOGIT_CHUNK_CPU, LOGIT_CHUNK_GPU, head_logps, logit_chunk, sequence_masks,
+                               token_logps)
+from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss
 
 
 def close(a, b, rel=1e-5, abs_=0.0):
@@ -98,6 +100,25 @@ def test_chunked_head_logps_equal_the_full_logits(quantized):
     for grad_fn in (mx.grad(total(chunked)), mx.compile(mx.grad(total(chunked)))):
         got = np.array(grad_fn(hidden))
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_cpu_and_gpu_logit_chunks_give_equal_results():
+    """forward.logit_chunk sizes head_logps' chunk per backend (256 on the CPU, larger on a GPU):
+    over 600 positions (three CPU chunks, one GPU chunk) values and gradients agree, and both
+    agree with one whole-sequence chunk."""
+    assert logit_chunk(gpu=False) == LOGIT_CHUNK_CPU == 256 and logit_chunk(gpu=True) == LOGIT_CHUNK_GPU > 600
+    mx.random.seed(1)
+    head = nn.Linear(32, 500, bias=False)
+    hidden, targets = mx.random.normal((2, 300, 32)), mx.random.randint(0, 500, (2, 300))
+    weights = mx.random.normal((2, 300))
+    results = []
+    for chunk in (logit_chunk(gpu=False), logit_chunk(gpu=True), 600):
+        fn = lambda h, chunk=chunk: (head_logps(head, h, targets, chunk=chunk) * weights).sum()  # noqa: E731
+        value, grad = mx.value_and_grad(fn)(hidden)
+        results.append((value.item(), np.array(grad)))
+    for value, grad in results[1:]:
+        assert close(value, results[0][0], rel=1e-6)
+        assert np.abs(grad - results[0][1]).max() <= 1e-6 * np.abs(results[0][1]).max()
 
 
 def test_masks_cover_exactly_the_response_tokens():

@@ -10,7 +10,8 @@ from mlx.utils import tree_flatten, tree_map
 
 from mlx_orpo.batching import collate
 from mlx_orpo.config import TrainConfig
-from mlx_orpo.loss import batch_loss, split_supported
+from mlx_orpo.forward import split_supported
+from mlx_orpo.loss import batch_loss
 from mlx_orpo.models import attach_adapters
 from mlx_orpo.tokenize import EncodedPair
 
@@ -71,7 +72,7 @@ def test_split_layout_shapes():
 
 def test_grad_checkpointed_blocks_keep_the_shared_prompt_and_its_gradients():
     """Recomputed blocks must pass the prompt keys and values on, or their gradients are lost."""
-    from mlx_orpo.loss import enable_grad_checkpoint
+    from mlx_orpo.forward import enable_grad_checkpoint
 
     model = tiny_lora_model(True)
     batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, pad_multiple=1)

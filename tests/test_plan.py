@@ -1,9 +1,8 @@
 """The memory planner against measured peaks of real training steps on tiny llama configs.
 
 Each case builds a small llama model, attaches LoRA to every linear layer and runs
-one training step the way the trainer does (compiled value_and_grad of
-batch_loss evaluated, then clipping, AdamW, mx.eval), then compares mx.get_peak_memory()
-with plan.predict_peak for the same batch. `python tests/test_plan.py` prints
+one training step of the trainer's own `step.OrpoStep`, then compares
+mx.get_peak_memory() with plan.predict_peak for the same batch. `python tests/test_plan.py` prints
 the table that docs/performance.md quotes.
 """
 
@@ -40,19 +39,16 @@ CASES = [
 
 
 def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, answer_len: int, layout: str) -> int:
-    """mx.get_peak_memory() of building the model and running one trainer-like step."""
+    """mx.get_peak_memory() of building the model and running one step of the trainer's own `OrpoStep`."""
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
     import numpy as np
     from mlx_lm.models import llama
     from mlx_lm.utils import quantize_model
 
     from mlx_orpo.batching import collate
-    from mlx_orpo.loss import batch_loss
     from mlx_orpo.models import attach_adapters
+    from mlx_orpo.step import MicroBatch, OrpoStep, build_optimizer
     from mlx_orpo.tokenize import EncodedPair
-    from mlx_orpo.loss import enable_grad_checkpoint
 
     mx.synchronize()
     mx.clear_cache()
@@ -67,8 +63,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     mx.synchronize()
     mx.reset_peak_memory()  # the float copy that quantising started from is gone: count the run only
     attach_adapters(model, cfg)
-    if cfg.grad_checkpoint:
-        enable_grad_checkpoint(model)
+    step = OrpoStep(model, cfg, build_optimizer(cfg, steps=1))
     mx.eval(model.parameters())
     rng = np.random.default_rng(0)
     ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))  # noqa: E731
@@ -77,23 +72,10 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     assert "response_tokens" in batch or cfg.grad_checkpoint
     if layout == "full rows":  # the layout collate falls back to for batches of mixed prompt/answer lengths
         batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}
-    optimizer = optim.AdamW(learning_rate=1e-4)
-    value_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=0.1, prompt_in_nll=cfg.prompt_in_nll))
-    state = [model.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(batch):
-        (_, metrics), grads = value_and_grad(model, batch)
-        return metrics, grads
-
-    metrics, grads = step(batch)
-    mx.eval(grads, metrics)  # the trainer's order
-    grads, _ = optim.clip_grad_norm(grads, 1.0)
-    optimizer.update(model, grads)
-    mx.eval(model.trainable_parameters(), optimizer.state, metrics)
-    assert math.isfinite(metrics["loss"].item())
+    result = step([MicroBatch(batch)])
+    assert result.applied and math.isfinite(result.metrics["loss"].item())
     peak = mx.get_peak_memory()
-    del model, optimizer, grads, metrics
+    del model, step, result
     return peak
 
 

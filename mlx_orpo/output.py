@@ -1,0 +1,104 @@
+"""What every export writes through: the result it reports, and outputs that appear whole or not at all.
+
+Shared by export.py, gguf_export.py and peft_io.py. Every output is written
+under a temporary name in the destination's folder and renamed into place when
+complete; an existing output is only replaced with force=True; free disk space
+is checked first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class ExportResult:
+    format: str
+    out: Path
+    files: list[tuple[Path, int]]  # (path, bytes)
+    dtype: str  # float dtype or quantisation type of the weights
+    usage: str  # one command that uses the output
+    base: str = ""
+    fused_modules: int = 0
+    logit_error: dict | None = None  # measured against the unquantised fused model (mlx --bits)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.format} export to {self.out} ({self.dtype})"]
+        if self.base:
+            lines.append(f"  base: {self.base}; fused adapter modules: {self.fused_modules}")
+        lines += [f"  {human_size(size):>10}  {path}" for path, size in self.files]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"use it:\n  {self.usage}")
+        return "\n".join(lines)
+
+
+def human_size(n: float) -> str:
+    """Bytes in binary units: 1536 -> "1.5 KB"."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+
+
+def check_apart(out: Path, source: str | Path | None, what: str) -> None:
+    """Refuse an output that is, contains or lies inside an input: `--adapters RUN --out RUN
+    --force` once replaced the whole run directory with two PEFT files."""
+    if source is None or not Path(source).expanduser().exists():
+        return  # an alias or Hub id is not a path on this machine
+    src, dst = Path(source).expanduser().resolve(), out.resolve()
+    if dst == src:
+        problem = "is"
+    elif src.is_relative_to(dst):
+        problem = "contains"
+    elif dst.is_relative_to(src):
+        problem = "lies inside"
+    else:
+        return
+    raise ValueError(f"--out {out} {problem} the input {what} {source}; writing it would destroy the input: "
+                     "choose an output outside it")
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(f"not enough disk space in {directory}: the export needs about {human_size(needed)}, "
+                      f"{human_size(free)} is free")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move a finished temporary file/dir into place (removing an old output only now)."""
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    tmp.rename(out)
+
+
+def output_files(out: Path) -> list[tuple[Path, int]]:
+    """(path, bytes) of an output file, or of every file under an output directory."""
+    paths = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
+    return [(p, p.stat().st_size) for p in paths]
+
+
+def write_dir_atomically(out: Path, force: bool, needed: int, write: Callable[[Path], None]) -> None:
+    check_destination(out, force)
+    check_free_space(out.parent, needed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
