@@ -46,7 +46,7 @@ def held_out_pairs(ctx: Context, name: str) -> list[dict]:
     cfg = from_dict(runfiles.read_config(runfiles.run_dir(ctx.runs_dir, name)))
     cfg.skip_bad_rows = True  # examples are a convenience: never fail on a bad row
     _, held, _ = read_data(cfg)
-    size = lambda p: sum(len(m["content"]) for m in p.prompt) + len(p.chosen) + len(p.rejected)  # noqa: E731
+    size = lambda p: sum(len(m["content"]) for m in p.prompt) + len(p.chosen) + len(p.rejected)
     return [{"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected}
             for p in sorted(held, key=size)[:EXAMPLES]]
 

@@ -110,7 +110,8 @@ def _analyse(ctx, session, model, max_length, load):
     except (DataError, PathError, OSError, ValueError) as exc:
         message = str(exc).replace(str(ctx.runs_dir.resolve()) + "/", "")
         session.data, session.data_label, session.pairs, session.skipped = None, "the shipped demo set", [], []
-        return session, f"⚠️ **Not usable:** {message}\n\nTraining would use the shipped demo set.", EMPTY_BAD, EMPTY_PREVIEW, EMPTY_HIST, ""
+        report = f"⚠️ **Not usable:** {message}\n\nTraining would use the shipped demo set."
+        return session, report, EMPTY_BAD, EMPTY_PREVIEW, EMPTY_HIST, ""
     try:
         hist, stats = token_stats(ctx, session, model, max_length)
         table = preview(ctx, session, model)

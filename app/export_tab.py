@@ -75,7 +75,7 @@ def build(ctx: Context) -> dict:
         force = gr.Checkbox(False, label="Replace an existing export")
     buttons = {}
     with gr.Row():
-        for fmt, label in FORMATS.items():
+        for fmt in FORMATS:
             buttons[fmt] = gr.Button(f"Export {fmt.upper()}", elem_id=f"export-{fmt}")
     log = gr.Textbox(label="Progress", lines=6, interactive=False)
     files = gr.Dataframe(EMPTY_FILES, label="Files written", interactive=False)

@@ -6,6 +6,7 @@ names) are checked here; nothing else in `app/` joins user text onto a path.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
@@ -71,10 +72,8 @@ def received_upload(path: str, uploaded: set[str]) -> Path:
 def discard(*files: Path) -> None:
     """Delete refused uploads, so that rejected files do not pile up on disk."""
     for file in files:
-        try:
+        with contextlib.suppress(OSError):
             file.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: int) -> Path:

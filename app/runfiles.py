@@ -163,7 +163,7 @@ def progress(run: Path, recs: list[dict] | None = None, running: bool = False) -
 def eta_text(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
         return "—"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

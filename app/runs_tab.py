@@ -54,7 +54,8 @@ def show(ctx: Context, name: str, other: str):
 def build(ctx: Context) -> dict:
     runs = runfiles.list_runs(ctx.runs_dir)
     with gr.Row():
-        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True, elem_id="runs-run")
+        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True,
+                          elem_id="runs-run")
         other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True)
         refresh = gr.Button("Refresh list", scale=1)
     text = gr.Markdown()

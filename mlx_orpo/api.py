@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -24,7 +24,7 @@ from .data import load_splits
 from .distributed import Cluster
 from .models import attach_adapters, load_model
 from .runlock import RunLock
-from .tokenize import EncodeStats, EncodedPair, encode_pairs, ensure_chat_template, render_prompt
+from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
 from .trainer import train
 
 
@@ -172,7 +172,7 @@ def generate(model, tokenizer, messages, *, max_tokens: int = 256, temperature: 
     if stream:
         return pieces()
     text = ""
-    for text in pieces():
+    for text in pieces():  # noqa: B007  (the last value is the whole answer)
         pass
     return text
 

@@ -90,7 +90,7 @@ class TrainConfig:
     dist_timeout: float = _opt(900.0, "Data-parallel runs (mlx.launch): stop a rank that made no progress for "
                                "this many seconds, e.g. because a peer hung (0: wait forever).")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         _check_numbers(self)  # first: the range checks below assume real, finite numbers
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),

@@ -16,9 +16,10 @@ import io
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .data_formats import FORMATS, RowError, detect_format, normalise_row
 

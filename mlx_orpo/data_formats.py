@@ -8,7 +8,8 @@ never need to know where a row came from.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FORMATS = ("prompt_strings", "trl_conversational", "ultrafeedback", "sharegpt", "hh")
 
@@ -53,23 +54,29 @@ def _optional_system(row: dict) -> str | None:
     return value if value.strip() else None
 
 
-def _message(msg: Any, where: str) -> dict[str, str]:
-    """Validate one {"role", "content"} message and return a clean copy."""
+def _message(msg: Any, where: str, role_key: str = "role", content_key: str = "content",
+             roles: dict[str, str] | None = None) -> dict[str, str]:
+    """Validate one message and return a clean {"role", "content"} copy.
+
+    `roles` maps the row's role names to ours (ShareGPT's {"from": "human", "value": ...}
+    turns use other keys and names); by default the names are ours already.
+    """
+    roles = roles or {role: role for role in ROLES}
     if not isinstance(msg, dict):
-        raise RowError(f"{where} must be a message object, got {_type_name(msg)}")
-    for key in ("role", "content"):
+        raise RowError(f"{where} must be an object with '{role_key}' and '{content_key}', got {_type_name(msg)}")
+    for key in (role_key, content_key):
         if key not in msg:
             raise RowError(f"{where} is missing key '{key}'")
-    role, content = msg["role"], msg["content"]
+    role, content = msg[role_key], msg[content_key]
     if not isinstance(role, str):
-        raise RowError(f"{where} role must be a string, got {_type_name(role)}")
+        raise RowError(f"{where} '{role_key}' must be a string, got {_type_name(role)}")
     if role in UNSUPPORTED_ROLES:
         raise RowError(f"{where} has unsupported role '{role}' (tool turns are not supported)")
-    if role not in ROLES:
-        raise RowError(f"{where} has unknown role '{role}' (expected one of {', '.join(ROLES)})")
+    if role not in roles:
+        raise RowError(f"{where} has unknown role '{role}' (expected one of {', '.join(roles)})")
     if not isinstance(content, str):
-        raise RowError(f"{where} content must be a string, got {_type_name(content)}")
-    return {"role": role, "content": content}
+        raise RowError(f"{where} '{content_key}' must be a string, got {_type_name(content)}")
+    return {"role": roles[role], "content": content}
 
 
 def _messages(value: Any, key: str) -> Messages:
@@ -137,23 +144,7 @@ def _ultrafeedback(row: dict) -> tuple[Messages, str, str, str | None]:
 
 def _sharegpt(row: dict) -> tuple[Messages, str, str, str | None]:
     def convert(turn: Any, where: str) -> dict[str, str]:
-        if not isinstance(turn, dict):
-            raise RowError(f"{where} must be an object with 'from' and 'value', got {_type_name(turn)}")
-        for key in ("from", "value"):
-            if key not in turn:
-                raise RowError(f"{where} is missing key '{key}'")
-        speaker, value = turn["from"], turn["value"]
-        if not isinstance(speaker, str):
-            raise RowError(f"{where} 'from' must be a string, got {_type_name(speaker)}")
-        if speaker in UNSUPPORTED_ROLES:
-            raise RowError(f"{where} has unsupported role '{speaker}' (tool turns are not supported)")
-        if speaker not in SHAREGPT_ROLES:
-            raise RowError(
-                f"{where} has unknown role '{speaker}' (expected one of {', '.join(SHAREGPT_ROLES)})"
-            )
-        if not isinstance(value, str):
-            raise RowError(f"{where} 'value' must be a string, got {_type_name(value)}")
-        return {"role": SHAREGPT_ROLES[speaker], "content": value}
+        return _message(turn, where, "from", "value", SHAREGPT_ROLES)
 
     turns = _require(row, "conversations", list, "a list of turns")
     prompt = [convert(t, f"conversations turn {i + 1}") for i, t in enumerate(turns)]

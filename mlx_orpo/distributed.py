@@ -28,7 +28,7 @@ class Cluster:
     size: int = 1
 
     @classmethod
-    def init(cls) -> "Cluster":
+    def init(cls) -> Cluster:
         group = mx.distributed.init()
         if group.size() == 1:
             return cls(None)

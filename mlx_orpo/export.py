@@ -22,8 +22,8 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .config import TrainConfig
 from .output import ExportResult, check_apart, check_destination, output_files, write_dir_atomically

@@ -241,7 +241,7 @@ class _AnswerCache:
         self.prompt, self.offset, self.mask = prompt, offset, mask
 
     def update_and_fetch(self, keys, values):
-        both = lambda x: mx.concatenate([x, x], axis=0)  # noqa: E731  chosen rows, then rejected rows
+        both = lambda x: mx.concatenate([x, x], axis=0)
         return (mx.concatenate([both(self.prompt.keys), keys], axis=2),
                 mx.concatenate([both(self.prompt.values), values], axis=2))
 

@@ -38,7 +38,7 @@ def offline_smollm2_gguf() -> Path | None:
     spec = importlib.util.find_spec(_OFFLINE_GGUF[0])
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / _OFFLINE_GGUF[1]
+    path = Path(next(iter(spec.submodule_search_locations))) / _OFFLINE_GGUF[1]
     return path if path.is_file() else None
 
 

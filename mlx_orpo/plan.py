@@ -36,9 +36,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import models
 from .config import TrainConfig
 from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
-from . import models
 
 # The config.json numbers of the aliases, so the planner works offline for
 # models that are not on disk (mistral-7b-4bit on a machine that never
@@ -71,9 +71,9 @@ KNOWN_CONFIGS = {
 # per attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
 # token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
 # their gradients; set, not fitted). The vocabulary logits exist forward.logit_chunk() positions at
-# a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over; models whose head is not plain
-# (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows FULL_LOGIT_COPIES times (measured before the
-# logits were chunked).
+# a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over;
+# models whose head is not plain (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows
+# FULL_LOGIT_COPIES times (measured before the logits were chunked).
 ACT_HIDDEN = 13.12
 ACT_MLP = 4.0
 ACT_SCORES = 1.735
@@ -103,7 +103,7 @@ class ModelShape:
     quant_group: int
 
     @classmethod
-    def from_config(cls, config: dict) -> "ModelShape":
+    def from_config(cls, config: dict) -> ModelShape:
         text = config.get("text_config", config)  # multimodal configs nest the language model
         heads = text["num_attention_heads"]
         hidden = text["hidden_size"]
@@ -206,7 +206,7 @@ def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = 
     """(token positions, attention scores per head, scored vocabulary rows) per layout of a batch of
     cfg.batch_size pairs whose prompts have prompt_len tokens and whose answers answer_len (default:
     the longest pair cfg allows, the prompt at its budget)."""
-    pad = lambda n: cfg.pad_multiple * math.ceil(n / cfg.pad_multiple)  # noqa: E731
+    pad = lambda n: cfg.pad_multiple * math.ceil(n / cfg.pad_multiple)
     if prompt_len is None:
         prompt_len = min(cfg.prompt_budget, cfg.max_length - cfg.min_response_length)
     if answer_len is None:
@@ -253,7 +253,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
                               name)
     if best is None:
         raise ValueError(f"layout {layout!r} does not apply here; possible: {sorted(layouts)}")
-    best.notes.append(f"{dtype} compute, {'%d-bit' % bits if bits else 'float'} base weights, "
+    best.notes.append(f"{dtype} compute, {f'{bits}-bit' if bits else 'float'} base weights, "
                       f"batch of {cfg.batch_size} pairs at {cfg.max_length} tokens")
     if cfg.dora:
         best.notes.append("DoRA also builds each adapted weight in full in the forward pass (not counted)")
@@ -265,7 +265,7 @@ def available_memory() -> tuple[int, str]:
     import mlx.core as mx
     try:
         info = mx.device_info()
-    except Exception:  # noqa: BLE001  (no device info on some backends)
+    except Exception:
         info = {}
     if info.get("max_recommended_working_set_size"):
         return int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
@@ -328,7 +328,7 @@ def load_model_config(spec: str) -> dict:
         try:
             from huggingface_hub import hf_hub_download
             return json.loads(Path(hf_hub_download(spec, "config.json")).read_text())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"{spec}: could not read its config.json ({exc})") from None
     raise ValueError(f"{spec!r}: not an alias ({', '.join(KNOWN_CONFIGS)}) or a model directory")
 

@@ -46,7 +46,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = _lock(self.path, os.O_RDWR | os.O_CREAT)
         os.ftruncate(fd, 0)
@@ -59,7 +59,7 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

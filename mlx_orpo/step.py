@@ -20,9 +20,10 @@ benchmarked and planned is what trains. A step is:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -47,7 +48,7 @@ def build_schedule(cfg: TrainConfig, steps: int):
     elif cfg.lr_schedule == "linear":
         main = optim.linear_schedule(peak, 0.0, decay_steps)
     else:
-        main = lambda _: mx.array(peak, dtype=mx.float32)  # noqa: E731
+        main = lambda _: mx.array(peak, dtype=mx.float32)
     if warmup == 0:
         return main
     # Warmup starts at peak / (warmup + 1), not 0, so the first step is not wasted.

@@ -70,9 +70,8 @@ def _encode_text(tokenizer, text: str) -> list[int]:
     # tokenizer would and the template did not.
     ids = tokenizer.encode(text, add_special_tokens=False)
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and (not ids or ids[0] != bos):
-        if tokenizer.encode("a")[:1] == [bos]:
-            ids = [bos] + ids
+    if bos is not None and (not ids or ids[0] != bos) and tokenizer.encode("a")[:1] == [bos]:
+        ids = [bos] + ids
     return ids
 
 

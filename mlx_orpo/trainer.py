@@ -10,14 +10,15 @@ evaluation, checkpoints, stop requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 
@@ -130,10 +131,8 @@ class _StopFlag:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no signal handling
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -199,7 +198,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     model.train()
     mx.reset_peak_memory()
     window_start = time.perf_counter()
-    last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."  # noqa: E731
+    last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -76,7 +77,6 @@ def _mlx_orpo_setup(spec: dict, grad_checkpoint: bool):
     step the trainer runs (compiled value-and-grad, gradients evaluated first, clipping, the
     finite check, AdamW)."""
     import mlx_orpo  # noqa: F401  (fast BLAS before mlx)
-
     from mlx_orpo.config import TrainConfig
     from mlx_orpo.models import attach_adapters, load_model
     from mlx_orpo.step import OrpoStep, build_optimizer
@@ -165,10 +165,11 @@ class _Recording(list):
 
 
 def worker_mlx_lm_lora(spec: dict) -> dict:
-    import mlx_orpo  # noqa: F401
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
+
+    import mlx_orpo  # noqa: F401
 
     # The shim: Metal-only calls made harmless on other backends (this process only).
     if mx.default_device() == mx.cpu or "max_recommended_working_set_size" not in mx.device_info():
@@ -255,9 +256,9 @@ def worker_trl(spec: dict) -> dict:
 def worker_matmul(spec: dict) -> dict:
     """The backend's large-matmul rate in the run's dtype: (n, n) @ (n, n), n = 8192 on a GPU and
     2048 on the CPU, best of several."""
-    import mlx_orpo  # noqa: F401
     import mlx.core as mx
 
+    import mlx_orpo  # noqa: F401
     from mlx_orpo.models import on_gpu
 
     n, dtype, rates = (8192 if on_gpu() else 2048), getattr(mx, spec["dtype"]), []
@@ -288,9 +289,9 @@ def run_worker(name: str, spec_path: str) -> None:
 
 def prepare(args) -> dict:
     """Tokenize the pairs once (our tokenizer), choose the batches every system runs."""
-    import mlx_orpo  # noqa: F401
     from transformers import AutoTokenizer
 
+    import mlx_orpo  # noqa: F401
     from mlx_orpo.api import pad_token_id
     from mlx_orpo.batching import epoch_batches
     from mlx_orpo.data import load_pairs
@@ -313,7 +314,8 @@ def prepare(args) -> dict:
     needed = args.warmup + args.steps
     batches = (batches * (needed // len(batches) + 1))[:needed]
     # The run's dtype, as load_model(dtype="auto") chooses it: float32 on the CPU, else the checkpoint's.
-    checkpoint_dtype = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text())).checkpoint_dtype
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    checkpoint_dtype = ModelShape.from_config(config).checkpoint_dtype
     return {"model": args.model, "model_dir": str(model_dir), "dtype": compute_dtype("auto") or checkpoint_dtype,
             "source": source, "rank": args.rank, "batch_size": args.batch_size,
             "max_length": args.max_length, "pad_id": pad_token_id(tokenizer), "warmup": args.warmup,
@@ -441,7 +443,7 @@ def main(argv=None) -> int:
             if args.parallel:  # all systems at once: the same load at the same time, memory permitting
                 from concurrent.futures import ThreadPoolExecutor
                 with ThreadPoolExecutor(len(order)) as pool:
-                    list(pool.map(lambda name: run_one(r, name), order))
+                    list(pool.map(partial(run_one, r), order))
             else:
                 for name in order:
                     run_one(r, name)

@@ -22,9 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from test_plan import TINY, WIDER  # noqa: E402  (the test's configs)
+
 from mlx_orpo import plan  # noqa: E402
 from mlx_orpo.forward import logit_chunk  # noqa: E402
-from test_plan import TINY, WIDER  # noqa: E402  (the test's configs)
 
 DEEP = dict(TINY, num_hidden_layers=8, vocab_size=8000)
 SMOL = dict(model_type="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
@@ -135,7 +136,8 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(peaks, indent=1) + "\n")
     fit = fit_multiples(peaks)
-    print(f"ACT_MLP = {ACT_MLP} (set)\nCKPT_BLOCKS = {CKPT_BLOCKS} (set)\n" + "\n".join(f"{k} = {v:.4g}" for k, v in fit.items()))
+    print(f"ACT_MLP = {ACT_MLP} (set)\nCKPT_BLOCKS = {CKPT_BLOCKS} (set)")
+    print("\n".join(f"{k} = {v:.4g}" for k, v in fit.items()))
     print("| case | measured | fitted | error |\n|---|---|---|---|")
     for case in CASES:
         peak, fitted = peaks[case[0]], predicted(parts(case), fit)

@@ -55,5 +55,5 @@ def test_score_pair_is_the_mean_log_probability_of_each_answer(model_and_tokeniz
     chosen, rejected = mean_logp(encoded.chosen), mean_logp(encoded.rejected)
     assert score.chosen_logps == pytest.approx(chosen, abs=2e-4)
     assert score.rejected_logps == pytest.approx(rejected, abs=2e-4)
-    odds = lambda logp: logp - math.log1p(-math.exp(logp))  # noqa: E731  (log odds of one answer)
+    odds = lambda logp: logp - math.log1p(-math.exp(logp))
     assert score.log_odds == pytest.approx(odds(chosen) - odds(rejected), abs=1e-3)

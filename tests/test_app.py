@@ -106,8 +106,7 @@ def test_token_stats_count_truncation_at_the_chosen_max_length(client, tmp_path)
 def test_bad_file_gives_a_readable_report(client, served, tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text("this is not json\nneither is this\n")
-    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
-                                                       api_name="/upload_data")
+    report, bad, *_ = client.predict(handle_file(str(path)), "smollm2-135m", 1024, api_name="/upload_data")
     assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl:")
     assert "not valid JSON" in report or "cannot detect the format" in report
     assert str(served[1]) not in report  # paths are shown relative to the runs dir
@@ -203,7 +202,7 @@ def test_curve_frames_put_train_and_eval_on_the_same_axes():
 def test_progress_names_the_trainer_phase_from_its_files(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    phase = lambda: runfiles.progress(run, running=True).phase  # noqa: E731
+    phase = lambda: runfiles.progress(run, running=True).phase
     assert phase() == runfiles.LOADING  # no config.json: the model is loading
     (run / "config.json").write_text(json.dumps({"iters": 4, "eval_every": 2, "eval_fraction": 0.05}))
     assert phase() == runfiles.COMPILING  # no record yet
@@ -277,7 +276,7 @@ def _refresh_until(client, done, timeout=300):
 
 @pytest.mark.slow
 def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
-    url, runs = served
+    _, runs = served
     data = write_jsonl(tmp_path / "p.jsonl", GOOD_ROWS * 3, ["not json"])
     client.predict(handle_file(str(data)), "smollm2-135m", 128, api_name="/upload_data")
     values = form(iters=3, max_length=128, report_every=1, eval_every=1, save_every=1, warmup_steps=0)

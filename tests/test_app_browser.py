@@ -35,7 +35,8 @@ ROWS = [
     # Longer pairs, so the histogram spans bins whose labels sort differently as text ("50" > "100").
     {"prompt": "Describe the water cycle. " * 6, "chosen": "Evaporation, condensation, rain.\nHope that helps!",
      "rejected": "Water."},
-    {"prompt": "请用三句话介绍长城。" * 4, "chosen": "长城是中国古代的军事防御工程。\nHope that helps!", "rejected": "不知道"},
+    {"prompt": "请用三句话介绍长城。" * 4, "chosen": "长城是中国古代的军事防御工程。\nHope that helps!",
+     "rejected": "不知道"},
 ]
 # The first colour of app/plots.py's palette goes to "loss (train)", the second to "loss (eval)".
 EVAL_COLOUR = "#f97316"
@@ -66,7 +67,7 @@ def app_url(tmp_path_factory, smollm2_dir):
     runs = tmp_path_factory.mktemp("browser-runs")
     port = free_port()
     log_path = runs.parent / "app.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115  (the server writes to it until the fixture's teardown closes it)
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--runs-dir", str(runs)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])

@@ -14,13 +14,12 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-import httpx  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+import httpx
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from test_app import GOOD_ROWS, served, write_jsonl  # noqa: F401  (served: this module's own server)
 
-from app import paths  # noqa: E402
-
-from test_app import GOOD_ROWS, served, write_jsonl  # noqa: E402,F401  (served: this module's own server)
+from app import paths
 
 SECRET = "SECRET-TOKEN-1234"
 MODEL, MAX_LEN = "smollm2-135m", 128
@@ -164,7 +163,7 @@ def test_lone_surrogate_in_an_upload_is_a_listed_bad_row(client, tmp_path):
     rows = [json.dumps(r) for r in GOOD_ROWS]
     rows.insert(2, '{"prompt": "Hi", "chosen": "fine \\ud800 thanks", "rejected": "no"}')
     path.write_text("\n".join(rows) + "\n")
-    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), MODEL, MAX_LEN,
+    report, bad, preview, _, stats = client.predict(handle_file(str(path)), MODEL, MAX_LEN,
                                                        api_name="/upload_data")
     assert "4 pairs" in report and "1 bad rows" in report, report
     assert bad["data"] == [["uploads/surrogate.jsonl, line 3",

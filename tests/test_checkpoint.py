@@ -5,11 +5,11 @@ import json
 import re
 
 import pytest
+from test_trainer import cfg_for, make, pairs
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
 from mlx_orpo.checkpoint import list_checkpoints
-from test_trainer import cfg_for, make, pairs
 
 DATA = pairs(8)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from test_train_cli import assert_same_metrics, cli, train_records, wait_for
 
 from mlx_orpo.checkpoint import read_metrics
-from test_train_cli import assert_same_metrics, cli, train_records, wait_for
 
 pytestmark = pytest.mark.slow
 

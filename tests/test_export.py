@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
-
-import mlx.core as mx
 
 from mlx_orpo.checkpoint import save_adapters
 from mlx_orpo.config import TrainConfig
@@ -87,7 +86,7 @@ def fused32(lora_run):
 # ---- fusing ----------------------------------------------------------------------------------------------
 
 def test_fused_model_matches_adapter_model_and_differs_from_base(lora_run, fused32, smollm2_dir):
-    run_dir, adapted, tokens = lora_run
+    _, adapted, tokens = lora_run
     assert fused32.base_spec == str(smollm2_dir)  # --model defaults to the run's base
     assert fused32.fused_modules == 30 * 7
     assert errors(adapted, np_logits(fused32.model, tokens))["max_abs"] < TOL_F32
@@ -107,7 +106,8 @@ def test_dora_fuses_exactly(smollm2_dir, tmp_path):
 
 def test_four_bit_base_keeps_the_adapter(smollm2_dir, tmp_path):
     """mlx-lm issue 1172: fusing into a 4-bit base and re-quantising loses the update."""
-    from mlx_lm.utils import save_config, save_model, load as mlx_load
+    from mlx_lm.utils import load as mlx_load
+    from mlx_lm.utils import save_config, save_model
 
     from mlx_orpo.fuse import load_fused, reference_tokens
 

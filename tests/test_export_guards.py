@@ -6,12 +6,12 @@ import re
 
 import mlx.core as mx
 import pytest
+from test_loss import tiny_model
 
 from mlx_orpo import export as export_mod
 from mlx_orpo.checkpoint import save_adapters
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.models import attach_adapters
-from test_loss import tiny_model
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ llama-cpp-python compiles llama.cpp from source (minutes), hence the slow mark.
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 import pytest
-
-import mlx.core as mx
-
 from test_export import make_run
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ from mlx_orpo.gguf_tokenizer import byte_alphabet
 
 EDGE_CASES = ["", " ", "  two leading spaces", "tabs\tand\nnewlines\r\n\n", "12345 3.14159 1,000,000",
               "don't I'll we've", "naïve café", "日本語のテキスト", "emoji 🙂👍🏽", "<|im_start|>user\nhi<|im_end|>",
-              "<|endoftext|> inside text", "ｆｕｌｌｗｉｄｔｈ", "\u200bzero width", "a" * 300, "Ġ Ċ literal byte chars"]
+              "<|endoftext|> inside text", "ｆｕｌｌｗｉｄｔｈ", "\u200bzero width", "a" * 300,
+              "Ġ Ċ literal byte chars"]
 
 
 @pytest.fixture(scope="module")

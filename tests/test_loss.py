@@ -8,8 +8,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_orpo.forward import (LOGIT_CHUNK_CPU, LOGIT_CHUNK_GPU, head_logps, logit_chunk, sequence_masks,
-                               token_logps)
+from mlx_orpo.forward import LOGIT_CHUNK_CPU, LOGIT_CHUNK_GPU, head_logps, logit_chunk, sequence_masks, token_logps
 from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss
 
 
@@ -93,8 +92,8 @@ def test_chunked_head_logps_equal_the_full_logits(quantized):
     def total(fn):
         return lambda h: (fn(h) * weights).sum()
 
-    chunked = lambda h: head_logps(head, h, targets, chunk=5)  # noqa: E731
-    reference = lambda h: token_logps(head(h), targets)  # noqa: E731
+    chunked = lambda h: head_logps(head, h, targets, chunk=5)
+    reference = lambda h: token_logps(head(h), targets)
     assert np.abs(np.array(chunked(hidden) - reference(hidden))).max() < 1e-5
     expected = np.array(mx.grad(total(reference))(hidden))
     for grad_fn in (mx.grad(total(chunked)), mx.compile(mx.grad(total(chunked)))):
@@ -113,7 +112,7 @@ def test_cpu_and_gpu_logit_chunks_give_equal_results():
     weights = mx.random.normal((2, 300))
     results = []
     for chunk in (logit_chunk(gpu=False), logit_chunk(gpu=True), 600):
-        fn = lambda h, chunk=chunk: (head_logps(head, h, targets, chunk=chunk) * weights).sum()  # noqa: E731
+        fn = lambda h, chunk=chunk: (head_logps(head, h, targets, chunk=chunk) * weights).sum()
         value, grad = mx.value_and_grad(fn)(hidden)
         results.append((value.item(), np.array(grad)))
     for value, grad in results[1:]:
@@ -173,6 +172,6 @@ def test_gradient_step_raises_chosen_minus_rejected():
     optimizer = __import__("mlx.optimizers", fromlist=["SGD"]).SGD(learning_rate=0.5)
     optimizer.update(model, grads)
     _, after = batch_loss(model, batch, beta=1.0)
-    margin = lambda m: m["logps/chosen"].item() - m["logps/rejected"].item()  # noqa: E731
+    margin = lambda m: m["logps/chosen"].item() - m["logps/rejected"].item()
     assert margin(after) > margin(before)
     assert after["loss"].item() < before["loss"].item()

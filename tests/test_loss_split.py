@@ -35,7 +35,7 @@ def tiny_lora_model(tied: bool):
 
 def pairs(lengths):
     rng = np.random.default_rng(0)
-    ids = lambda n: tuple(int(i) for i in rng.integers(3, 300, n))  # noqa: E731
+    ids = lambda n: tuple(int(i) for i in rng.integers(3, 300, n))
     return [EncodedPair(ids(p), ids(c), ids(r)) for p, c, r in lengths]
 
 

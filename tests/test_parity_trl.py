@@ -26,6 +26,7 @@ pytest.importorskip("trl")
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
+import trl_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
 from mlx_orpo.batching import collate  # noqa: E402
@@ -34,8 +35,6 @@ from mlx_orpo.data import PreferencePair  # noqa: E402
 from mlx_orpo.loss import batch_loss  # noqa: E402
 from mlx_orpo.models import attach_adapters, load_model  # noqa: E402
 from mlx_orpo.tokenize import encode_pair  # noqa: E402
-
-import trl_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
 
 RANK, ALPHA = 4, 8.0
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -15,8 +15,16 @@ import pytest
 
 import mlx_orpo  # noqa: F401  (fast BLAS first)
 from mlx_orpo.config import TrainConfig
-from mlx_orpo.plan import (KNOWN_CONFIGS, ModelShape, fits_warning, format_bytes, parse_bytes, predict_peak,
-                           recommend, weight_bytes)
+from mlx_orpo.plan import (
+    KNOWN_CONFIGS,
+    ModelShape,
+    fits_warning,
+    format_bytes,
+    parse_bytes,
+    predict_peak,
+    recommend,
+    weight_bytes,
+)
 
 TOLERANCE = 0.15
 
@@ -66,7 +74,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     step = OrpoStep(model, cfg, build_optimizer(cfg, steps=1))
     mx.eval(model.parameters())
     rng = np.random.default_rng(0)
-    ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))  # noqa: E731
+    ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))
     pairs = [EncodedPair(ids(prompt_len), ids(answer_len), ids(answer_len)) for _ in range(cfg.batch_size)]
     batch = collate(pairs, 0, cfg.pad_multiple)
     assert "response_tokens" in batch or cfg.grad_checkpoint

@@ -4,8 +4,15 @@ import pytest
 
 from mlx_orpo.batching import collate, epoch_batches
 from mlx_orpo.data import PreferencePair
-from mlx_orpo.tokenize import (FALLBACK_CHAT_TEMPLATE, EncodedPair, encode_pair, encode_pairs,
-                               ensure_chat_template, fit_to_length, render_prompt)
+from mlx_orpo.tokenize import (
+    FALLBACK_CHAT_TEMPLATE,
+    EncodedPair,
+    encode_pair,
+    encode_pairs,
+    ensure_chat_template,
+    fit_to_length,
+    render_prompt,
+)
 
 
 @pytest.fixture(scope="module")

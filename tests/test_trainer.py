@@ -1,12 +1,12 @@
 """The training loop on a tiny random llama: skipping non-finite steps, resume, config precedence."""
 
 import json
-from functools import partial
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from test_loss import tiny_model
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo.checkpoint import list_checkpoints, read_metrics
@@ -15,7 +15,6 @@ from mlx_orpo.loss import batch_loss
 from mlx_orpo.models import attach_adapters
 from mlx_orpo.tokenize import EncodedPair
 from mlx_orpo.train import build_parser, resolve_config
-from test_loss import tiny_model
 
 POISON = 49  # a token id that makes the fake loss below NaN
 

@@ -10,10 +10,10 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
+from test_trainer import cfg_for, make, pairs
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo.checkpoint import read_metrics
-from test_trainer import cfg_for, make, pairs
 
 
 def snapshot(tree) -> dict:

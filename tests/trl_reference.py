@@ -18,8 +18,8 @@ import os
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIX = {"lora_A": ".lora_A.default.weight", "lora_B": ".lora_B.default.weight"}
