@@ -12,6 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 from test_trainer import cfg_for, make, pairs
 
+import mlx_orpo.step as step_mod
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo.checkpoint import read_metrics
 
@@ -40,7 +41,7 @@ def test_an_update_that_makes_a_weight_non_finite_is_undone():
 def test_training_with_an_infinite_learning_rate_skips_every_step_and_keeps_finite_weights(tmp_path, monkeypatch):
     """The schedule is forced to inf past config validation: losses and gradients stay finite,
     only the updated weights show the damage."""
-    monkeypatch.setattr(trainer_mod, "build_schedule", lambda cfg, steps: (lambda step: mx.array(float("inf"))))
+    monkeypatch.setattr(step_mod, "build_schedule", lambda cfg, steps: (lambda step: mx.array(float("inf"))))
     cfg = cfg_for(tmp_path, iters=3, eval_every=0)
     model = make(cfg)
     initial = snapshot(model.trainable_parameters())
