@@ -39,3 +39,11 @@ def test_app_widgets_show_the_same_help_texts(tmp_path):
     demo = build_app(str(tmp_path / "runs"))
     infos = {getattr(block, "info", None) for block in demo.blocks.values()}
     assert FIELDS["grad_checkpoint"].metadata["help"] in infos
+
+
+def test_mlx_without_a_backend_is_a_clear_error():
+    """On Linux `pip install mlx` alone has no backend; the error says which extra to install."""
+    code = "import sys; sys.modules['mlx.core'] = None\nimport mlx_orpo"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "mlx-orpo[cpu]" in done.stderr and "scripts/setup.sh" in done.stderr, done.stderr[-2000:]
