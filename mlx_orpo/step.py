@@ -14,7 +14,7 @@ benchmarked and planned is what trains. A step is:
    after each one (this is what keeps the peak low, see there);
 3. `reduce`: averaged over micro-batches and data-parallel ranks, with every
    rank's stop request carried by the same all-reduce;
-4. `apply`: gradient clipping, the finite check and AdamW: the one place an
+4. `apply`: gradient clipping, the finite checks and AdamW: the one place an
    update is applied or refused.
 """
 
@@ -73,7 +73,7 @@ class MicroBatch(NamedTuple):
 class StepResult:
     metrics: dict          # METRIC_KEYS -> scalar arrays, means over micro-batches and ranks
     grad_norm: mx.array    # before clipping
-    applied: bool          # False: non-finite loss or gradient, the update was skipped
+    applied: bool          # False: non-finite loss, gradient or updated weights; the step was skipped
     stop_requested: bool   # some rank asked to stop (carried by the metrics' all-reduce)
 
 
