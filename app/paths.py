@@ -57,10 +57,10 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
 def received_upload(path: str, uploaded: set[str]) -> Path:
     """The file Gradio stored for an upload to this app; any other path is refused.
 
-    A client names its file by path in the request, and Gradio 6.31 copies whatever path
-    it is given into its cache before the handler runs: `/upload_data` once returned the
-    rows of a private file that was never uploaded. So only the paths that Gradio's upload
-    route handed out (`Blocks.upload_file_set`, passed here as `uploaded`) are read.
+    A request names its file by path. Gradio 6.31 refuses a path outside its upload folder,
+    but accepts any file inside it, and that folder is shared by every Gradio app and session
+    on the machine. So only the paths that this app's upload route handed out
+    (`Blocks.upload_file_set`, passed here as `uploaded`) are read.
     """
     resolved = Path(path).resolve()
     if not resolved.is_file() or resolved not in {Path(p).resolve() for p in list(uploaded)}:
