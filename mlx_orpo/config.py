@@ -150,10 +150,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is None or not kinds & {int, float}:
             continue
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (float not in kinds
-                                                                               and not isinstance(value, int)):
-            raise ValueError(f"{flag} must be {'an integer' if float not in kinds else 'a number'}, got {value!r}")
+        flag, integer = f"--{name.replace('_', '-')}", float not in kinds
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise ValueError(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{flag} must be a finite number, got {value}")
 
