@@ -130,9 +130,30 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bo
         cfg.save(run_dir / "config.json")
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
-    train(model, data.train, data.eval, cfg, run_dir, pad_id=pad_token_id(tokenizer), resume=resume,
-          on_record=on_record, log=log, progress=progress, cluster=cluster)
+    with memory_limit(cfg.memory_limit_bytes, log):
+        train(model, data.train, data.eval, cfg, run_dir, pad_id=pad_token_id(tokenizer), resume=resume,
+              on_record=on_record, log=log, progress=progress, cluster=cluster)
     return run_dir
+
+
+@contextlib.contextmanager
+def memory_limit(limit: int | None, log: Callable[[str], None] = print):
+    """MLX's memory limit set to `limit` bytes inside the block (None: left as it is), then restored.
+
+    Past the limit MLX waits for queued kernels to finish before it queues more. A GPU queues far
+    ahead of its kernels (MLX's CUDA backend: up to ten graphs of up to 1,000 MB of inputs each on an
+    H100), and the buffers the queued kernels read are held until they have run, which adds to the
+    peak; the limit bounds that.
+    """
+    if limit is None:
+        yield
+        return
+    previous = mx.set_memory_limit(limit)
+    log(f"MLX memory limit: {limit / 1e9:.2f} GB (MLX waits for queued kernels rather than go past it)")
+    try:
+        yield
+    finally:
+        mx.set_memory_limit(previous)
 
 
 def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None = None, dtype: str = "auto"):

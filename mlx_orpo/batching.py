@@ -3,35 +3,72 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from .config import TrainConfig
+from .models import on_gpu
 from .tokenize import EncodedPair
 
 
-def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: int,
+                  widths: Widths | int = 1) -> list[list[int]]:
     """The batches of one epoch, as lists of pair indices.
 
-    Pairs of similar length, then similar prompt length, go together (little padding); the batch order and
-    the tie-breaking are shuffled by a generator seeded with (seed, epoch), so a
-    resumed run rebuilds exactly the same order. A last short batch is kept.
+    Pairs of similar length, then similar prompt length, go together (little padding). The batch
+    that runs the most token positions (see `positions`) comes first, so a run that does not fit in
+    memory stops at its first step rather than hours in, and the first step's peak is the run's.
+    The other batches follow in an order shuffled by a generator seeded with (seed, epoch), as is
+    the tie-breaking, so a resumed run rebuilds exactly the same order. A last short batch is kept.
     """
     rng = np.random.default_rng([seed, epoch])
     shuffled = rng.permutation(len(pairs))
     # Then by prompt length: pairs truncated to the same max length still differ in where the
     # prompt ends, and batches of similar prompts can run each prompt once (see collate).
     by_length = sorted(shuffled, key=lambda i: (pairs[i].length, len(pairs[i].prompt)))
-    batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
-    order = rng.permutation(len(batches))
-    return [[int(i) for i in batches[j]] for j in order]
+    batches = [[int(i) for i in by_length[i:i + batch_size]] for i in range(0, len(by_length), batch_size)]
+    largest = max(range(len(batches)), key=lambda j: positions([pairs[i] for i in batches[j]], widths))
+    rest = [batches[j] for j in rng.permutation(len(batches)) if j != largest]
+    return [batches[largest], *rest]
 
 
 def padded_width(length: int, multiple: int) -> int:
     return multiple * math.ceil(length / multiple)
 
 
-def collate(pairs: list[EncodedPair], pad_id: int, pad_multiple: int) -> dict:
+@dataclass(frozen=True)
+class Widths:
+    """The widths a batch's rows are padded to: a multiple of `multiple`, or with `pow2` that multiple
+    times a power of two, never past `cap` (the longest row a run allows, rounded up to the multiple).
+
+    The compiled step traces and compiles once per batch shape: a fraction of a second on the CPU,
+    seconds on a GPU (kernels and attention plans are built per shape). Powers of two leave a handful
+    of widths, so a whole run compiles a handful of shapes, for some padding.
+    """
+    multiple: int = 1
+    pow2: bool = False
+    cap: int | None = None
+
+    def __call__(self, length: int) -> int:
+        units = max(math.ceil(length / self.multiple), 1)
+        if self.pow2:
+            units = 1 << (units - 1).bit_length()
+        width = self.multiple * units
+        if self.cap is not None:
+            width = min(width, padded_width(max(self.cap, length), self.multiple))
+        return width
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, gpu: bool | None = None) -> Widths:
+        """cfg.pad_to resolved: "auto" is pow2 on a GPU (where each shape costs seconds to compile) and
+        plain multiples on the CPU (where it costs little and padding costs time)."""
+        pow2 = cfg.pad_to == "pow2" or (cfg.pad_to == "auto" and (on_gpu() if gpu is None else gpu))
+        return cls(cfg.pad_multiple, pow2, cfg.max_length)
+
+
+def collate(pairs: list[EncodedPair], pad_id: int, widths: Widths | int) -> dict:
     """Rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected, right padded.
 
     Also the split layout that lets `loss.batch_loss` run each prompt once:
@@ -39,22 +76,43 @@ def collate(pairs: list[EncodedPair], pad_id: int, pad_multiple: int) -> dict:
     "response_lengths" (2B,). It is left out when it would cost more token
     positions than the full rows (prompts and answers of very different
     lengths in one batch), so no batch is ever made slower by it.
+    `widths`: a `Widths`, or an int for plain multiples of it.
     """
+    width, prompt_width, answer_width, shared = _layout(pairs, widths)
     rows = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
-    width = padded_width(max(len(r) for r in rows), pad_multiple)
     batch = {
         "tokens": _padded(rows, width, pad_id),
         "lengths": mx.array([len(r) for r in rows], dtype=mx.int32),
         "prompt_lengths": mx.array([len(p.prompt) for p in pairs] * 2, dtype=mx.int32),
     }
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    prompt_width = padded_width(max(len(p.prompt) for p in pairs), pad_multiple)
-    answer_width = padded_width(max(len(a) for a in answers), pad_multiple)
-    if len(pairs) * prompt_width + len(rows) * answer_width <= len(rows) * width:
+    if shared:
+        answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         batch["prompt_tokens"] = _padded([p.prompt for p in pairs], prompt_width, pad_id)
         batch["response_tokens"] = _padded(answers, answer_width, pad_id)
         batch["response_lengths"] = mx.array([len(a) for a in answers], dtype=mx.int32)
     return batch
+
+
+def _layout(pairs: list[EncodedPair], widths: Widths | int) -> tuple[int, int, int, bool]:
+    """(full-row width, prompt width, answer width, whether the shared-prompt layout is used)."""
+    widths = Widths(widths) if isinstance(widths, int) else widths
+    answer = max(max(len(p.chosen), len(p.rejected)) for p in pairs)
+    full = widths(max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs))
+    prompt_width, answer_width = widths(max(len(p.prompt) for p in pairs)), widths(answer)
+    return full, prompt_width, answer_width, prompt_width + 2 * answer_width <= 2 * full
+
+
+def positions(pairs: list[EncodedPair], widths: Widths | int) -> int:
+    """The token positions `collate` makes these pairs run through the model (padding included)."""
+    full, prompt_width, answer_width, shared = _layout(pairs, widths)
+    return len(pairs) * (prompt_width + 2 * answer_width if shared else 2 * full)
+
+
+def batch_shape(pairs: list[EncodedPair], widths: Widths | int, shared_prompt: bool = True) -> tuple[int, ...]:
+    """What the compiled step's shape depends on (see step.OrpoStep.inputs): (pairs, prompt width,
+    answer width) for a shared-prompt batch of a model that runs it, else (pairs, full-row width)."""
+    full, prompt_width, answer_width, shared = _layout(pairs, widths)
+    return (len(pairs), prompt_width, answer_width) if shared and shared_prompt else (len(pairs), full)
 
 
 def _padded(rows, width: int, pad_id: int) -> mx.array:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ class TrainConfig:
                                          "(default: half of --max-length).")
     min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.")
     pad_multiple: int = _opt(32, "Pad batches to a multiple of this many tokens (few shapes for the compiled step).")
+    pad_to: str = _opt("auto", "Batch widths: multiple (of --pad-multiple: least padding) or pow2 (--pad-multiple "
+                       "times a power of two: a handful of shapes, each compiled once; seconds apiece on a GPU). "
+                       "auto: pow2 on a GPU, multiple on the CPU.", choices=("auto", "multiple", "pow2"))
 
     # Adapters
     lora_rank: int = _opt(8, "LoRA rank r.")
@@ -78,6 +82,11 @@ class TrainConfig:
     dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
                       "dtype on GPU), float32, float16, bfloat16.",
                       choices=("auto", "float32", "float16", "bfloat16"))
+    memory_limit: str | None = _opt(None, "Hold MLX's memory to this (e.g. 10GB): past it MLX waits for queued "
+                                    "kernels to finish before queueing more, at some cost in speed. On a GPU with "
+                                    "more memory than your target machine it measures what that machine needs. "
+                                    "Default: MLX's own limit (a Mac: the GPU's recommended working set; CUDA: "
+                                    "95% of the GPU's memory, where kernels queued ahead can hold gigabytes).")
     grad_checkpoint: bool = _opt(False, "Recompute each block in the backward pass: about a quarter of the "
                                  "peak memory for about 30% more time (SmolLM2-135M); what makes 7B fit.")
 
@@ -105,6 +114,7 @@ class TrainConfig:
             (self.lora_rank >= 1, "--lora-rank must be >= 1"),
             (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
             (self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
+            (self.pad_to in ("auto", "multiple", "pow2"), "--pad-to must be auto, multiple or pow2"),
             (min(self.report_every, self.save_every) >= 1, "--report-every and --save-every must be >= 1"),
             (self.lora_alpha > 0, "--lora-alpha must be > 0"),
             (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
@@ -115,12 +125,23 @@ class TrainConfig:
             (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
             (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
             (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
+            (self.memory_limit is None or self.memory_limit_bytes > 0, "--memory-limit must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.lora_targets = list(self.lora_targets)
         return self
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """--memory-limit in bytes (None: MLX's own limit)."""
+        if self.memory_limit is None:
+            return None
+        try:
+            return parse_bytes(self.memory_limit)
+        except ValueError as exc:
+            raise ValueError(f"--memory-limit: {exc}") from None
 
     @property
     def prompt_budget(self) -> int:
@@ -136,6 +157,20 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+def parse_bytes(text: str) -> int:
+    """'16GB', '16 GiB', '800MB', '1.5e9' -> bytes (GB = 1e9, GiB = 2**30)."""
+    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]i?b?)?\s*", str(text).lower())
+    try:
+        value = float(match.group(1)) if match else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"not a memory size: {text!r} (try 16GB)")
+    unit = (match.group(2) or "b").rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    return int(value * scale[unit])
 
 
 def _check_numbers(cfg: TrainConfig) -> None:

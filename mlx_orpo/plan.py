@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import models
-from .config import TrainConfig
+from .batching import Widths
+from .config import TrainConfig, parse_bytes
 from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
 
 # The config.json numbers of the aliases, so the planner works offline for
@@ -152,16 +151,6 @@ def format_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def parse_bytes(text: str) -> int:
-    """'16GB', '16 GiB', '800MB', '1.5e9' -> bytes (GB = 1e9, GiB = 2**30)."""
-    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]i?b?)?\s*", text.lower())
-    if not match:
-        raise ValueError(f"not a memory size: {text!r} (try 16GB)")
-    value, unit = float(match.group(1)), (match.group(2) or "b").rstrip("b")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-    return int(value * scale[unit])
-
-
 def weight_bytes(shape: ModelShape, dtype_bytes: int, bits: int | None, group: int) -> int:
     """Base weights. Quantised models keep linears and embeddings at `bits` plus a scale and bias per group."""
     per_block = sum(i * o for i, o in shape.block_linears().values())
@@ -202,11 +191,12 @@ def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
 
 
 def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = None,
-                  answer_len: int | None = None) -> dict[str, tuple[int, int, int]]:
+                  answer_len: int | None = None, gpu: bool = False) -> dict[str, tuple[int, int, int]]:
     """(token positions, attention scores per head, scored vocabulary rows) per layout of a batch of
     cfg.batch_size pairs whose prompts have prompt_len tokens and whose answers answer_len (default:
-    the longest pair cfg allows, the prompt at its budget)."""
-    pad = lambda n: cfg.pad_multiple * math.ceil(n / cfg.pad_multiple)
+    the longest pair cfg allows, the prompt at its budget), padded as the trainer pads on the CPU or
+    a GPU (batching.Widths)."""
+    pad = Widths.for_config(cfg, gpu)
     if prompt_len is None:
         prompt_len = min(cfg.prompt_budget, cfg.max_length - cfg.min_response_length)
     if answer_len is None:
@@ -240,7 +230,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     # values, gradients and AdamW's two moments, float32; one more gradient copy when accumulating
     adapters = adapter_params(cfg, shape) * 4 * (4 + (cfg.grad_accum > 1))
     best = None
-    layouts = batch_layouts(cfg, shape, prompt_len, answer_len)
+    layouts = batch_layouts(cfg, shape, prompt_len, answer_len, gpu)
     for name, (tokens, scores, rows) in layouts.items():
         if layout is not None and name != layout:
             continue

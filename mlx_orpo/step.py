@@ -1,7 +1,7 @@
 """One ORPO optimizer step, built once and called by whoever needs it.
 
     step = OrpoStep(model, cfg, build_optimizer(cfg, steps))
-    result = step([MicroBatch(collate(pairs, pad_id, cfg.pad_multiple))])
+    result = step([MicroBatch(collate(pairs, pad_id, Widths.for_config(cfg)))])
     result.applied, result.metrics["loss"]
 
 The trainer, scripts/bench.py and the memory planner's calibration
@@ -32,7 +32,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from .config import TrainConfig
 from .distributed import Cluster
-from .forward import enable_grad_checkpoint
+from .forward import enable_grad_checkpoint, split_supported
 from .loss import batch_loss
 from .update import apply_finite_update
 
@@ -110,10 +110,18 @@ class OrpoStep:
             return metrics, grads
 
         self._grad_step = grad_step
+        self.shared_prompt = split_supported(model)
 
     def gradients(self, micro: MicroBatch):
         """(metrics, gradients) of one micro-batch, lazy."""
-        return self._grad_step(micro.batch, mx.array(micro.nll_weight), mx.array(micro.pair_weight))
+        return self._grad_step(self.inputs(micro.batch), mx.array(micro.nll_weight), mx.array(micro.pair_weight))
+
+    def inputs(self, batch: dict) -> dict:
+        """What the compiled step is given of a batch: a shared-prompt batch that this model runs as
+        such leaves its full rows out, as their width would make a new shape to compile for nothing."""
+        if "response_tokens" in batch and self.shared_prompt:
+            return {k: v for k, v in batch.items() if k != "tokens"}
+        return batch
 
     def accumulate(self, micro_batches: Iterable[MicroBatch]):
         """(gradient sum, metric sum, count) over the micro-batches, each evaluated as it is added."""

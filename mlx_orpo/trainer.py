@@ -23,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import checkpoint as ckpt
-from .batching import collate, epoch_batches
+from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
 from .loss import batch_loss
@@ -51,10 +51,11 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
-def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int):
+def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int,
+                  widths: Widths | int = 1):
     """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position."""
     while True:
-        batches = epoch_batches(pairs, global_batch, seed, epoch)
+        batches = epoch_batches(pairs, global_batch, seed, epoch, widths)
         for i in range(start, len(batches)):
             yield epoch, i, batches[i]
         epoch, start = epoch + 1, 0
@@ -169,6 +170,12 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     if resume:
         state = _resume(run_dir, model, optimizer, cluster, log)
     step = OrpoStep(model, cfg, optimizer, loss=loss, cluster=cluster)
+    widths = Widths.for_config(cfg)
+    first_epoch = epoch_batches(train_pairs, global_batch, cfg.seed, state.epoch, widths)
+    shapes = {batch_shape([train_pairs[i] for i in b], widths, step.shared_prompt) for b in first_epoch}
+    log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
+        f"{'powers of two x ' if widths.pow2 else 'multiples of '}{widths.multiple}, --pad-to; each new shape "
+        f"compiles the step), the largest first")
 
     def record(entry: dict):
         with open(metrics_path, "a") as f:
@@ -188,10 +195,10 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             last = index + 1 == batches_per_epoch
             state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
             # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
-            yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, cfg.pad_multiple), nll_weight,
+            yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_weight,
                              pair_weight)
 
-    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch)
+    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, widths)
     bar = _progress_bar(steps, state.step) if progress else None
     if bar is not None:
         log = bar.write  # keep the bar below the report lines

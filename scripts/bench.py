@@ -81,8 +81,10 @@ def _mlx_orpo_setup(spec: dict, grad_checkpoint: bool):
     from mlx_orpo.models import attach_adapters, load_model
     from mlx_orpo.step import OrpoStep, build_optimizer
 
+    layout = spec.get("layout") or ""
+    pad_to = next((w for w in ("pow2", "multiple") if f"+{w}" in layout), "auto")
     cfg = TrainConfig(lora_rank=spec["rank"], lora_alpha=2.0 * spec["rank"], batch_size=spec["batch_size"],
-                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint, beta=0.1,
+                      max_length=spec["max_length"], grad_checkpoint=grad_checkpoint, beta=0.1, pad_to=pad_to,
                       learning_rate=1e-5, lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0)
     model, _, _, _ = load_model(spec["model_dir"], dtype="auto")  # the trainer's default: models.compute_dtype
     dtype = _float_dtype(model)
@@ -108,7 +110,7 @@ FULL_ROW_KEYS = ("tokens", "lengths", "prompt_lengths")
 def worker_mlx_orpo(spec: dict) -> dict:
     import mlx.core as mx
 
-    from mlx_orpo.batching import collate
+    from mlx_orpo.batching import Widths, collate
     from mlx_orpo.step import MicroBatch
 
     step, cfg, dtype = _mlx_orpo_setup(spec, grad_checkpoint="+ckpt" in spec["layout"])
@@ -116,12 +118,13 @@ def worker_mlx_orpo(spec: dict) -> dict:
     for indices in spec["batches"]:
         chunk = [pairs[i] for i in indices]
         start = time.perf_counter()
-        batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
+        batch = collate(chunk, spec["pad_id"], Widths.for_config(cfg))
         if spec["layout"].startswith("full"):
             batch = {k: batch[k] for k in FULL_ROW_KEYS}
         metrics = step([MicroBatch(batch)]).metrics
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
-                      "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch})
+                      "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch,
+                      "shape": [list(v.shape) for k, v in sorted(batch.items()) if k.endswith("tokens")]})
     return {"steps": steps, "mlx_peak": mx.get_peak_memory(), "dtype": dtype}
 
 
@@ -130,7 +133,7 @@ def worker_layouts(spec: dict) -> dict:
     (split, full, split, full, ...), so load drift hits both alike: what the shared prompt buys."""
     import mlx.core as mx
 
-    from mlx_orpo.batching import collate
+    from mlx_orpo.batching import Widths, collate
     from mlx_orpo.step import MicroBatch
 
     step, cfg, dtype = _mlx_orpo_setup(spec, grad_checkpoint=False)
@@ -138,7 +141,7 @@ def worker_layouts(spec: dict) -> dict:
     for indices in spec["batches"]:
         chunk = [spec["pairs"][i] for i in indices]
         for layout in ("split", "full"):
-            batch = collate(chunk, spec["pad_id"], cfg.pad_multiple)
+            batch = collate(chunk, spec["pad_id"], Widths.for_config(cfg))
             if layout == "full":
                 batch = {k: batch[k] for k in FULL_ROW_KEYS}
             mx.synchronize()
@@ -278,6 +281,9 @@ WORKERS = {"mlx-orpo": worker_mlx_orpo, "layouts": worker_layouts, "mlx-lm-lora"
 
 def run_worker(name: str, spec_path: str) -> None:
     spec = _load_spec(spec_path)
+    if spec.get("memory_limit") and name != "trl":
+        import mlx.core as mx  # after _load_spec imported mlx_orpo (fast BLAS first)
+        mx.set_memory_limit(spec["memory_limit"])
     result = WORKERS[name](spec)
     if result.get("steps"):
         result["first_step_s"] = time.perf_counter() - START - sum(s["s"] for s in result["steps"][1:])
@@ -294,6 +300,7 @@ def prepare(args) -> dict:
     import mlx_orpo  # noqa: F401
     from mlx_orpo.api import pad_token_id
     from mlx_orpo.batching import epoch_batches
+    from mlx_orpo.config import parse_bytes
     from mlx_orpo.data import load_pairs
     from mlx_orpo.models import compute_dtype, resolve_model
     from mlx_orpo.plan import ModelShape
@@ -319,6 +326,7 @@ def prepare(args) -> dict:
     return {"model": args.model, "model_dir": str(model_dir), "dtype": compute_dtype("auto") or checkpoint_dtype,
             "source": source, "rank": args.rank, "batch_size": args.batch_size,
             "max_length": args.max_length, "pad_id": pad_token_id(tokenizer), "warmup": args.warmup,
+            "memory_limit": parse_bytes(args.memory_limit) if args.memory_limit else None,
             "pairs": [[list(p.prompt), list(p.chosen), list(p.rejected)] for p in encoded], "batches": batches}
 
 
@@ -362,6 +370,7 @@ def summarize(runs: list[dict], warmup: int) -> dict:
         "first_step_s": statistics.median(r["first_step_s"] for r in runs),
         "final_loss": runs[-1]["steps"][-1]["loss"],
         "shared_prompt_steps": sum(bool(s.get("shared_prompt")) for s in timed),
+        "batch_shapes": len({json.dumps(s["shape"]) for s in every}) if every and "shape" in every[0] else None,
     }
 
 
@@ -392,7 +401,11 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--orpo-layouts", default="split,split+ckpt",
                         help="mlx-orpo variants: split (shared prompt) or full (rows), each optionally "
-                             "+ckpt (gradient checkpointing); comma-separated")
+                             "+ckpt (gradient checkpointing) and +pow2 or +multiple (batch widths, train "
+                             "--pad-to; default auto); comma-separated, e.g. split,split+pow2")
+    parser.add_argument("--memory-limit", default=None,
+                        help="MLX memory limit in every MLX worker, e.g. 10GB (see train --memory-limit): on a big "
+                             "GPU, the peak a machine of that size would see")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--parallel", action="store_true",
                         help="run the systems of a round at the same time (needs memory for all of them)")
@@ -455,7 +468,7 @@ def main(argv=None) -> int:
     fpt = flops_per_token(spec["model_dir"], mean_context)
     peak = max(matmul.get("gflops_best", 0), matmul_after.get("gflops_best", 0)) * 1e9
     report = {"settings": {k: spec[k] for k in ("model", "model_dir", "dtype", "source", "rank", "batch_size",
-                                                "max_length", "warmup")}, "whole_run": args.whole_run,
+                                                "max_length", "warmup", "memory_limit")}, "whole_run": args.whole_run,
               "pairs": len(pairs), "rounds": args.rounds, "timed_steps_per_round": args.steps,
               "load_average": loads, "cpu_count": os.cpu_count(), "matmul": [matmul, matmul_after],
               "flops_per_token": fpt, "systems": summary, "raw": results}
@@ -488,6 +501,11 @@ def markdown(report: dict, peak_flops: float) -> str:
                      f"| {m['rss_peak_gb']:.2f} | {m['first_step_s']:.1f} |")
     ours = [n for n in systems if n.startswith("mlx-orpo")]
     peers = [n for n in systems if not n.startswith("mlx-orpo")]
+    if ours:
+        lines += ["", "Distinct batch shapes (the compiled step traces each once): "
+                  + ", ".join(f"{n} {systems[n]['batch_shapes']}" for n in ours) + "."]
+    if s.get("memory_limit"):
+        lines += ["", f"Every MLX worker ran under mx.set_memory_limit({s['memory_limit'] / 1e9:.2f} GB)."]
     if ours and peers:
         lines += ["", f"Ratios mlx-orpo / peer ({rate_name}; memory by MLX peak where both have one, else RSS):",
                   "", "| mlx-orpo | peer | speed x | memory x |", "|---|---|---|---|"]

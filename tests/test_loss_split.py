@@ -44,7 +44,7 @@ def pairs(lengths):
 def test_shared_prompt_matches_full_rows(tied, prompt_in_nll):
     model = tiny_lora_model(tied)
     assert split_supported(model)
-    batch = collate(pairs([(12, 7, 3), (15, 2, 6), (10, 10, 12)]), pad_id=0, pad_multiple=1)
+    batch = collate(pairs([(12, 7, 3), (15, 2, 6), (10, 10, 12)]), pad_id=0, widths=1)
     assert "response_tokens" in batch and batch["prompt_tokens"].shape == (3, 15)
     full = {k: batch[k] for k in FULL_KEYS}
     step = nn.value_and_grad(model, partial(batch_loss, beta=0.3, prompt_in_nll=prompt_in_nll))
@@ -59,12 +59,12 @@ def test_shared_prompt_matches_full_rows(tied, prompt_in_nll):
 def test_collate_keeps_full_rows_when_splitting_costs_more():
     """A long prompt with a short answer next to a short prompt with a long answer: the split
     layout would need 2 x 40 + 4 x 40 positions against 4 x 48 for the full rows."""
-    batch = collate(pairs([(40, 4, 4), (4, 40, 40)]), pad_id=0, pad_multiple=8)
+    batch = collate(pairs([(40, 4, 4), (4, 40, 40)]), pad_id=0, widths=8)
     assert "response_tokens" not in batch and batch["tokens"].shape == (4, 48)
 
 
 def test_split_layout_shapes():
-    batch = collate(pairs([(20, 5, 9), (18, 7, 3)]), pad_id=0, pad_multiple=8)
+    batch = collate(pairs([(20, 5, 9), (18, 7, 3)]), pad_id=0, widths=8)
     assert batch["prompt_tokens"].shape == (2, 24) and batch["response_tokens"].shape == (4, 16)
     assert batch["response_lengths"].tolist() == [5, 7, 9, 3]
     assert batch["prompt_tokens"][1, 18:].tolist() == [0] * 6
@@ -75,7 +75,7 @@ def test_grad_checkpointed_blocks_keep_the_shared_prompt_and_its_gradients():
     from mlx_orpo.forward import enable_grad_checkpoint
 
     model = tiny_lora_model(True)
-    batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, pad_multiple=1)
+    batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, widths=1)
     assert "response_tokens" in batch
     step = nn.value_and_grad(model, partial(batch_loss, beta=0.3))
     expected_loss, expected = step(model, {k: batch[k] for k in FULL_KEYS})

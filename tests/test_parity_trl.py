@@ -118,7 +118,7 @@ def test_loss_metrics_and_grads_match_trl(beta, ours_with_lora, theirs, encoded_
     pad_id = tokenizer.pad_token_id
     assert pad_id == hf_tokenizer.pad_token_id
 
-    batch = collate(encoded_pairs, pad_id, pad_multiple=32)
+    batch = collate(encoded_pairs, pad_id, widths=32)
     our_metrics, our_grads = our_loss_metrics_grads(model, batch, beta, prompt_in_nll=True)
 
     trainer = ref.orpo_trainer(torch_model, hf_tokenizer, beta, tmp_path)
@@ -146,7 +146,7 @@ def test_response_only_nll(ours_with_lora, theirs, encoded_pairs):
     """Our default NLL is the mean over chosen response tokens, pooled over the batch."""
     model, tokenizer = ours_with_lora
     torch_model, _ = theirs
-    batch = collate(encoded_pairs, tokenizer.pad_token_id, pad_multiple=32)
+    batch = collate(encoded_pairs, tokenizer.pad_token_id, widths=32)
     _, metrics = batch_loss(model, batch, beta=0.1, prompt_in_nll=False)
     expected = ref.response_nll(torch_model, encoded_pairs, tokenizer.pad_token_id)
     nll = float(metrics["nll_loss"])

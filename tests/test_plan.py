@@ -53,7 +53,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     from mlx_lm.models import llama
     from mlx_lm.utils import quantize_model
 
-    from mlx_orpo.batching import collate
+    from mlx_orpo.batching import Widths, collate
     from mlx_orpo.models import attach_adapters
     from mlx_orpo.step import MicroBatch, OrpoStep, build_optimizer
     from mlx_orpo.tokenize import EncodedPair
@@ -76,7 +76,7 @@ def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, ans
     rng = np.random.default_rng(0)
     ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))
     pairs = [EncodedPair(ids(prompt_len), ids(answer_len), ids(answer_len)) for _ in range(cfg.batch_size)]
-    batch = collate(pairs, 0, cfg.pad_multiple)
+    batch = collate(pairs, 0, Widths.for_config(cfg))
     assert "response_tokens" in batch or cfg.grad_checkpoint
     if layout == "full rows":  # the layout collate falls back to for batches of mixed prompt/answer lengths
         batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}

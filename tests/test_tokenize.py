@@ -2,7 +2,8 @@
 
 import pytest
 
-from mlx_orpo.batching import collate, epoch_batches
+from mlx_orpo.batching import Widths, collate, epoch_batches, positions
+from mlx_orpo.config import TrainConfig
 from mlx_orpo.data import PreferencePair
 from mlx_orpo.tokenize import (
     FALLBACK_CHAT_TEMPLATE,
@@ -100,15 +101,58 @@ def test_epoch_batches_are_deterministic_length_grouped_and_complete():
     pairs = [EncodedPair((1,) * n, (2,), (3,)) for n in [5, 50, 6, 51, 7, 52, 8]]
     a = epoch_batches(pairs, 2, seed=1, epoch=0)
     assert a == epoch_batches(pairs, 2, seed=1, epoch=0)
-    assert a != epoch_batches(pairs, 2, seed=1, epoch=1)
+    assert a[1:] != epoch_batches(pairs, 2, seed=1, epoch=1)[1:]
     assert sorted(i for b in a for i in b) == list(range(7))
     spans = [max(pairs[i].length for i in b) - min(pairs[i].length for i in b) for b in a]
     assert max(spans) < 40  # short and long pairs are not mixed
 
 
+def test_the_batch_with_the_most_positions_comes_first():
+    # Lengths 3..40, prompts of 1..5 tokens; 38 pairs in batches of 4: nine full batches and one of 2
+    # (the longest pairs: a short batch is never the largest).
+    pairs = [EncodedPair((1,) * (1 + n % 5), (2,) * n, (3,) * (n // 2 + 1)) for n in range(3, 41)]
+    for seed in range(5):
+        for epoch in range(3):
+            batches = epoch_batches(pairs, 4, seed, epoch, widths=8)
+            sizes = [positions([pairs[i] for i in b], 8) for b in batches]
+            assert sizes[0] == max(sizes) and len(batches[0]) == 4
+            assert sorted(len(b) for b in batches) == [2] + [4] * 9
+            assert len({tuple(b) for b in batches[1:]}) == 9
+    orders = {tuple(map(tuple, epoch_batches(pairs, 4, 0, epoch, widths=8)[1:])) for epoch in range(4)}
+    assert len(orders) == 4  # the rest is shuffled per epoch
+
+
+def test_positions_count_what_collate_runs():
+    cases = [[EncodedPair((1,) * 30, (2,) * 5, (3,) * 9), EncodedPair((1,) * 28, (2,) * 7, (3,) * 2)],
+             [EncodedPair((1,) * 40, (2,) * 4, (3,) * 4), EncodedPair((1,) * 4, (2,) * 40, (3,) * 40)]]
+    for pairs in cases:
+        for widths in (1, 8, Widths(8, pow2=True)):
+            batch = collate(pairs, 0, widths)
+            keys = ("prompt_tokens", "response_tokens") if "response_tokens" in batch else ("tokens",)
+            assert positions(pairs, widths) == sum(batch[k].size for k in keys)
+
+
+def test_widths_are_multiples_or_powers_of_two_times_the_multiple_capped_at_the_longest_row():
+    assert [Widths(32)(n) for n in (0, 1, 32, 33, 300)] == [32, 32, 32, 64, 320]
+    pow2 = Widths(32, pow2=True, cap=600)
+    assert [pow2(n) for n in (1, 32, 33, 65, 129, 300, 513, 600)] == [32, 32, 64, 128, 256, 512, 608, 608]
+    assert len({pow2(n) for n in range(1, 601)}) == 6  # 32, 64, 128, 256, 512 and the cap
+    assert Widths(8, pow2=True)(9) == 16 and Widths(1, pow2=True)(5) == 8
+
+
+def test_pad_to_auto_is_pow2_on_a_gpu_and_multiples_on_the_cpu():
+    cfg = TrainConfig(max_length=512, pad_multiple=16)
+    assert Widths.for_config(cfg, gpu=True) == Widths(16, pow2=True, cap=512)
+    assert Widths.for_config(cfg, gpu=False) == Widths(16, pow2=False, cap=512)
+    assert Widths.for_config(TrainConfig(pad_to="pow2"), gpu=False).pow2
+    assert not Widths.for_config(TrainConfig(pad_to="multiple"), gpu=True).pow2
+    with pytest.raises(ValueError, match="--pad-to"):
+        TrainConfig(pad_to="pow3").validate()
+
+
 def test_collate_layout_and_padding():
     pairs = [EncodedPair((1, 2), (3,), (4, 5)), EncodedPair((6,), (7, 8, 9), (10,))]
-    batch = collate(pairs, pad_id=0, pad_multiple=8)
+    batch = collate(pairs, pad_id=0, widths=8)
     assert batch["tokens"].shape == (4, 8)
     assert batch["tokens"].tolist()[0][:4] == [1, 2, 3, 0]
     assert batch["tokens"].tolist()[2][:4] == [1, 2, 4, 5]

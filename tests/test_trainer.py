@@ -53,7 +53,8 @@ def run(tmp_path, cfg, data, resume=False):
 def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypatch):
     def poisoned(model, batch, beta, prompt_in_nll=False):
         loss, metrics = batch_loss(model, batch, beta, prompt_in_nll)
-        nan_if_poisoned = mx.where((batch["tokens"] == POISON).any(), mx.array(float("nan")), mx.array(1.0))
+        prompts = batch.get("prompt_tokens", batch.get("tokens"))  # the compiled step gets one or the other
+        nan_if_poisoned = mx.where((prompts == POISON).any(), mx.array(float("nan")), mx.array(1.0))
         return loss * nan_if_poisoned, dict(metrics, loss=metrics["loss"] * nan_if_poisoned,
                                             nll_loss=metrics["nll_loss"] * nan_if_poisoned)
 
