@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         budget, source = available_memory()
     verdict = "fits" if prediction.total <= budget else "does NOT fit"
     print(f"{verdict} in {format_bytes(budget)} ({source})")
+    if args.budget and (models.on_gpu() if on_gpu is None else on_gpu):
+        print(f"on a GPU with more memory than that, train with --memory-limit {args.budget}: MLX queues kernels "
+              f"ahead, and the buffers they hold count towards the peak")
     if prediction.total > budget:
         hints = recommend(cfg, config, budget)
         print("settings that fit:" if hints else "no tried setting fits this budget")
