@@ -18,6 +18,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from . import blas
+from .batching import Widths
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data import load_splits
@@ -125,6 +126,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bo
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
         f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
+    # Resolved here, so a resumed run pads (and so orders its batches) as it did, wherever it resumes.
+    cfg.pad_to = "pow2" if Widths.for_config(cfg).pow2 else "multiple"
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a dry run: lengths / 4, 2 steps everywhere")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    if Path(args.model).exists():  # the runs start in the repo root
+        args.model = str(Path(args.model).resolve())
     out.mkdir(parents=True, exist_ok=True)
     scale = 4 if args.quick else 1
     steps, iters = (2, 2) if args.quick else (args.steps, args.iters)

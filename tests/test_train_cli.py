@@ -126,7 +126,9 @@ def test_stop_kill_and_resume_match_the_uninterrupted_run(reference_run, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
     assert_same_metrics(train_records(reference_dir), train_records(run_dir))
-    assert json.loads((run_dir / "config.json").read_text())["iters"] == 8
+    saved = json.loads((run_dir / "config.json").read_text())
+    # --pad-to auto is saved resolved (multiples here, on the CPU): a resume pads and orders as the run did.
+    assert saved["iters"] == 8 and saved["pad_to"] == "multiple"
 
 
 def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
