@@ -27,6 +27,7 @@ from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
 from .loss import batch_loss
+from .models import on_gpu
 from .step import METRIC_KEYS, MicroBatch, OrpoStep, build_optimizer
 from .tokenize import EncodedPair
 
@@ -175,7 +176,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     shapes = {batch_shape([train_pairs[i] for i in b], widths, step.shared_prompt) for b in first_epoch}
     log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
         f"{'powers of two x ' if widths.pow2 else 'multiples of '}{widths.multiple}, --pad-to; each new shape "
-        f"compiles the step), the largest first")
+        f"compiles the step), the largest first"
+        + ("; the first run on a machine also builds MLX's GPU kernels, which can take minutes" if on_gpu() else ""))
 
     def record(entry: dict):
         with open(metrics_path, "a") as f:
