@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from . import blas
-from .batching import Widths
+from .batching import Widths, collate
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data import load_splits
@@ -127,7 +127,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bo
     log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
         f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
     # Resolved here, so a resumed run pads (and so orders its batches) as it did, wherever it resumes.
-    cfg.pad_to = "pow2" if Widths.for_config(cfg).pow2 else "multiple"
+    widths = Widths.for_config(cfg)
+    cfg.pad_to, cfg.pad_multiple = ("pow2" if widths.pow2 else "multiple"), widths.multiple
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
@@ -212,7 +213,6 @@ class PairScore:
 def score_pair(model, tokenizer, pair, cfg: TrainConfig | None = None) -> PairScore:
     """ℓ_w, ℓ_l and the log odds ratio of one `data.PreferencePair` under `model`, computed as
     the trainer's evaluation does (same template, truncation to cfg's lengths, same loss code)."""
-    from .batching import collate
     from .loss import batch_loss
 
     cfg = cfg or TrainConfig()
@@ -221,7 +221,7 @@ def score_pair(model, tokenizer, pair, cfg: TrainConfig | None = None) -> PairSc
                               min_response_length=cfg.min_response_length)
     if not encoded:
         raise ValueError(f"the pair does not fit --max-length {cfg.max_length}")
-    _, metrics = batch_loss(model, collate(encoded, pad_token_id(tokenizer), cfg.pad_multiple), cfg.beta,
+    _, metrics = batch_loss(model, collate(encoded, pad_token_id(tokenizer), Widths.for_config(cfg)), cfg.beta,
                             cfg.prompt_in_nll)
     mx.eval(metrics)
     return PairScore(metrics["logps/chosen"].item(), metrics["logps/rejected"].item(),

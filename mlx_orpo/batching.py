@@ -38,6 +38,10 @@ def padded_width(length: int, multiple: int) -> int:
     return multiple * math.ceil(length / multiple)
 
 
+PAD_MULTIPLE = 32         # --pad-multiple's default on the CPU and Metal
+CUDA_PAD_MULTIPLE = 128   # and on CUDA: see Widths.for_config
+
+
 @dataclass(frozen=True)
 class Widths:
     """The widths a batch's rows are padded to: a multiple of `multiple`, or with `pow2` that multiple
@@ -62,10 +66,16 @@ class Widths:
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, gpu: bool | None = None) -> Widths:
-        """cfg.pad_to resolved: "auto" is pow2 on a GPU (where each shape costs seconds to compile) and
-        plain multiples on the CPU (where it costs little and padding costs time)."""
-        pow2 = cfg.pad_to == "pow2" or (cfg.pad_to == "auto" and (on_gpu() if gpu is None else gpu))
-        return cls(cfg.pad_multiple, pow2, cfg.max_length)
+        """cfg's widths on this machine, or on a GPU or the CPU (`gpu`). --pad-to auto is pow2 on a GPU
+        (where each new shape costs seconds to compile) and plain multiples on the CPU (where it costs
+        little and padding costs time). --pad-multiple defaults to CUDA_PAD_MULTIPLE on a CUDA GPU
+        (MLX 0.32 runs attention's backward with cuDNN only for query lengths in multiples of 128, and
+        unfused otherwise) and to PAD_MULTIPLE elsewhere (Metal trains with unfused attention anyway).
+        A GPU that is not this machine's is taken to be a Mac's."""
+        gpu = on_gpu() if gpu is None else gpu
+        cuda = gpu and on_gpu() and mx.cuda.is_available()
+        pow2 = cfg.pad_to == "pow2" or (cfg.pad_to == "auto" and gpu)
+        return cls(cfg.pad_multiple or (CUDA_PAD_MULTIPLE if cuda else PAD_MULTIPLE), pow2, cfg.max_length)
 
 
 def collate(pairs: list[EncodedPair], pad_id: int, widths: Widths | int) -> dict:

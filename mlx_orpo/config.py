@@ -62,7 +62,9 @@ class TrainConfig:
     max_prompt_length: int | None = _opt(None, "Prompt tokens kept when a pair must be truncated "
                                          "(default: half of --max-length).")
     min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.")
-    pad_multiple: int = _opt(32, "Pad batches to a multiple of this many tokens (few shapes for the compiled step).")
+    pad_multiple: int | None = _opt(None, "Pad batch widths to a multiple of this many tokens (few shapes for the "
+                                    "compiled step). Default: 128 on a CUDA GPU, whose fused attention backward "
+                                    "(cuDNN's) takes only lengths in multiples of 128; 32 elsewhere.")
     pad_to: str = _opt("auto", "Batch widths: multiple (of --pad-multiple: least padding) or pow2 (--pad-multiple "
                        "times a power of two: a handful of shapes, each compiled once; seconds apiece on a GPU). "
                        "auto: pow2 on a GPU, multiple on the CPU.", choices=("auto", "multiple", "pow2"))
@@ -113,7 +115,7 @@ class TrainConfig:
             (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
             (self.lora_rank >= 1, "--lora-rank must be >= 1"),
             (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
-            (self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
+            (self.pad_multiple is None or self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
             (self.pad_to in ("auto", "multiple", "pow2"), "--pad-to must be auto, multiple or pow2"),
             (min(self.report_every, self.save_every) >= 1, "--report-every and --save-every must be >= 1"),
             (self.lora_alpha > 0, "--lora-alpha must be > 0"),

@@ -91,11 +91,12 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, los
         return {}
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     sums = {k: 0.0 for k in METRIC_KEYS}
+    widths = Widths.for_config(cfg)
     model.eval()
     for start in range(0, len(order), cfg.batch_size):
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
         nll_weight, pair_weight = shard_weights(pairs, chunk, cfg, world=1)
-        _, metrics = (loss or batch_loss)(model, collate(chunk, pad_id, cfg.pad_multiple), cfg.beta,
+        _, metrics = (loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.beta,
                                           cfg.prompt_in_nll)
         mx.eval(metrics)
         for k in METRIC_KEYS:

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import mlx_orpo  # noqa: E402,F401  (loads the fast BLAS before mlx is imported)
 from mlx_orpo import blas  # noqa: E402
 from mlx_orpo.api import generate, load_with_adapters, pad_token_id, prepare_data, read_data  # noqa: E402
-from mlx_orpo.batching import collate  # noqa: E402
+from mlx_orpo.batching import Widths, collate  # noqa: E402
 from mlx_orpo.checkpoint import atomic_write_text  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.forward import sequence_masks, token_logps  # noqa: E402
@@ -125,7 +125,7 @@ def train_config(args, beta: float, data: str, run_dir: Path) -> TrainConfig:
 
 # --------------------------------------------------------------------------- held-out metrics
 
-def heldout_logps(model, pairs, pad_id: int, pad_multiple: int, batch_size: int = 4):
+def heldout_logps(model, pairs, pad_id: int, widths: Widths, batch_size: int = 4):
     """Per pair: ℓ(chosen), ℓ(rejected) (mean per-token log-prob of the response), and the chosen
     response's summed log-prob and token count (for a token-mean NLL). Forward only."""
     nll_sum, nll_count = 0.0, 0
@@ -134,7 +134,7 @@ def heldout_logps(model, pairs, pad_id: int, pad_multiple: int, batch_size: int 
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate([pairs[i] for i in idx], pad_id, pad_multiple)
+        batch = collate([pairs[i] for i in idx], pad_id, widths)
         tokens = batch["tokens"]
         logps = token_logps(model(tokens[:, :-1]), tokens[:, 1:])
         response, _ = sequence_masks(batch["lengths"], batch["prompt_lengths"], tokens.shape[1], False)
@@ -169,7 +169,7 @@ def summarize(chosen: np.ndarray, rejected: np.ndarray, nll: float) -> dict:
 
 
 def evaluate_heldout(model, pairs, pad_id, cfg) -> dict:
-    return summarize(*heldout_logps(model, pairs, pad_id, cfg.pad_multiple))
+    return summarize(*heldout_logps(model, pairs, pad_id, Widths.for_config(cfg)))
 
 
 # --------------------------------------------------------------------------- progress

@@ -150,6 +150,22 @@ def test_pad_to_auto_is_pow2_on_a_gpu_and_multiples_on_the_cpu():
         TrainConfig(pad_to="pow3").validate()
 
 
+def test_pad_multiple_defaults_to_128_on_cuda_and_32_elsewhere(monkeypatch):
+    import mlx.core as mx
+
+    import mlx_orpo.batching as batching
+
+    cfg = TrainConfig()
+    assert Widths.for_config(cfg, gpu=False).multiple == Widths.for_config(cfg, gpu=True).multiple == 32
+    # This machine as a CUDA one (cuDNN's attention backward wants multiples of 128).
+    monkeypatch.setattr(batching, "on_gpu", lambda: True)
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)
+    assert Widths.for_config(cfg) == Widths(128, pow2=True, cap=1024)
+    assert Widths.for_config(cfg, gpu=False) == Widths(32, pow2=False, cap=1024)
+    assert Widths.for_config(TrainConfig(pad_multiple=64)).multiple == 64
+    assert all(Widths.for_config(cfg)(n) % 128 == 0 for n in range(1, 1025))
+
+
 def test_collate_layout_and_padding():
     pairs = [EncodedPair((1, 2), (3,), (4, 5)), EncodedPair((6,), (7, 8, 9), (10,))]
     batch = collate(pairs, pad_id=0, widths=8)
