@@ -124,7 +124,7 @@ def worker_mlx_orpo(spec: dict) -> dict:
         metrics = step([MicroBatch(batch)]).metrics
         steps.append({"s": time.perf_counter() - start, "tokens": sum(p.tokens for p in chunk),
                       "loss": metrics["loss"].item(), "shared_prompt": "response_tokens" in batch,
-                      "shape": [list(v.shape) for k, v in sorted(batch.items()) if k.endswith("tokens")]})
+                      "shape": [list(v.shape) for k, v in sorted(step.inputs(batch).items()) if k.endswith("tokens")]})
     return {"steps": steps, "mlx_peak": mx.get_peak_memory(), "dtype": dtype}
 
 

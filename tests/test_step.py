@@ -74,3 +74,21 @@ def test_memory_limit_is_set_inside_and_restored_after():
     finally:
         mx.set_memory_limit(before)
     assert lines == ["MLX memory limit: 0.12 GB (MLX waits for queued kernels rather than go past it)"]
+
+
+def test_padding_to_powers_of_two_changes_no_loss_metric_or_gradient(tmp_path):
+    from mlx.utils import tree_flatten
+
+    step, _ = counting_step(tmp_path)
+    pairs = [pair(9, 13, 5), pair(6, 11, 14, start=9)]
+    results = []
+    for widths in (Widths(1), Widths(4, pow2=True, cap=64)):
+        metrics, grads = step.gradients(MicroBatch(collate(pairs, 0, widths)))
+        mx.eval(metrics, grads)
+        results.append((metrics, dict(tree_flatten(grads))))
+    (m1, g1), (m2, g2) = results
+    assert collate(pairs, 0, Widths(4, pow2=True, cap=64))["response_tokens"].shape == (4, 16)  # 15 -> 16
+    for k in m1:
+        assert mx.allclose(m1[k], m2[k], rtol=1e-5, atol=1e-6).item(), k
+    for k in g1:
+        assert mx.allclose(g1[k], g2[k], rtol=1e-4, atol=1e-7).item(), k
