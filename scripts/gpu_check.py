@@ -1,7 +1,7 @@
 """The GPU measurements of the speed-and-memory work in one run: whole-run speed against mlx-lm-lora,
 the peak of the largest batch, and the memory planner's error per case.
 
-    python scripts/gpu_check.py --model DIR [--out gpu-check] [--steps 20]
+    python scripts/gpu_check.py --model DIR [--out gpu-check] [--steps 12] [--iters 3]
     python scripts/gpu_check.py --model smollm2-135m --quick      # a dry run on the CPU (minutes)
 
 DIR is the model, on a GPU the random Mistral-7B-shaped 4-bit model of ../shared/gpu/make_model.py.
@@ -17,7 +17,9 @@ A short training run first warms MLX's kernel cache (CUDA compiles kernels on fi
    without checkpointing;
 3. the planner's prediction for each memory case, and its error against the measured peak.
 
-Writes OUT/report.md (printed too) and OUT/report.json; each run's files stay under OUT/.
+Writes OUT/report.md (printed too) and OUT/report.json (after each case, so a cut-off run keeps what
+it measured); each run's files stay under OUT/. Ten of its processes load the model; with the 7B-shaped
+model on an H100, an estimate (not yet run on a GPU) is ten minutes plus the cold kernel cache's first two.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory or alias")
     parser.add_argument("--out", default="gpu-check")
-    parser.add_argument("--steps", type=int, default=20, help="steps per whole-run bench system")
-    parser.add_argument("--iters", type=int, default=4, help="training steps per memory case")
+    parser.add_argument("--steps", type=int, default=12, help="steps per whole-run bench system (the issue's 2 + 10)")
+    parser.add_argument("--iters", type=int, default=3, help="training steps per memory case (the largest first)")
     parser.add_argument("--quick", action="store_true", help="a dry run: lengths / 4, 2 steps everywhere")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
