@@ -14,14 +14,17 @@ from .tokenize import EncodedPair
 
 
 def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: int,
-                  widths: Widths | int = 1) -> list[list[int]]:
+                  widths: Widths | int = 1, shared_prompt: bool = True,
+                  largest_first: bool = True) -> list[list[int]]:
     """The batches of one epoch, as lists of pair indices.
 
     Pairs of similar length, then similar prompt length, go together (little padding). The batch
-    that runs the most token positions (see `positions`) comes first, so a run that does not fit in
-    memory stops at its first step rather than hours in, and the first step's peak is the run's.
-    The other batches follow in an order shuffled by a generator seeded with (seed, epoch), as is
-    the tie-breaking, so a resumed run rebuilds exactly the same order. A last short batch is kept.
+    that runs the most token positions (`positions`, for a model that does or does not run the
+    shared prompt) comes first, so a run that does not fit in memory stops at its first step rather
+    than hours in, and the first step's peak is the run's. The other batches follow in an order
+    shuffled by a generator seeded with (seed, epoch), as is the tie-breaking, so a resumed run
+    rebuilds exactly the same order. A last short batch is kept. `largest_first=False` is the order
+    of runs checkpointed before it existed (the same shuffle, nothing moved to the front).
     """
     rng = np.random.default_rng([seed, epoch])
     shuffled = rng.permutation(len(pairs))
@@ -29,9 +32,12 @@ def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: i
     # prompt ends, and batches of similar prompts can run each prompt once (see collate).
     by_length = sorted(shuffled, key=lambda i: (pairs[i].length, len(pairs[i].prompt)))
     batches = [[int(i) for i in by_length[i:i + batch_size]] for i in range(0, len(by_length), batch_size)]
-    largest = max(range(len(batches)), key=lambda j: positions([pairs[i] for i in batches[j]], widths))
-    rest = [batches[j] for j in rng.permutation(len(batches)) if j != largest]
-    return [batches[largest], *rest]
+    order = rng.permutation(len(batches))
+    if not largest_first or not batches:
+        return [batches[j] for j in order]
+    size = lambda j: positions([pairs[i] for i in batches[j]], widths, shared_prompt)
+    largest = max(range(len(batches)), key=size)
+    return [batches[largest], *(batches[j] for j in order if j != largest)]
 
 
 def padded_width(length: int, multiple: int) -> int:
@@ -104,18 +110,24 @@ def collate(pairs: list[EncodedPair], pad_id: int, widths: Widths | int) -> dict
 
 
 def _layout(pairs: list[EncodedPair], widths: Widths | int) -> tuple[int, int, int, bool]:
-    """(full-row width, prompt width, answer width, whether the shared-prompt layout is used)."""
+    """(full-row width, prompt width, answer width, whether the shared-prompt layout is used).
+
+    Widths count the positions the model runs: a prompt row and an answer row run all their tokens,
+    a full row of W tokens W - 1 (its last token is only a target), so full rows are one token wider
+    than the widths (on CUDA, attention's fused backward needs the positions in multiples of 128).
+    """
     widths = Widths(widths) if isinstance(widths, int) else widths
     answer = max(max(len(p.chosen), len(p.rejected)) for p in pairs)
-    full = widths(max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs))
+    full = widths(max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs) - 1) + 1
     prompt_width, answer_width = widths(max(len(p.prompt) for p in pairs)), widths(answer)
-    return full, prompt_width, answer_width, prompt_width + 2 * answer_width <= 2 * full
+    return full, prompt_width, answer_width, prompt_width + 2 * answer_width <= 2 * (full - 1)
 
 
-def positions(pairs: list[EncodedPair], widths: Widths | int) -> int:
-    """The token positions `collate` makes these pairs run through the model (padding included)."""
+def positions(pairs: list[EncodedPair], widths: Widths | int, shared_prompt: bool = True) -> int:
+    """The token positions `collate`'s batch of these pairs runs through the model (padding included),
+    for a model that runs the shared prompt or (shared_prompt=False) only full rows."""
     full, prompt_width, answer_width, shared = _layout(pairs, widths)
-    return len(pairs) * (prompt_width + 2 * answer_width if shared else 2 * full)
+    return len(pairs) * (prompt_width + 2 * answer_width if shared and shared_prompt else 2 * (full - 1))
 
 
 def batch_shape(pairs: list[EncodedPair], widths: Widths | int, shared_prompt: bool = True) -> tuple[int, ...]:

@@ -201,7 +201,7 @@ def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = 
         prompt_len = min(cfg.prompt_budget, cfg.max_length - cfg.min_response_length)
     if answer_len is None:
         answer_len = cfg.max_length - prompt_len
-    pairs, width = cfg.batch_size, pad(prompt_len + answer_len)
+    pairs, width = cfg.batch_size, pad(prompt_len + answer_len - 1)  # a full row runs all but its last token
     layouts = {"full rows": (2 * pairs * width, 2 * pairs * width * width, 2 * pairs * width)}
     if shape.model_type in SPLIT_MODEL_TYPES:  # see forward.split_supported
         prompt, answer = pad(prompt_len), pad(answer_len)

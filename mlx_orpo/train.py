@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         flags = [f"--{name.replace('_', '-')}", *f.metadata.get("aliases", ())]
         # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
-        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
+        default = "" if f.default is None else f" (default: {f.default})"  # None's help says what happens
+        help_text = f"{f.metadata['help']}{default}".replace("%", "%%")
         kwargs = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if hints[name] is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
@@ -64,6 +65,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             values.update(json.loads(saved.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
+        values.setdefault("pad_to", "multiple")  # a run saved before --pad-to padded to plain multiples
         values["output_dir"] = args.resume
     if args.config:
         values.update(load_yaml(args.config))

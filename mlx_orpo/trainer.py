@@ -43,6 +43,7 @@ class LoopState:
     window_steps: int = 0
     window_tokens: int = 0
     world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
+    largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
 
 
 def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
@@ -53,10 +54,11 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
 
 
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int,
-                  widths: Widths | int = 1):
-    """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position."""
+                  **order):
+    """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position.
+    `order`: epoch_batches' keyword arguments."""
     while True:
-        batches = epoch_batches(pairs, global_batch, seed, epoch, widths)
+        batches = epoch_batches(pairs, global_batch, seed, epoch, **order)
         for i in range(start, len(batches)):
             yield epoch, i, batches[i]
         epoch, start = epoch + 1, 0
@@ -173,11 +175,13 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         state = _resume(run_dir, model, optimizer, cluster, log)
     step = OrpoStep(model, cfg, optimizer, loss=loss, cluster=cluster)
     widths = Widths.for_config(cfg)
-    first_epoch = epoch_batches(train_pairs, global_batch, cfg.seed, state.epoch, widths)
-    shapes = {batch_shape([train_pairs[i] for i in b], widths, step.shared_prompt) for b in first_epoch}
+    order = dict(widths=widths, shared_prompt=step.shared_prompt, largest_first=state.largest_first)
+    first_epoch = epoch_batches(train_pairs, global_batch, cfg.seed, state.epoch, **order)
+    shapes = {batch_shape(cluster.shard([train_pairs[i] for i in b]) or [train_pairs[b[0]]], widths,
+                          step.shared_prompt) for b in first_epoch}  # this rank's, as step_micro_batches
     log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
         f"{'powers of two x ' if widths.pow2 else 'multiples of '}{widths.multiple}, --pad-to; each new shape "
-        f"compiles the step), the largest first"
+        f"compiles the step){', the largest first' if state.largest_first else ''}"
         + ("; the first run on a machine also builds MLX's GPU kernels, which can take minutes" if on_gpu() else ""))
 
     def record(entry: dict):
@@ -201,7 +205,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_weight,
                              pair_weight)
 
-    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, widths)
+    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, **order)
     bar = _progress_bar(steps, state.step) if progress else None
     if bar is not None:
         log = bar.write  # keep the bar below the report lines
@@ -251,7 +255,8 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    state = LoopState(**ckpt.load_checkpoint(found[-1], model, optimizer))
+    # A checkpoint from before the largest batch came first resumes in the order it was written in.
+    state = LoopState(**{"largest_first": False, **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
                          f"number (this run has {cluster.size}), so every step sees the same global batch")

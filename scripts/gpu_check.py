@@ -4,7 +4,9 @@ the peak of the largest batch, and the memory planner's error per case.
     python scripts/gpu_check.py --model DIR [--out gpu-check] [--steps 12] [--iters 3]
     python scripts/gpu_check.py --model smollm2-135m --quick      # a dry run on the CPU (minutes)
 
-DIR is the model, on a GPU the random Mistral-7B-shaped 4-bit model of ../shared/gpu/make_model.py.
+DIR is the model, on a GPU the random Mistral-7B-shaped 4-bit model of ../shared/gpu/make_model.py. The
+data is the shared set (../shared/data) where it is beside the repo, else the bundled demo set, for the
+bench and the training runs alike.
 A short training run first warms MLX's kernel cache (CUDA compiles kernels on first use), then:
 
 1. speed: `bench.py --whole-run` on the same batches: mlx-orpo with --pad-to multiple, with pow2,
@@ -27,29 +29,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
+sys.path.insert(0, str(REPO / "scripts"))
+from bench import SHARED_DATA  # noqa: E402  (the data bench.py runs on, when it is there)
+
 METAL_QUEUE = {"MLX_MAX_OPS_PER_BUFFER": "40", "MLX_MAX_MB_PER_BUFFER": "40"}
-# (name, max length, pairs per batch, gradient checkpointing, extra environment, extra train options)
+# (label, max length, pairs per batch, gradient checkpointing, extra environment, extra train options)
 MEMORY_CASES = [
-    ("1024 x 1, ckpt", 1024, 1, True, {}, []),
-    ("1024 x 1, ckpt, Metal's queue depth", 1024, 1, True, METAL_QUEUE, []),
-    ("1024 x 1, ckpt, --memory-limit 10GB", 1024, 1, True, {}, ["--memory-limit", "10GB"]),
-    ("512 x 2", 512, 2, False, {}, []),
-    ("512 x 2, ckpt", 512, 2, True, {}, []),
+    ("ckpt", 1024, 1, True, {}, []),
+    ("ckpt, Metal's queue depth", 1024, 1, True, METAL_QUEUE, []),
+    ("ckpt, --memory-limit 10GB", 1024, 1, True, {}, ["--memory-limit", "10GB"]),
+    ("", 512, 2, False, {}, []),
+    ("ckpt", 512, 2, True, {}, []),
 ]
 
 
-def run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 3600) -> float:
-    """Run cmd from the repo root with its output in `log`; return the wall time. Raises on failure."""
+def run(cmd: list[str], log: Path, env: dict | None = None, stdout: Path | None = None, timeout: float = 3600) -> float:
+    """Run cmd from the repo root, its output in `log` (stdout in `stdout` if given); return the wall time.
+    Raises on failure."""
     start = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+    with open(log, "w") as err, open(stdout or os.devnull, "w") as out:
+        done = subprocess.run(cmd, cwd=REPO, stdout=out if stdout else err, stderr=err, timeout=timeout,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}); see {log}:\n{log.read_text()[-2000:]}")
@@ -57,7 +63,9 @@ def run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 360
 
 
 def train_cmd(model: str, out: Path, length: int, pairs: int, ckpt: bool, iters: int, extra=()) -> list[str]:
-    return [sys.executable, "-m", "mlx_orpo.train", "--model", model, "--data", str(SHARED_DATA),
+    shutil.rmtree(out, ignore_errors=True)  # a rerun into the same --out starts these runs afresh
+    data = ["--data", str(SHARED_DATA)] if SHARED_DATA.is_file() else []  # else the demo set, as bench.py
+    return [sys.executable, "-m", "mlx_orpo.train", "--model", model, *data,
             "--max-length", str(length), "--batch-size", str(pairs), "--iters", str(iters), "--report-every", "1",
             "--eval-every", "0", "--eval-max-pairs", "1", "--save-every", "100000", "--output-dir", str(out),
             *(["--grad-checkpoint"] if ckpt else []), *extra]
@@ -100,9 +108,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scale = 4 if args.quick else 1
     steps, iters = (2, 2) if args.quick else (args.steps, args.iters)
-    report = {"device": device(), "model": args.model}
+    report = {"device": device(), "model": args.model,
+              "data": str(SHARED_DATA) if SHARED_DATA.is_file() else "the bundled demo set"}
     lines = [f"# GPU check: {args.model}", "", report["device"]
-             + (" (--quick: every length divided by 4, 2 steps)" if args.quick else ""), ""]
+             + (" (--quick: every length divided by 4, 2 steps)" if args.quick else "")
+             + f"; data: {report['data']}", ""]
 
     warm = run(train_cmd(args.model, out / "warm-up", 256 // scale, 1, False, 2), out / "warm-up.log")
     lines += [f"Warm-up run (kernel cache): {warm:.0f} s.", ""]
@@ -110,7 +120,8 @@ def main(argv=None) -> int:
     bench_json = out / "bench.json"
     run([sys.executable, "scripts/bench.py", "--model", args.model, "--systems", "mlx-orpo,mlx-lm-lora",
          "--orpo-layouts", "split+multiple,split+pow2,split+pow2+ckpt", "--whole-run", "--rounds", "1",
-         "--steps", str(steps), "--max-length", str(512 // scale), "--out", str(bench_json)], out / "bench.md")
+         "--steps", str(steps), "--max-length", str(512 // scale), "--out", str(bench_json)], out / "bench.log",
+        stdout=out / "bench.md")
     report["bench"] = json.loads(bench_json.read_text())["systems"]
     lines += ["## Speed (bench.py --whole-run)", "", (out / "bench.md").read_text().strip(), ""]
 
@@ -118,9 +129,10 @@ def main(argv=None) -> int:
               "| case | measured peak GB | planner GB | planner error | tokens/s (last step) | wall s |",
               "|---|---|---|---|---|---|"]
     report["memory"] = []
-    for name, length, pairs, ckpt, env, extra in MEMORY_CASES:
-        run_dir = out / "runs" / name.replace(" ", "").replace(",", "_").replace("'", "").replace("-", "")
+    for label, length, pairs, ckpt, env, extra in MEMORY_CASES:
         length //= scale
+        name = f"{length} x {pairs}" + (f", {label}" if label else "")
+        run_dir = out / "runs" / "".join(c if c.isalnum() else "_" for c in name)
         wall = run(train_cmd(args.model, run_dir, length, pairs, ckpt, iters, extra), out / f"{run_dir.name}.log",
                    env)
         case = {"case": name, **measured(run_dir), "planner_gb": predicted_gb(args.model, length, pairs, ckpt),

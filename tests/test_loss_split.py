@@ -58,9 +58,9 @@ def test_shared_prompt_matches_full_rows(tied, prompt_in_nll):
 
 def test_collate_keeps_full_rows_when_splitting_costs_more():
     """A long prompt with a short answer next to a short prompt with a long answer: the split
-    layout would need 2 x 40 + 4 x 40 positions against 4 x 48 for the full rows."""
+    layout would need 2 x 40 + 4 x 40 positions against 4 x 48 for the full rows (of 49 tokens)."""
     batch = collate(pairs([(40, 4, 4), (4, 40, 40)]), pad_id=0, widths=8)
-    assert "response_tokens" not in batch and batch["tokens"].shape == (4, 48)
+    assert "response_tokens" not in batch and batch["tokens"].shape == (4, 49)
 
 
 def test_split_layout_shapes():

@@ -34,10 +34,10 @@ def counting_step(tmp_path, **kw):
 
 def test_a_shared_prompt_batch_compiles_by_its_prompt_and_answer_widths_only(tmp_path):
     step, traces = counting_step(tmp_path)
-    # Prompts and answers padded to 8 in both (pad 4), full rows of 12 and then 16 tokens.
+    # Prompts and answers padded to 8 in both (pad 4), full rows of 13 and then 17 tokens.
     a, b = [pair(7, 3, 3), pair(2, 7, 7)], [pair(7, 7, 7), pair(2, 3, 3)]
     batches = [collate(p, 0, 4) for p in (a, b)]
-    assert [batch["tokens"].shape for batch in batches] == [(4, 12), (4, 16)]
+    assert [batch["tokens"].shape for batch in batches] == [(4, 13), (4, 17)]
     assert batch_shape(a, 4) == batch_shape(b, 4) == (2, 8, 8)
     for batch in batches:
         assert step([MicroBatch(batch)]).applied

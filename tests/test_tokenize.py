@@ -128,8 +128,12 @@ def test_positions_count_what_collate_runs():
     for pairs in cases:
         for widths in (1, 8, Widths(8, pow2=True)):
             batch = collate(pairs, 0, widths)
-            keys = ("prompt_tokens", "response_tokens") if "response_tokens" in batch else ("tokens",)
-            assert positions(pairs, widths) == sum(batch[k].size for k in keys)
+            if "response_tokens" in batch:
+                assert positions(pairs, widths) == batch["prompt_tokens"].size + batch["response_tokens"].size
+            else:  # a full row runs all but its last token
+                assert positions(pairs, widths) == batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
+            rows = batch["tokens"].shape
+            assert positions(pairs, widths, shared_prompt=False) == rows[0] * (rows[1] - 1)
 
 
 def test_widths_are_multiples_or_powers_of_two_times_the_multiple_capped_at_the_longest_row():
@@ -169,8 +173,33 @@ def test_pad_multiple_defaults_to_128_on_cuda_and_32_elsewhere(monkeypatch):
 def test_collate_layout_and_padding():
     pairs = [EncodedPair((1, 2), (3,), (4, 5)), EncodedPair((6,), (7, 8, 9), (10,))]
     batch = collate(pairs, pad_id=0, widths=8)
-    assert batch["tokens"].shape == (4, 8)
+    assert batch["tokens"].shape == (4, 9)  # 8 positions run, and the last token as a target
     assert batch["tokens"].tolist()[0][:4] == [1, 2, 3, 0]
     assert batch["tokens"].tolist()[2][:4] == [1, 2, 4, 5]
     assert batch["lengths"].tolist() == [3, 4, 4, 2]
     assert batch["prompt_lengths"].tolist() == [2, 1, 2, 1]
+
+
+def test_the_largest_batch_is_counted_as_the_model_runs_it():
+    # Split, a long prompt with short answers runs few positions; as full rows it runs the most.
+    pairs = [EncodedPair((1,) * 100, (2,) * 400, (3,) * 400), EncodedPair((1,) * 100, (2,) * 400, (3,) * 400),
+             EncodedPair((1,) * 500, (2,) * 100, (3,) * 100), EncodedPair((1,) * 500, (2,) * 100, (3,) * 100)]
+    shared = epoch_batches(pairs, 2, seed=0, epoch=0, widths=32)
+    full_rows = epoch_batches(pairs, 2, seed=0, epoch=0, widths=32, shared_prompt=False)
+    assert set(shared[0]) == {0, 1} and set(full_rows[0]) == {2, 3}
+
+
+def test_checkpoints_from_before_largest_first_keep_their_order():
+    """largest_first=False is the order of the earlier code: the same shuffle, nothing moved."""
+    import numpy as np
+
+    pairs = [EncodedPair((1,) * (n % 7 + 1), (2,) * n, (3,) * (n % 5 + 1)) for n in range(3, 30)]
+    for seed, epoch in [(0, 0), (3, 1), (7, 4)]:
+        rng = np.random.default_rng([seed, epoch])
+        shuffled = rng.permutation(len(pairs))
+        by_length = sorted(shuffled, key=lambda i: (pairs[i].length, len(pairs[i].prompt)))
+        chunks = [by_length[i:i + 4] for i in range(0, len(by_length), 4)]
+        earlier = [[int(i) for i in chunks[j]] for j in rng.permutation(len(chunks))]
+        assert epoch_batches(pairs, 4, seed, epoch, widths=8, largest_first=False) == earlier
+        moved = epoch_batches(pairs, 4, seed, epoch, widths=8)
+        assert moved[1:] == [b for b in earlier if b != moved[0]]

@@ -152,3 +152,12 @@ def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, va
     assert all(np.array_equal(base[k], frozen[k]) for k in base)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+def test_a_run_saved_before_pad_to_resumes_with_plain_multiples(tmp_path):
+    saved = TrainConfig(output_dir=str(tmp_path)).to_dict()
+    del saved["pad_to"]
+    saved["pad_multiple"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = resolve_config(build_parser().parse_args(["--resume", str(tmp_path)]))
+    assert (cfg.pad_to, cfg.pad_multiple) == ("multiple", 32)
