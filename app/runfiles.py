@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlx_orpo.checkpoint import list_checkpoints, read_metrics
+from mlx_orpo import rundir
+from mlx_orpo.checkpoint import list_checkpoints
 
 from .paths import EXPORTS, UPLOADS, child
 
@@ -94,7 +95,7 @@ def curve_frames(runs: list[tuple[str, list[dict]]]) -> dict[str, pd.DataFrame]:
 
 
 def records(run: Path) -> list[dict]:
-    return [r for r in read_metrics(run / "metrics.jsonl") if isinstance(r, dict) and "step" in r]
+    return rundir.read_records(run)
 
 
 def log_tail(run: Path, lines: int = 15) -> str:
@@ -127,11 +128,6 @@ LOADING, COMPILING, TRAINING, EVALUATING, SAVING = (
     "evaluating on the held-out pairs", "saving the adapters")
 
 
-def _eval_due(step: int, total: int | None, cfg: dict) -> bool:
-    every = cfg.get("eval_every") or 0
-    return bool((every and step % every == 0) or step == total)
-
-
 def progress(run: Path, recs: list[dict] | None = None, running: bool = False) -> Progress:
     """Steps done and planned (metrics records, else --iters from config.json) and, while the
     trainer runs, its phase: loading (no config.json yet: the trainer writes it once the model is
@@ -145,13 +141,13 @@ def progress(run: Path, recs: list[dict] | None = None, running: bool = False) -
         return Progress(step, total, "idle")
     if not cfg:
         return Progress(step, total, LOADING)
-    trained = [r for r in recs if "loss" in r]
+    trained = [r for r in recs if r["kind"] == rundir.TRAIN]
     if not trained:
         return Progress(step, total, COMPILING)
     last = trained[-1]["step"]
-    evaluated = any("eval_loss" in r and r["step"] == last for r in recs)
-    has_eval = any("eval_loss" in r for r in recs) or cfg.get("eval_fraction", 0) > 0 or cfg.get("eval_data")
-    if has_eval and _eval_due(last, total, cfg) and not evaluated:
+    evaluated = any(r["kind"] == rundir.EVAL and r["step"] == last for r in recs)
+    has_eval = any(r["kind"] == rundir.EVAL for r in recs) or cfg.get("eval_fraction", 0) > 0 or cfg.get("eval_data")
+    if has_eval and rundir.eval_due(last, total, cfg.get("eval_every") or 0) and not evaluated:
         phase = EVALUATING
     elif total and last >= total:
         phase = SAVING
@@ -185,10 +181,10 @@ class Rate:
         now = time.time() if now is None else now
         seen = {step for step, _ in self.train}
         for r in recs:
-            if "loss" in r and r["step"] not in seen:
+            if r["kind"] == rundir.TRAIN and r["step"] not in seen:
                 self.train.append((r["step"], now))
                 seen.add(r["step"])
-            elif "eval_loss" in r and r["step"] not in self._seen_eval:
+            elif r["kind"] == rundir.EVAL and r["step"] not in self._seen_eval:
                 self._seen_eval.add(r["step"])
                 at = dict(self.train).get(r["step"])
                 if at is not None and len(self.train) > 1:  # the first train record's eval ran after compiling
@@ -210,7 +206,7 @@ class Rate:
         left = self.step_s * max(p.total - p.step, 0)
         if self.eval_s:
             every = cfg.get("eval_every") or 0
-            due = sum(1 for s in range(p.step + 1, p.total + 1) if _eval_due(s, p.total, {"eval_every": every}))
+            due = sum(1 for s in range(p.step + 1, p.total + 1) if rundir.eval_due(s, p.total, every))
             if p.phase == EVALUATING:
                 due += 1
             left += due * sum(self.eval_s) / len(self.eval_s)

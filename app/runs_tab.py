@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from mlx_orpo import rundir
+
 from . import runfiles
 from .paths import PathError
 from .plots import make_plots, plot_values
@@ -23,8 +25,8 @@ def summary(ctx: Context, name: str) -> tuple[dict, str]:
     recs = runfiles.records(run)
     p = runfiles.progress(run, recs)
     ckpts = runfiles.checkpoints(run)
-    last = next((r for r in reversed(recs) if "loss" in r), None)
-    last_eval = next((r for r in reversed(recs) if "eval_loss" in r), None)
+    last = next((r for r in reversed(recs) if r["kind"] == rundir.TRAIN), None)
+    last_eval = next((r for r in reversed(recs) if r["kind"] == rundir.EVAL), None)
     lines = [f"**{run.name}** — model `{cfg.get('model', '?')}`, data `{cfg.get('data') or 'demo set'}`",
              f"step {p.step}/{p.total or '?'}; checkpoints: {', '.join(ckpts) if ckpts else 'none'}"]
     if last:

@@ -17,12 +17,12 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import blas
+from . import blas, rundir
 from .batching import Widths, collate
-from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data import load_splits
 from .distributed import Cluster
+from .files import atomic_write_text
 from .models import attach_adapters, load_model
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
@@ -86,6 +86,23 @@ def memory_warning(cfg: TrainConfig) -> str | None:
         return None
 
 
+@dataclass
+class PreparedRun:
+    """A run ready to train: the model with adapters attached, its tokenized data and the run directory
+    (config.json, adapter_config.json and the marker written). `run_training` and the scripts share it."""
+    cfg: TrainConfig
+    run_dir: Path
+    cluster: Cluster
+    model: object
+    tokenizer: object
+    data: PreparedData
+    model_path: Path
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer)
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
@@ -99,15 +116,22 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
     # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
     with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
-        return _run_locked(cfg, run_dir, cluster, resume=resume, on_record=on_record, log=log, progress=progress)
+        run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log)
+        with memory_limit(cfg.memory_limit_bytes, log):
+            train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id, resume=resume,
+                  on_record=on_record, log=log, progress=progress, cluster=cluster)
+    return run_dir
 
 
-def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bool, on_record, log,
-                progress: bool) -> Path:
-    if not resume and (run_dir / "metrics.jsonl").exists():
+def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,
+                log: Callable[[str], None] = print, splits=None) -> PreparedRun:
+    """Check the run, read its data, load the model, attach adapters and write the run's own files
+    (rank 0). `splits`: read_data's result when the caller read the data already."""
+    cluster = cluster or Cluster()
+    if not resume and (run_dir / rundir.METRICS).exists():
         raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
     cfg.output_dir = str(run_dir)
-    splits = read_data(cfg)
+    splits = splits or read_data(cfg)
     if warning := memory_warning(cfg):
         log(f"warning: {warning}")
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
@@ -131,13 +155,11 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, cluster: Cluster, *, resume: bo
     cfg.pad_to, cfg.pad_multiple = ("pow2" if widths.pow2 else "multiple"), widths.multiple
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
+        rundir.write_marker(run_dir)
+        cfg.save(run_dir / rundir.CONFIG)
         adapter_cfg["model_path"] = str(path)
-        atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
-    with memory_limit(cfg.memory_limit_bytes, log):
-        train(model, data.train, data.eval, cfg, run_dir, pad_id=pad_token_id(tokenizer), resume=resume,
-              on_record=on_record, log=log, progress=progress, cluster=cluster)
-    return run_dir
+        atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
+    return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
 
 
 @contextlib.contextmanager

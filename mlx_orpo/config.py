@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from .files import atomic_write_text
+
 
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
@@ -154,7 +156,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -11,7 +11,6 @@ evaluation, checkpoints, stop requests.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import checkpoint as ckpt
+from . import rundir
 from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
@@ -110,7 +110,7 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, los
 
 def _format(record: dict, total: int) -> str:
     """One readable terminal line per metrics record."""
-    prefix = "eval_" if "eval_loss" in record else ""
+    prefix = "eval_" if record["kind"] == rundir.EVAL else ""
 
     def show(key, spec):
         value = record.get(prefix + key)
@@ -167,7 +167,6 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     steps = total_steps(cfg, len(train_pairs), cluster.size)
     batches_per_epoch = math.ceil(len(train_pairs) / global_batch)
     optimizer = build_optimizer(cfg, steps)
-    metrics_path = run_dir / "metrics.jsonl"
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     state = LoopState(world_size=cluster.size)
@@ -184,9 +183,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         f"compiles the step){', the largest first' if state.largest_first else ''}"
         + ("; the first run on a machine also builds MLX's GPU kernels, which can take minutes" if on_gpu() else ""))
 
-    def record(entry: dict):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+    def record(kind: str, entry: dict):
+        entry = rundir.append_record(run_dir, kind, entry)
         if on_record:
             on_record(entry)
         log(_format(entry, steps))
@@ -233,10 +231,10 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             if state.step % cfg.report_every == 0 or done:
                 if cluster.is_main:
                     elapsed = time.perf_counter() - window_start
-                    record(_train_record(state, steps, batches_per_epoch, optimizer, elapsed))
+                    record(rundir.TRAIN, _train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
-            if cluster.is_main and eval_pairs and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
-                record({"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id, loss)})
+            if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every):
+                record(rundir.EVAL, {"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id, loss)})
             if cluster.is_main and (state.step % cfg.save_every == 0 or done or result.stop_requested):
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
@@ -261,7 +259,7 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
                          f"number (this run has {cluster.size}), so every step sees the same global batch")
     if cluster.is_main:
-        ckpt.truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        rundir.truncate_records(run_dir, state.step)
     log(f"resumed from {found[-1]} at step {state.step}")
     return state
 

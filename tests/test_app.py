@@ -228,15 +228,15 @@ def test_progress_names_the_trainer_phase_from_its_files(tmp_path):
 def test_eta_comes_from_measured_step_and_eval_times():
     rate = runfiles.Rate()
     cfg = {"eval_every": 5}
-    recs = [{"step": 1, "loss": 1.0}]
+    recs = [{"kind": "train", "step": 1, "loss": 1.0}]
     rate.observe(recs, now=100.0)  # the first report includes loading and compiling: it only starts the clock
     assert rate.eta(runfiles.Progress(1, 20, runfiles.TRAINING), cfg) is None
-    recs.append({"step": 3, "loss": 1.0})
+    recs.append({"kind": "train", "step": 3, "loss": 1.0})
     rate.observe(recs, now=104.0)  # 2 s per step
     assert rate.eta(runfiles.Progress(3, 20, runfiles.TRAINING), cfg) == pytest.approx(34.0)
-    recs.append({"step": 5, "loss": 1.0})
+    recs.append({"kind": "train", "step": 5, "loss": 1.0})
     rate.observe(recs, now=108.0)
-    recs.append({"step": 5, "eval_loss": 1.0})
+    recs.append({"kind": "eval", "step": 5, "eval_loss": 1.0})
     rate.observe(recs, now=111.0)  # an evaluation took 3 s; three more are due (steps 10, 15, 20)
     assert rate.eta(runfiles.Progress(5, 20, runfiles.TRAINING), cfg) == pytest.approx(15 * 2.0 + 3 * 3.0)
 

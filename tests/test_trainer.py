@@ -9,10 +9,11 @@ from mlx.utils import tree_flatten
 from test_loss import tiny_model
 
 import mlx_orpo.trainer as trainer_mod
-from mlx_orpo.checkpoint import list_checkpoints, read_metrics
+from mlx_orpo.checkpoint import list_checkpoints
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.loss import batch_loss
 from mlx_orpo.models import attach_adapters
+from mlx_orpo.rundir import read_records
 from mlx_orpo.tokenize import EncodedPair
 from mlx_orpo.train import build_parser, resolve_config
 
@@ -63,7 +64,7 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypa
     data[3] = EncodedPair((1, POISON, 5), (6, 2), (7, 2))
     cfg = cfg_for(tmp_path, iters=8, eval_every=0)
     model = run(tmp_path, cfg, data)
-    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    records = [r for r in read_records(tmp_path) if "loss" in r]
     assert records[-1]["skipped_steps"] >= 1
     # A report window whose steps were all skipped logs null; none logs NaN.
     assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
@@ -81,8 +82,8 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
         import shutil
         shutil.rmtree(extra)  # the newest (step 6) never happened
     run(cut_dir, cfg_for(cut_dir, lora_dropout=0.2), data, resume=True)
-    full = read_metrics(full_dir / "metrics.jsonl")
-    cut = read_metrics(cut_dir / "metrics.jsonl")
+    full = read_records(full_dir)
+    cut = read_records(cut_dir)
     assert [r["step"] for r in full] == [r["step"] for r in cut]
     for a, b in zip(full, cut):
         for key in a:
@@ -99,8 +100,8 @@ def test_gradient_accumulation_matches_a_bigger_batch_on_equal_lengths(tmp_path)
     data = [EncodedPair((1, 5, 6), (7, 8, 2), (9, 10, 2)), EncodedPair((1, 11, 12), (13, 14, 2), (15, 16, 2))] * 2
     a = run(tmp_path / "a", cfg_for(tmp_path / "a", iters=2, batch_size=2, eval_every=0, seed=1), data)
     b = run(tmp_path / "b", cfg_for(tmp_path / "b", iters=2, batch_size=1, grad_accum=2, eval_every=0, seed=1), data)
-    la = read_metrics(tmp_path / "a" / "metrics.jsonl")[0]["loss"]
-    lb = read_metrics(tmp_path / "b" / "metrics.jsonl")[0]["loss"]
+    la = read_records(tmp_path / "a")[0]["loss"]
+    lb = read_records(tmp_path / "b")[0]["loss"]
     assert la == pytest.approx(lb, rel=1e-5)
     del a, b
 
@@ -150,7 +151,7 @@ def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, va
     frozen = {k.replace(".linear.", "."): np.array(v) for k, v in tree_flatten(model.parameters())
               if not k.endswith((".lora_a", ".lora_b", ".m"))}
     assert all(np.array_equal(base[k], frozen[k]) for k in base)
-    records = read_metrics(tmp_path / "metrics.jsonl")
+    records = read_records(tmp_path)
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
 
 

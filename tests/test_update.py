@@ -14,7 +14,7 @@ from test_trainer import cfg_for, make, pairs
 
 import mlx_orpo.step as step_mod
 import mlx_orpo.trainer as trainer_mod
-from mlx_orpo.checkpoint import read_metrics
+from mlx_orpo.rundir import read_records
 
 
 def snapshot(tree) -> dict:
@@ -53,4 +53,4 @@ def test_training_with_an_infinite_learning_rate_skips_every_step_and_keeps_fini
     assert all(np.isfinite(v).all() and np.array_equal(v, initial[k]) for k, v in final.items())
     saved = mx.load(str(tmp_path / "adapters.safetensors"))
     assert all(np.isfinite(np.array(v)).all() for v in saved.values())
-    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["skipped_steps"] == 3
+    assert read_records(tmp_path)[-1]["skipped_steps"] == 3
