@@ -96,15 +96,11 @@ def orpo_loss(parts: LossParts, beta: float, nll_tokens=None, pairs=None):
     odds = log_odds(chosen_logps, rejected_logps)
     # Each mean is built once and reused: identical graph nodes returned twice from an
     # mx.compile'd function trip MLX's common-subexpression pass.
-    nll = parts.nll_sum / mx.maximum(nll_tokens, 1.0)
-    mean_log_sigmoid = log_sigmoid(odds).sum() * per_pair
-    loss = nll - beta * mean_log_sigmoid
     chosen_rewards = beta * chosen_logps
     rejected_rewards = beta * rejected_logps
     metrics = {
-        "loss": loss,
-        "nll_loss": nll,
-        "log_odds_ratio": mean_log_sigmoid,
+        "nll_loss": parts.nll_sum / mx.maximum(nll_tokens, 1.0),
+        "log_odds_ratio": log_sigmoid(odds).sum() * per_pair,  # mean log σ(log odds) = -L_OR
         "log_odds_chosen": odds.sum() * per_pair,
         "rewards/chosen": chosen_rewards.sum() * per_pair,
         "rewards/rejected": rejected_rewards.sum() * per_pair,
@@ -114,7 +110,8 @@ def orpo_loss(parts: LossParts, beta: float, nll_tokens=None, pairs=None):
         "logps/chosen": chosen_logps.sum() * per_pair,
         "logps/rejected": rejected_logps.sum() * per_pair,
     }
-    return loss, metrics
+    metrics["loss"] = metrics["nll_loss"] - beta * metrics["log_odds_ratio"]
+    return metrics["loss"], metrics
 
 
 def batch_loss(model, batch: dict, prompt_in_nll: bool = False) -> LossParts:

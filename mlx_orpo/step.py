@@ -36,6 +36,7 @@ from .forward import enable_grad_checkpoint, split_supported
 from .loss import METRIC_KEYS, batch_loss, orpo_loss
 from .update import apply_finite_update
 
+
 def build_schedule(cfg: TrainConfig, steps: int):
     peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 0))
     decay_steps = max(steps - warmup, 1)
