@@ -49,7 +49,7 @@ class TrainConfig:
     # Optimisation
     learning_rate: float = _opt(1e-4, "Peak learning rate (AdamW).")
     lr_schedule: str = _opt("cosine", "Learning-rate schedule after warmup: constant, linear or cosine (decay to 0).")
-    warmup_steps: int = _opt(10, "Linear warmup steps from 0 to the peak learning rate.")
+    warmup_steps: int = _opt(10, "Linear warmup steps from peak/(warmup+1) up to the peak learning rate.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(1.0, "Clip the global gradient norm to this (0: no clipping).")
     iters: int | None = _opt(None, "Optimizer steps to run. Overrides --epochs.")

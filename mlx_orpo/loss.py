@@ -84,7 +84,7 @@ def orpo_loss(parts: LossParts, beta: float, nll_tokens=None, pairs=None):
 
     beta: λ in the paper (TRL calls it beta). The NLL term is parts.nll_sum / nll_tokens and every
     pair term a sum over the pairs / `pairs`; both default to the parts' own counts. A share of a
-    larger batch (a micro-batch, a rank's shard) passes the larger batch's counts, so the shares'
+    larger batch (a rank's shard of the global batch) passes the larger batch's counts, so the shares'
     losses add up to the larger batch's.
     Returns (loss, metrics).
     """

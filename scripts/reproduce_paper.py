@@ -58,7 +58,7 @@ from mlx_orpo.trainer import train  # noqa: E402
 SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
 
 # Rough throughput of SmolLM2-135M (fp32, OpenBLAS) on a quiet 2-core x86 CPU, for the up-front
-# estimate only (NOTES: a 4 x 512-token LoRA step took ~21 s; shorter rows spend less on attention).
+# estimate only (a 4 x 512-token LoRA step takes ~21 s there; shorter rows spend less on attention).
 CPU_TRAIN_TOKENS_PER_S = 150.0
 CPU_EVAL_TOKENS_PER_S = 400.0
 CPU_GENERATE_TOKENS_PER_S = 25.0
