@@ -1,7 +1,7 @@
 """Parity with TRL's ORPOTrainer (PyTorch, CPU, float32) on the real SmolLM2-135M-Instruct.
 
 Same weights, same LoRA values, same token ids on both sides (see
-trl_reference.py). TRL puts the prompt tokens into the NLL term, so our side
+scripts/trl_reference.py). TRL puts the prompt tokens into the NLL term, so our side
 runs with prompt_in_nll=True for the comparison; test_response_only_nll pins
 our default (prompt_in_nll=False) against an NLL computed directly in torch.
 
@@ -14,6 +14,8 @@ every LoRA gradient tensor within 1e-3 relative, as
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +28,10 @@ pytest.importorskip("trl")
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
-import trl_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import trl_reference as ref  # noqa: E402  (shared with scripts/bench.py)
 
 from mlx_orpo.batching import collate  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
