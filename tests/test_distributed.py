@@ -83,6 +83,7 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
     return found
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes in /proc, which macOS lacks")
 def test_a_dead_rank_stops_the_other_cleanly_and_the_run_resumes(single_process_run, tmp_path):
     run_dir = tmp_path / "ranks"
     proc = subprocess.Popen(launch(*ARGS, "--batch-size", "1", "--output-dir", str(run_dir)),

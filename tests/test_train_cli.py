@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mlx_orpo.rundir import read_records
 
@@ -93,7 +95,10 @@ def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
     model, tokenizer = load(str(smollm2_dir), adapter_path=str(run_dir))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I boil an egg?"}],
                                            add_generation_prompt=True, tokenize=False)
-    assert len(generate(model, tokenizer, prompt, max_tokens=8)) > 0
+    saved = mx.load(str(run_dir / "adapters.safetensors"))
+    params = dict(tree_flatten(model.parameters()))
+    assert saved and all(mx.array_equal(params[k], v).item() for k, v in saved.items())  # the run's adapters
+    assert len(tokenizer.encode(generate(model, tokenizer, prompt, max_tokens=8))) >= 1
 
 
 def wait_for(path: Path, proc, timeout=600):
