@@ -27,7 +27,7 @@ def cli(*args):
 
 
 def train_records(run_dir: Path):
-    return [r for r in read_records(run_dir) if "loss" in r]
+    return [r for r in read_records(run_dir) if r["kind"] == "train"]
 
 
 def comparable(records):
@@ -81,7 +81,7 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
         assert r["skipped_steps"] == 0 and r["peak_memory_gb"] > 0
     first, last = np.mean([r["loss"] for r in records[:3]]), np.mean([r["loss"] for r in records[-3:]])
     assert last < first, (first, last)
-    evals = [r for r in read_records(run_dir) if "eval_loss" in r]
+    evals = [r for r in read_records(run_dir) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [4, 8]
     for name in ("config.json", "adapter_config.json", "adapters.safetensors", "checkpoints/step-000008/state.json"):
         assert (run_dir / name).is_file(), name

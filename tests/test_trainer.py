@@ -63,7 +63,7 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypa
     data[3] = EncodedPair((1, POISON, 5), (6, 2), (7, 2))
     cfg = cfg_for(tmp_path, iters=8, eval_every=0)
     model = run(tmp_path, cfg, data)
-    records = [r for r in read_records(tmp_path) if "loss" in r]
+    records = [r for r in read_records(tmp_path) if r["kind"] == "train"]
     assert records[-1]["skipped_steps"] >= 1
     # A report window whose steps were all skipped logs null; none logs NaN.
     assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
@@ -156,7 +156,7 @@ def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, va
               if not k.endswith((".lora_a", ".lora_b", ".m"))}
     assert all(np.array_equal(base[k], frozen[k]) for k in base)
     records = read_records(tmp_path)
-    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
 
 
 def test_a_run_saved_before_pad_to_resumes_with_plain_multiples(tmp_path):
