@@ -180,8 +180,8 @@ def parse_bytes(text: str) -> int:
 def _check_numbers(cfg: TrainConfig) -> None:
     """Every numeric option is a real, finite number of its field's type.
 
-    `--learning-rate inf` once trained to all-NaN adapters and exited 0, `--beta inf` and
-    `--lora-alpha nan` trained nothing and exited 0, `--epochs inf` overflowed: inf passes
+    Unchecked, `--learning-rate inf` trains to all-NaN adapters and exits 0, `--beta inf` and
+    `--lora-alpha nan` train nothing and exit 0, `--epochs inf` overflows: inf passes
     every `>= 0` check, an unchecked field passes nan, and a YAML file can give a string.
     """
     for name, hint in _HINTS.items():

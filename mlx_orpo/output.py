@@ -52,8 +52,8 @@ def check_destination(out: Path, force: bool) -> None:
 
 
 def check_apart(out: Path, source: str | Path | None, what: str) -> None:
-    """Refuse an output that is, contains or lies inside an input: `--adapters RUN --out RUN
-    --force` once replaced the whole run directory with two PEFT files."""
+    """Refuse an output that is, contains or lies inside an input: without this, `--adapters RUN
+    --out RUN --force` would replace the whole run directory with two PEFT files."""
     if source is None or not Path(source).expanduser().exists():
         return  # an alias or Hub id is not a path on this machine
     src, dst = Path(source).expanduser().resolve(), out.resolve()
