@@ -5,7 +5,7 @@
     result.applied, result.metrics["loss"]
 
 The trainer, scripts/bench.py and the memory planner's calibration
-(tests/test_plan.py, scripts/fit_plan.py) all run this same step, so what is
+(measure.py, for tests/test_plan.py and scripts/fit_plan.py) all run this same step, so what is
 benchmarked and planned is what trains. A step is:
 
 1. `gradients`: per micro-batch, the compiled value-and-grad of the ORPO loss
