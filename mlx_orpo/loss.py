@@ -63,7 +63,7 @@ METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards
 
 class LossParts(NamedTuple):
     """What the objective is made of, before any mean: per pair ℓ_w and ℓ_l, and the NLL term's sum
-    and token count. Means over micro-batches, ranks or a whole held-out set divide by the global
+    and token count. Means over data-parallel ranks or a whole held-out set divide by the total
     counts once (`orpo_loss`'s `nll_tokens` and `pairs`)."""
     chosen_logps: mx.array    # ℓ_w per pair, (B,)
     rejected_logps: mx.array  # ℓ_l per pair, (B,)
@@ -94,8 +94,8 @@ def orpo_loss(parts: LossParts, beta: float, nll_tokens=None, pairs=None):
     # A mean as `mx.mean` takes it (the sum times 1/n), so a batch alone gives its means' very bits.
     per_pair = 1.0 / (chosen_logps.shape[0] if pairs is None else pairs)
     odds = log_odds(chosen_logps, rejected_logps)
-    # Each mean is built once and reused: identical graph nodes returned twice from an
-    # mx.compile'd function trip MLX's common-subexpression pass.
+    # Each mean is built once, and the loss reuses the metrics' own: identical graph nodes returned
+    # twice from an mx.compile'd function trip MLX's common-subexpression pass.
     chosen_rewards = beta * chosen_logps
     rejected_rewards = beta * rejected_logps
     metrics = {
