@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import overlap
+
 
 @dataclass
 class ExportResult:
@@ -55,14 +57,8 @@ def check_apart(out: Path, source: str | Path | None, what: str) -> None:
     --force` once replaced the whole run directory with two PEFT files."""
     if source is None or not Path(source).expanduser().exists():
         return  # an alias or Hub id is not a path on this machine
-    src, dst = Path(source).expanduser().resolve(), out.resolve()
-    if dst == src:
-        problem = "is"
-    elif src.is_relative_to(dst):
-        problem = "contains"
-    elif dst.is_relative_to(src):
-        problem = "lies inside"
-    else:
+    problem = overlap(out, source)
+    if problem is None:
         return
     raise ValueError(f"--out {out} {problem} the input {what} {source}; writing it would destroy the input: "
                      "choose an output outside it")
