@@ -77,9 +77,10 @@ def _fingerprint(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> dict:
     """Raise CorruptFileError unless `path` is a whole safetensors file: its header parses and
-    the file is exactly as long as the header says (cheap: no tensor data is read)."""
+    the file is exactly as long as the header says (cheap: no tensor data is read). Returns the
+    header (tensor name -> dtype, shape, offsets)."""
     def corrupt(detail: str) -> CorruptFileError:
         return CorruptFileError(f"{path}: corrupt or truncated safetensors file ({detail})")
 
@@ -102,6 +103,7 @@ def check_safetensors(path: Path) -> None:
         raise corrupt("the header is not valid") from None
     if size != 8 + length + end:
         raise corrupt(f"{size} bytes, the header describes {8 + length + end}")
+    return header
 
 
 def verify_checkpoint(path: Path) -> None:
