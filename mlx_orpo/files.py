@@ -89,7 +89,7 @@ def describe_os_error(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     reason = exc.strerror or str(exc)
     hint = {errno.ENOSPC: "free some disk space (or choose a folder on another disk), then run it again",
-            errno.EROFS: "the folder is on a read-only file system; choose a writable one",
+            errno.EROFS: "choose a folder on a writable disk",
             errno.EACCES: "you may not write there; choose a folder you can write to",
             errno.EPERM: "you may not write there; choose a folder you can write to",
             errno.EDQUOT: "your disk quota is used up; free some space, then run it again"}.get(exc.errno)

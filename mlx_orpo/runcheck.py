@@ -115,12 +115,14 @@ def data_fingerprint(cfg: TrainConfig, splits) -> dict:
         if path.is_file() or path.is_dir():
             files = [path] if path.is_file() else sorted(p for p in path.iterdir()
                                                          if p.is_file() and p.suffix.lower() in EXTENSIONS)
-            found[key] = {"source": str(source), "files": {str(p.resolve()): _file_digest(p) for p in files}}
+            # By name: the run's config holds the path, and the shipped demo set moves with the package.
+            found[key] = {"source": str(getattr(cfg, key) or "the shipped demo set"),
+                          "files": {p.name: _file_digest(p) for p in files}}
         else:
             digest = hashlib.sha256()
             for pair in [*train, *valid]:
                 digest.update(json.dumps(dataclasses.asdict(pair), sort_keys=True, default=str).encode())
-            found[key] = {"source": str(source), "hub": True, "pairs": len(train) + len(valid),
+            found[key] = {"source": str(getattr(cfg, key)), "hub": True, "pairs": len(train) + len(valid),
                           "pairs_sha256": digest.hexdigest()}
     return found
 
