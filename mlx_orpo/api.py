@@ -109,7 +109,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
 
     Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
-    SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir)`.
+    SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
     `allow_changed_data`: resume even though the data differs from the run's (logged).
     """
     cfg.validate()
@@ -119,8 +119,17 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
     # Checked before the lock creates the folder: a refused run leaves nothing behind.
     splits = read_data(cfg)
-    runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                       log=lambda _: None)
+    refusal = None
+    try:
+        runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
+                           log=lambda _: None, main=cluster.is_main)
+    except (ValueError, OSError) as exc:
+        refusal = exc
+    # Data-parallel: every rank stops when rank 0 refuses (rank 0 alone checks the folder).
+    if cluster.size > 1 and cluster.agree_on(int(refusal is not None)) and refusal is None:
+        raise runcheck.RunCheckError(f"rank 0 refused the run in {run_dir} (its error says why)")
+    if refusal is not None:
+        raise refusal
     created = not run_dir.exists()
     try:
         # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
@@ -137,9 +146,11 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     return run_dir
 
 
-def stopped(run_dir: Path) -> bool:
-    """Whether the run's trainer stopped on a stop request (resumable) rather than finishing."""
-    return rundir.read_status(run_dir).get("phase") == "stopped"
+def stopped(run_dir: Path, since: float = 0.0) -> bool:
+    """Whether the run's trainer stopped on a stop request (resumable) rather than finishing, by a
+    status written at `since` (time.time()) or later: an earlier stop of the run does not count."""
+    status = rundir.read_status(run_dir)
+    return status.get("phase") == "stopped" and float(status.get("time", 0.0)) >= since
 
 
 def _remove_if_only_lock(run_dir: Path) -> None:
@@ -159,7 +170,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
     splits = splits or read_data(cfg)
     # runcheck.py: the output folder, a resume's identity and its data; nothing is written before.
     fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                                     log=log)
+                                     log=log, main=cluster.is_main)
     cfg.output_dir = str(run_dir)
     if warning := memory_warning(cfg):
         log(f"warning: {warning}")

@@ -61,9 +61,12 @@ def atomic_output(path: Path, *, directory: bool = False) -> Iterator[Path]:
         fsync_path(path.parent)
     except RuntimeError as exc:
         remove(tmp)
-        # MLX's writers (mx.save_safetensors, mx.save_gguf) report a failed write as a RuntimeError
-        # without its cause; a full disk or a read-only folder is the user's to fix, so say which.
-        raise write_error(path, exc) from None
+        # MLX's writers report a failed write as a RuntimeError without its cause ("[write] Unable to
+        # write 8 bytes", "[save_safetensors] Failed to open file", "[save_gguf] gguf_create failed");
+        # a full disk or a read-only folder is the user's to fix, so say which.
+        if str(exc).startswith(("[write]", "[save_safetensors]", "[save_gguf]", "[save]")):
+            raise write_error(path, exc) from None
+        raise
     except BaseException:
         remove(tmp)
         raise

@@ -172,9 +172,12 @@ def data_changes(recorded: dict, now: dict) -> list[str]:
 
 
 def check_run(cfg: TrainConfig, run_dir: Path, splits, *, resume: bool, allow_changed_data: bool = False,
-              log: Callable[[str], None] = print) -> dict:
-    """Every check before a run (or a resume) writes anything; returns the data's fingerprint to record."""
-    check_output_dir(run_dir, cfg.model, resume=resume)
+              log: Callable[[str], None] = print, main: bool = True) -> dict:
+    """Every check before a run (or a resume) writes anything; returns the data's fingerprint to record.
+    `main`: this process writes the run (data-parallel: rank 0). The others leave the folder's checks
+    to it, as it may already have written the run's first files when they look."""
+    if main:
+        check_output_dir(run_dir, cfg.model, resume=resume)
     fingerprint = data_fingerprint(cfg, splits)
     if not resume:
         return fingerprint

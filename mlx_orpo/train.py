@@ -10,6 +10,7 @@ import argparse
 import shlex
 import signal
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelNotFoundError
     from .runlock import RunLockedError
 
+    started = time.time()
     try:
         run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data)
     except (DataError, ModelNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over stop requests
         print("error: interrupted before training started; nothing was trained", file=sys.stderr)
         return 130
-    if stopped(run_dir):  # the trainer said where it stopped and how to continue
+    if stopped(run_dir, since=started):  # the trainer said where it stopped and how to continue
         return EXIT_STOPPED
     if Cluster.init().is_main:
         from .models import resolve_model
