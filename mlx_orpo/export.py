@@ -235,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         export(args.model, args.adapters, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
                bits=args.bits, group_size=args.group_size, force=args.force, push_to_hub=args.push_to_hub,
                progress=print)
-    except (FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
-        from .files import describe_os_error
+    except (FileExistsError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
+        from .files import as_write_error, describe_os_error
 
+        if isinstance(exc, RuntimeError):  # a writer that does not go through files.atomic_output
+            exc = as_write_error(Path(args.out), exc)
+            if exc is None:
+                raise
         shown = describe_os_error(exc) if isinstance(exc, OSError) and exc.errno is not None else exc
         print(f"error: {shown}", file=sys.stderr)
         return 2

@@ -64,12 +64,19 @@ def atomic_output(path: Path, *, directory: bool = False) -> Iterator[Path]:
         # MLX's writers report a failed write as a RuntimeError without its cause ("[write] Unable to
         # write 8 bytes", "[save_safetensors] Failed to open file", "[save_gguf] gguf_create failed");
         # a full disk or a read-only folder is the user's to fix, so say which.
-        if str(exc).startswith(("[write]", "[save_safetensors]", "[save_gguf]", "[save]")):
-            raise write_error(path, exc) from None
+        if (error := as_write_error(path, exc)) is not None:
+            raise error from None
         raise
     except BaseException:
         remove(tmp)
         raise
+
+
+def as_write_error(path: Path, exc: RuntimeError) -> OSError | None:
+    """The OSError behind an MLX writer's RuntimeError while writing `path` (None: not a write failure)."""
+    if str(exc).startswith(("[write]", "[save_safetensors]", "[save_gguf]", "[save]")):
+        return write_error(path, exc)
+    return None
 
 
 def write_error(path: Path, exc: Exception) -> OSError:
