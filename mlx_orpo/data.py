@@ -252,8 +252,11 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
     if fmt == "auto":
         fmt, first_problem = None, None
         for row in rows:  # the first row that parses decides; a broken first row then reports its own fault
+            if isinstance(row.value, RowError):  # unreadable: the message if no row is readable
+                first_problem = first_problem or f"{row.where}: {row.value}"
+                continue
             try:
-                fmt = detect_format(row.value) if not isinstance(row.value, RowError) else None
+                fmt = detect_format(row.value)
             except RowError as e:
                 first_problem = first_problem or f"{row.where}: {e}"
             except RecursionError:
