@@ -105,6 +105,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         _check_numbers(self)  # first: the range checks below assume real, finite numbers
+        _check_kinds(self)
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -198,6 +199,24 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{flag} must be a finite number, got {value}")
+
+
+def _check_kinds(cfg: TrainConfig) -> None:
+    """Every switch is a bool, every list a list of names, every text option text (a hand-edited
+    config.json or a Python caller can give anything; `lora_targets: 5` once ended in a TypeError)."""
+    for name, hint in _HINTS.items():
+        value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
+        if typing.get_origin(hint) is list:
+            if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{flag} must be a list of names, got {value!r}")
+            continue
+        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        if value is None or kinds & {int, float}:
+            continue
+        if bool in kinds and not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false, got {value!r}")
+        if kinds == {str} and not isinstance(value, str):
+            raise ValueError(f"{flag} must be text, got {value!r}")
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
