@@ -105,13 +105,18 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         _check_numbers(self)  # first: the range checks below assume real, finite numbers
+        _check_kinds(self)
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
             (self.iters is None or self.iters >= 1, "--iters must be >= 1"),
             (self.epochs > 0, "--epochs must be > 0"),
-            (0 < self.min_response_length < self.max_length, "--min-response-length must be in (0, max_length)"),
+            (self.max_length >= 2, f"--max-length must be >= 2 tokens, got {self.max_length}"),
+            (self.min_response_length > 0, "--min-response-length must be >= 1"),
+            (self.min_response_length < self.max_length,
+             f"--max-length {self.max_length} leaves no room for a response of --min-response-length "
+             f"{self.min_response_length}: raise --max-length or lower --min-response-length"),
             (self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
              "--max-prompt-length must be in (0, --max-length)"),
             (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
@@ -196,6 +201,24 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} must be a finite number, got {value}")
 
 
+def _check_kinds(cfg: TrainConfig) -> None:
+    """Every switch is a bool, every list a list of names, every text option text (a hand-edited
+    config.json or a Python caller can give anything; `lora_targets: 5` once ended in a TypeError)."""
+    for name, hint in _HINTS.items():
+        value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
+        if typing.get_origin(hint) is list:
+            if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{flag} must be a list of names, got {value!r}")
+            continue
+        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        if value is None or kinds & {int, float}:
+            continue
+        if bool in kinds and not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false, got {value!r}")
+        if kinds == {str} and not isinstance(value, str):
+            raise ValueError(f"{flag} must be text, got {value!r}")
+
+
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
@@ -213,4 +236,53 @@ def load_yaml(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    return {k: _yaml_value(k, v, path) if k in FIELDS else v for k, v in values.items()}
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "y"), ("false", "no", "off", "n")
+_NUMBER = re.compile(r"[+-]?(\d[\d_]*\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _yaml_value(name: str, value, path: Path):
+    """A YAML value as the person who wrote it means it, by the field's type; ValueError naming the
+    key when it is ambiguous. PyYAML reads YAML 1.1: `5e-5` is a string there, and `"false"` a
+    string that Python takes as true."""
+    hint = _HINTS[name]
+    kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+    where = f"{path}: {name}"
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ValueError(f"{where} has no value; give one or leave the key out")
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if kinds & {int, float}:
+        integer = float not in kinds
+        number = value
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            number = float(value.strip().replace("_", ""))
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            if kinds & {str}:  # a number or a word (--memory-limit 16GB)
+                return value
+            raise ValueError(f"{where} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if integer:
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+            return int(number)
+        return float(number)
+    if typing.get_origin(hint) is list or any(typing.get_origin(k) is list for k in kinds):
+        if isinstance(value, str):
+            return value.split()
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        raise ValueError(f"{where} must be a list of names (e.g. [q_proj, v_proj]), got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a memory size or a model name that happens to be a number
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be text, got {value!r}")
+    return value

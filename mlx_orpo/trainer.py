@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import checkpoint as ckpt
-from . import rundir
+from . import files, rundir
 from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
@@ -78,14 +79,18 @@ def shard_counts(global_pairs, cfg: TrainConfig, world: int) -> tuple[float, flo
 
 
 def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
-                loss: Callable | None = None) -> LossParts:
+                loss: Callable | None = None, stop: Callable[[], bool] | None = None) -> LossParts | None:
     """The objective's parts of `pairs` (in their order) under the model in eval mode, forward only:
-    batches of cfg.batch_size pairs of similar length, each evaluated as it is done (a sync point)."""
+    batches of cfg.batch_size pairs of similar length, each evaluated as it is done (a sync point).
+    None when `stop()`, asked between batches, says to stop."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     widths = Widths.for_config(cfg)
     chunks = []
     model.eval()
     for start in range(0, len(order), cfg.batch_size):
+        if start and stop is not None and stop():
+            model.train()
+            return None
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
         chunks.append((loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.prompt_in_nll))
         mx.eval(chunks[-1])
@@ -95,14 +100,19 @@ def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
     return parts._replace(chosen_logps=parts.chosen_logps[back], rejected_logps=parts.rejected_logps[back])
 
 
-def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None) -> dict:
+def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None,
+             stop: Callable[[], bool] | None = None) -> dict | None:
     """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set: the NLL a token
-    mean and the rest pair means over all evaluated pairs, whatever the batch size."""
+    mean and the rest pair means over all evaluated pairs, whatever the batch size. None when
+    `stop()`, asked between batches, says to stop: a partial evaluation is no evaluation."""
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
         return {}
-    _, metrics = orpo_loss(score_pairs(model, pairs, cfg, pad_id, loss), cfg.beta)
+    parts = score_pairs(model, pairs, cfg, pad_id, loss, stop=stop)
+    if parts is None:
+        return None
+    _, metrics = orpo_loss(parts, cfg.beta)
     return {f"eval_{k}": metrics[k].item() for k in METRIC_KEYS}
 
 
@@ -126,7 +136,9 @@ def _format(record: dict, total: int) -> str:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and return instead of dying mid-step."""
+    """SIGTERM/SIGINT ask the loop to checkpoint and return instead of dying mid-step. The loop
+    looks between micro-batches and between evaluation batches, so it answers within one of
+    them; a second signal meanwhile only says so (SIGKILL ends a process without a checkpoint)."""
 
     def __init__(self):
         self.stop = False
@@ -139,8 +151,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.stop:  # second signal: give up at once
-            raise KeyboardInterrupt
+        if self.stop:
+            # os.write, not print: a signal handler may interrupt a print in progress.
+            os.write(2, b"already stopping: saving a checkpoint after the current micro-batch\n")
         self.stop = True
 
     def __exit__(self, *exc):
@@ -187,9 +200,17 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             on_record(entry)
         log(_format(entry, steps))
 
+    first_step = [True]
+
     def step_micro_batches():
         """This rank's micro-batches of the next optimizer step; advances the loop's data position."""
-        for _ in range(cfg.grad_accum):
+        timed, first_step[0] = first_step[0], False
+        for i in range(cfg.grad_accum):
+            # The first step's second micro-batch is timed (the first also compiles the step).
+            if timed and i == 1:
+                started = time.perf_counter()
+            elif timed and i == 2:
+                warn_long_step(time.perf_counter() - started, cfg.grad_accum, steps - state.step, log)
             epoch, index, indices = next(batches)
             global_pairs = [train_pairs[i] for i in indices]
             local_pairs = cluster.shard(global_pairs)
@@ -214,7 +235,16 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
+            position = (state.epoch, state.batch_in_epoch, state.window_tokens)
             result = step(step_micro_batches(), stop=lambda: stop.stop)
+            if result.dropped:
+                # The partial step is dropped and its data position not advanced: a resume takes
+                # the same micro-batches again, so it stays the same run.
+                state.epoch, state.batch_in_epoch, state.window_tokens = position
+                if cluster.is_main and state.step > 0:
+                    ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__,
+                                         cfg.keep_checkpoints)
+                break
             if result.applied:
                 for k in METRIC_KEYS:
                     state.window[k] = state.window.get(k, 0.0) + result.metrics[k].item()
@@ -232,23 +262,67 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                     elapsed = time.perf_counter() - window_start
                     record(rundir.TRAIN, _train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
-            if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every):
-                record(rundir.EVAL, {"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id, loss)})
-            if cluster.is_main and (state.step % cfg.save_every == 0 or done or result.stop_requested):
+            # An evaluation not yet started is skipped once a stop is asked for; one under way is dropped.
+            if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every) \
+                    and not stop.stop:
+                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=lambda: stop.stop)
+                if held_out is not None:
+                    record(rundir.EVAL, {"step": state.step, **held_out})
+            # Data-parallel ranks stop together, at the next step's agreement; one process stops here.
+            stopping = result.stop_requested or (stop.stop and cluster.size == 1)
+            if cluster.is_main and (state.step % cfg.save_every == 0 or done or stopping):
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
-            if result.stop_requested:
+            if stopping:
                 break
     if bar is not None:
         bar.close()
     if state.step < steps and cluster.is_main:
-        log(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
+        rundir.write_status(run_dir, "stopped", step=state.step, total_steps=steps)
+        log(stopped_message(run_dir, state.step, steps))
     return state
+
+
+SLOW_STEP_SECONDS = 600  # an optimizer step longer than this gets a warning with its estimated time
+
+
+def warn_long_step(micro_seconds: float, grad_accum: int, steps_left: int, log: Callable[[str], None]) -> None:
+    """Warn when --grad-accum makes one optimizer step take longer than SLOW_STEP_SECONDS, as
+    measured on one micro-batch: progress, reports and checkpoints all wait for whole steps."""
+    per_step = micro_seconds * grad_accum
+    if per_step > SLOW_STEP_SECONDS:
+        log(f"warning: --grad-accum {grad_accum}: one optimizer step takes about {_duration(per_step)} "
+            f"({micro_seconds:.2f} s per micro-batch), the {steps_left} steps left about "
+            f"{_duration(per_step * steps_left)}; nothing is reported or saved in between (a stop keeps only "
+            "whole steps). A smaller --grad-accum with a larger --batch-size gives the same batch sooner.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def stopped_message(run_dir: Path, step: int, steps: int) -> str:
+    """What a stopped run prints last (the app and scripts read its first words)."""
+    saved = "checkpoint saved" if step else "no step had finished, so nothing to save; it starts again from step 0"
+    return f"stopped at step {step}/{steps}; {saved}. Continue with: python -m mlx_orpo.train --resume {run_dir}"
 
 
 def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[str], None]) -> LoopState:
     """Load the newest checkpoint into model and optimizer; return its loop state."""
+    # What a writer killed mid-checkpoint left behind (files.atomic_output's temporaries).
+    for stale in files.remove_stale_temporaries(run_dir / rundir.CHECKPOINTS):
+        log(f"removed {stale.name}, left by a checkpoint write that did not finish")
+    if not ckpt.list_checkpoints(run_dir):
+        # Stopped or killed before its first checkpoint: nothing was kept, so the run starts over.
+        log(f"{run_dir} has no checkpoint yet (the run ended before its first one): starting from step 0")
+        if cluster.is_main:
+            rundir.truncate_records(run_dir, 0)
+        return LoopState(world_size=cluster.size)
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
