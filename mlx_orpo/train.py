@@ -73,6 +73,13 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return from_dict(values, source=args.config or "options").validate()
 
 
+def explicit_settings(args: argparse.Namespace) -> set[str]:
+    """The settings the user gave, on the command line or in --config: auto-fit keeps them as given
+    (see --memory-budget). Defaults, and settings only a resumed run's config.json holds, are not."""
+    given = {k for k in vars(args) if k in FIELDS}
+    return given | (set(load_yaml(args.config)) if args.config else set())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runlock import RunLockedError
 
     try:
-        run_dir = run_training(cfg, resume=bool(args.resume))
+        run_dir = run_training(cfg, resume=bool(args.resume), explicit=explicit_settings(args))
     except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
