@@ -20,6 +20,7 @@ from mlx_orpo.plan import (
     DoesNotFit,
     fit,
     fit_candidates,
+    format_bytes,
     mac_working_set,
     predict_peak,
     resolve_budget,
@@ -195,3 +196,20 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     assert "memory: " not in done.stdout and "resumed from" in done.stdout  # no fit line
     saved = json.loads((tmp_path / "fitted" / "config.json").read_text())
     assert (saved["grad_checkpoint"], saved["batch_size"], saved["grad_accum"], saved["iters"]) == (True, 1, 2, 4)
+
+
+def test_the_app_shows_the_budget_the_typed_plan_and_the_fitted_one():
+    from app.estimate import explicit_fields, fit_markdown
+
+    cfg = TrainConfig(model="mistral-7b-4bit", memory_budget="12GB").validate()
+    shown = fit_markdown(cfg)
+    assert "Memory budget: 12.00 GB (--memory-budget)" in shown
+    _, prediction, changes = fit(cfg, 12 * GB, model_config=MISTRAL)  # this machine's device, as the app
+    assert f"predicted peak **{format_bytes(predict_peak(cfg, MISTRAL).total)}**" in shown
+    assert f"**Fitted:** {', '.join(map(str, changes))}" in shown and changes
+    assert f"predicted peak **{format_bytes(prediction.total)}**" in shown
+    assert "trains as typed" in fit_markdown(cfg, fit_to_memory=False)
+    # What the app passes as flags (values off their defaults) is explicit, as on the command line.
+    held = TrainConfig(model="mistral-7b-4bit", memory_budget="12GB", grad_checkpoint=False, batch_size=4).validate()
+    assert explicit_fields(held) == {"model", "memory_budget", "batch_size"}
+    assert "Does not fit" in fit_markdown(TrainConfig(model="mistral-7b-4bit", memory_budget="5GB").validate())
