@@ -80,13 +80,14 @@ def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozen
     """Fit cfg, in place, to its --memory-budget before the model loads (plan.fit: one log line says
     what changed). Raises plan.DoesNotFit (a ValueError) when nothing allowed fits. With
     --memory-budget off, only the planner's warning when the run is predicted not to fit this machine.
-    Left alone when the model's config.json cannot be read without loading it."""
+    Left alone (and said so) when the model's config.json cannot be read without loading it."""
     from .plan import fit, fit_line, fits_warning, load_model_config, predict_peak, resolve_budget
 
     budget = resolve_budget(cfg)
     try:
         model_config = load_model_config(cfg.model)
-    except (ValueError, OSError, KeyError):
+    except (ValueError, OSError, KeyError) as exc:
+        log(f"memory: not planned, the model's config.json could not be read before loading ({exc})")
         return
     if budget is None:
         if warning := fits_warning(cfg, model_config):
