@@ -151,6 +151,11 @@ def test_the_cli_refuses_a_budget_nothing_fits_before_loading_the_model(tmp_path
     assert len(errors) == 1 and "does not fit the memory budget 0.20 GB (--memory-budget)" in errors[0]
     assert "Traceback" not in done.stderr and "model:" not in done.stdout  # stopped before loading
     assert not (out / "config.json").exists()
+    # A setting given explicitly is not overridden: the error says so and what would fit without it.
+    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--no-grad-checkpoint", "--memory-budget", "4GB",
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=600, env=cli_env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "You gave --grad-checkpoint explicitly" in done.stderr and "--grad-checkpoint off -> on" in done.stderr
 
 
 @pytest.mark.slow
