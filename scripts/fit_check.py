@@ -59,25 +59,34 @@ def data_path() -> str:
     return str(DEMO_DATA_PATH)
 
 
+REUSE = False  # --reuse: a run whose command, output and records are already under --out is not rerun
+
+
 def train(out: Path, model: str, *flags: str) -> dict:
     """Run the CLI; return its fit line, the measured peak (the trainer's peak_memory_gb) and wall time."""
     from mlx_orpo.rundir import read_records
 
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
     cmd = [sys.executable, "-m", "mlx_orpo.train", "--model", model, "--data", data_path(), "--output-dir",
            str(out), *RUN, *flags]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    saved_run = out.with_name(out.name + ".run.json")
+    if REUSE and saved_run.is_file() and json.loads(saved_run.read_text())["cmd"] == cmd[1:]:
+        stdout, seconds = (json.loads(saved_run.read_text())[k] for k in ("stdout", "seconds"))
+    else:
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600,
+                              env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode:
+            raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+        stdout, seconds = done.stdout, round(time.perf_counter() - start, 1)
+        saved_run.write_text(json.dumps({"cmd": cmd[1:], "stdout": stdout, "seconds": seconds}))
     records = [r for r in read_records(out) if r.get("kind") == "train"]
-    fit_line = next((line for line in done.stdout.splitlines() if line.startswith("memory:")), "")
+    fit_line = next((line for line in stdout.splitlines() if line.startswith("memory:")), "")
     saved = json.loads((out / "config.json").read_text())
     return {"fit_line": fit_line, "peak": max(r["peak_memory_gb"] for r in records) * 1e9,
-            "seconds": round(time.perf_counter() - start, 1), "losses": [r["loss"] for r in records],
+            "seconds": seconds, "losses": [r["loss"] for r in records],
             "settings": {k: saved[k] for k in ("batch_size", "grad_accum", "grad_checkpoint", "max_length")}}
 
 
@@ -123,8 +132,9 @@ def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
     for layers in (1, 2):
         model_dir = out / f"mistral-shaped-{layers}"
         if not (model_dir / "config.json").is_file():
-            subprocess.run([sys.executable, str(MAKE_MODEL), "--out", str(model_dir), "--tok", smol, "--layers",
-                            str(layers)], check=True, cwd=REPO, capture_output=True)
+            subprocess.run([sys.executable, str(MAKE_MODEL), "--out", str(model_dir), "--tok",
+                            str(tokenizer_dir(out, smol)), "--layers", str(layers)], check=True, cwd=REPO,
+                           capture_output=True)
         config = load_model_config(str(model_dir))
         result = train(out / f"run-mistral-{layers}", str(model_dir), *settings(fitted), "--memory-budget", "off")
         measured[layers] = result["peak"]
@@ -134,6 +144,18 @@ def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
     extrapolated = {"fitted": [str(c) for c in changes], "per_block": per_block,
                     "measured_32": measured[1] + 31 * per_block, "predicted_32": predicted_full.total}
     return rows, extrapolated
+
+
+def tokenizer_dir(out: Path, smol: str) -> Path:
+    """SmolLM2's tokenizer files alone (make_model.py copies every file of --tok but config.json)."""
+    import shutil
+
+    tok = out / "smollm2-tokenizer"
+    tok.mkdir(exist_ok=True)
+    for f in Path(smol).iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(f, tok / f.name)
+    return tok
 
 
 def load_model_config_from_builder(layers: int) -> dict:
@@ -224,7 +246,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="fit-check")
     parser.add_argument("--skip-mistral", action="store_true", help="leave out the Mistral-7B-shaped runs")
     parser.add_argument("--skip-times", action="store_true", help="leave out the step-time measurement")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same commands)")
     args = parser.parse_args(argv)
+    global REUSE
+    REUSE = args.reuse
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from mlx_orpo.models import resolve_model
