@@ -122,9 +122,11 @@ def smol_512_run(out: Path, smol: str, config: dict) -> dict:
 
 
 def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
-    """Mistral-7B-shaped 4-bit models with 1 and 2 blocks, trained with the settings auto-fit picks for
-    the 32-block model under half its unfitted plan (max length 128, on this CPU); extrapolated per block."""
-    length = 128
+    """Mistral-7B-shaped 4-bit models with 1 and 2 blocks, trained one step (the largest batch) with the
+    settings auto-fit picks for the 32-block model under half its unfitted plan (max length 64, on this
+    CPU: 4-bit layers do not use BLAS here, and one step of 2 pairs at 128 tokens took over 13 minutes on
+    a shared 2-core machine); extrapolated per block."""
+    length = 64
     full = {**load_model_config_from_builder(32)}
     cfg = TrainConfig(max_length=length).validate()
     fitted, predicted_full, changes = fit(cfg, plan_of(cfg, full) // 2, model_config=full, on_gpu=False)
@@ -136,7 +138,8 @@ def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
                             str(tokenizer_dir(out, smol)), "--layers", str(layers)], check=True, cwd=REPO,
                            capture_output=True)
         config = load_model_config(str(model_dir))
-        result = train(out / f"run-mistral-{layers}", str(model_dir), *settings(fitted), "--memory-budget", "off")
+        result = train(out / f"run-mistral-{layers}", str(model_dir), *settings(fitted), "--memory-budget", "off",
+                       "--iters", "1")
         measured[layers] = result["peak"]
         rows.append({"case": f"Mistral-7B-shaped 4-bit, {layers} block{'s' if layers > 1 else ''}, {length}",
                      "predicted": plan_of(fitted, config), **result})
@@ -247,6 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-mistral", action="store_true", help="leave out the Mistral-7B-shaped runs")
     parser.add_argument("--skip-times", action="store_true", help="leave out the step-time measurement")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same commands)")
+    parser.add_argument("--times", help="read the step times from this JSON file (step_times' result) instead")
     args = parser.parse_args(argv)
     global REUSE
     REUSE = args.reuse
@@ -287,13 +291,13 @@ def main(argv=None) -> int:
           + (f", by up to {max(r['peak'] / r['predicted'] - 1 for r in over):+.1%}" if over else ""))
     if not args.skip_mistral:
         e = report["mistral_extrapolated"]
-        print(f"Mistral-7B-shaped, 32 blocks at 128 tokens ({', '.join(e['fitted']) or 'as configured'}): "
+        print(f"Mistral-7B-shaped, 32 blocks at 64 tokens ({', '.join(e['fitted']) or 'as configured'}): "
               f"measured per block {format_bytes(e['per_block'])}, extrapolated {format_bytes(e['measured_32'])}, "
               f"predicted {format_bytes(e['predicted_32'])} (measured / predicted "
               f"{e['measured_32'] / e['predicted_32']:.2f})")
     relative = None
-    if not args.skip_times:
-        relative = step_times(smol)
+    if args.times or not args.skip_times:
+        relative = json.loads(Path(args.times).read_text()) if args.times else step_times(smol)
         report["step_times"] = relative
         save()
         print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 256, this CPU")
