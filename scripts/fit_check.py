@@ -10,7 +10,7 @@
    at 1024 and at 512 tokens (a budget that takes batch 1 x --grad-accum 2), and a Mistral-7B-shaped 4-bit
    model (../shared/gpu/make_model.py) with 1 and 2 blocks, extrapolated per block to 32.
 3. The relative time of an optimizer step of each plan auto-fit can pick (as configured; checkpointing;
-   batch 1 x accumulation 2 with checkpointing), SmolLM2-135M at max length 256 on real pairs.
+   batch 1 x accumulation 2 with checkpointing), SmolLM2-135M at max length 128 on real pairs.
 4. What auto-fit picks for mistral-7b-4bit and llama-2-7b-4bit on 8 to 64 GB Macs: the README's table.
    Metal figures are the planner's predictions (no Mac here).
 
@@ -171,9 +171,10 @@ def load_model_config_from_builder(layers: int) -> dict:
                 tie_word_embeddings=False, torch_dtype="bfloat16", quantization={"group_size": 64, "bits": 4})
 
 
-def step_times(smol: str, repeats: int = 3) -> dict:
+def step_times(smol: str, rounds: int = 4, length: int = 128) -> dict:
     """Seconds per optimizer step of each plan auto-fit can pick (same 2 pairs per step), SmolLM2-135M at
-    max length 256 on real pairs: the median of `repeats` steps after a compiling one."""
+    max length `length` on the two longest real pairs: the median of `rounds` rounds after a compiling
+    one. Each round times every plan once, in turn, so the load of a shared machine falls on all alike."""
     import mlx.core as mx
 
     from mlx_orpo.api import prepare_data
@@ -182,31 +183,32 @@ def step_times(smol: str, repeats: int = 3) -> dict:
     from mlx_orpo.step import MicroBatch, OrpoStep, build_optimizer
     from mlx_orpo.tokenize import ensure_chat_template
 
-    base = TrainConfig(model=smol, data=data_path(), max_length=256, eval_fraction=0.0).validate()
-    plans = {"as configured": (False, 2), "checkpointing": (True, 2), "batch 1 x accumulation 2, checkpointing":
-             (True, 1)}
-    times = {}
+    base = TrainConfig(model=smol, data=data_path(), max_length=length, eval_fraction=0.0).validate()
+    plans = {"as configured": (False, 2), "checkpointing": (True, 2),
+             "batch 1 x accumulation 2, checkpointing": (True, 1)}
+    built = {}
     for name, (checkpoint, batch) in plans.items():
         cfg = TrainConfig(**{**base.to_dict(), "grad_checkpoint": checkpoint, "batch_size": batch,
                              "grad_accum": 2 // batch})
         mx.random.seed(0)
         model, tokenizer, _, _ = load_model(smol, dtype="auto")
         ensure_chat_template(tokenizer)
-        pairs = sorted(prepare_data(cfg, tokenizer).train, key=lambda p: -p.length)[:2]  # two long pairs
+        pairs = sorted(prepare_data(cfg, tokenizer).train, key=lambda p: -p.length)[:2]
         attach_adapters(model, cfg)
-        step = OrpoStep(model, cfg, build_optimizer(cfg, steps=repeats + 1))
         widths = Widths.for_config(cfg)
         micro = [MicroBatch(collate(pairs[i:i + batch], 0, widths), *_weights(pairs, pairs[i:i + batch]))
                  for i in range(0, 2, batch)]
-        seconds = []
-        for _ in range(repeats + 1):
+        built[name] = (OrpoStep(model, cfg, build_optimizer(cfg, steps=rounds + 1)), micro)
+    seconds = {name: [] for name in plans}
+    for _ in range(rounds + 1):
+        for name, (step, micro) in built.items():
             start = time.perf_counter()
             step(micro)
-            seconds.append(time.perf_counter() - start)
-        times[name] = statistics.median(seconds[1:])
-        del model, step
+            seconds[name].append(time.perf_counter() - start)
+    times = {name: statistics.median(s[1:]) for name, s in seconds.items()}
     base_time = times["as configured"]
-    return {name: {"seconds": round(t, 2), "relative": round(t / base_time, 2)} for name, t in times.items()}
+    return {name: {"seconds": round(t, 2), "relative": round(t / base_time, 2), "max_length": length}
+            for name, t in times.items()}
 
 
 def _weights(step_pairs, micro_pairs):
@@ -303,7 +305,7 @@ def main(argv=None) -> int:
         relative = json.loads(Path(args.times).read_text()) if args.times else step_times(smol)
         report["step_times"] = relative
         save()
-        print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 256, this CPU")
+        print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 128, this CPU")
         for name, t in relative.items():
             print(f"   {name}: {t['seconds']} s ({t['relative']:.2f}x)")
     table = mac_table(relative)
