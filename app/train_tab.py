@@ -12,7 +12,7 @@ from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
 
 from . import runfiles
-from .estimate import estimate_markdown
+from .estimate import estimate_markdown, fit_markdown
 from .jobs import launch
 from .paths import PathError, child, new_run_dir
 from .plots import make_plots, plot_values
@@ -59,9 +59,10 @@ def config_from_form(model: str, values: list) -> TrainConfig:
     return TrainConfig(**kwargs).validate()
 
 
-def memory(model: str, *values) -> str:
+def memory(model: str, *values, fit: bool = True) -> str:
     try:
-        return estimate_markdown(config_from_form(model, list(values)))
+        cfg = config_from_form(model, list(values))
+        return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}"
     except ValueError as exc:
         return f"**Memory estimate:** unavailable ({exc})"
 
@@ -95,8 +96,9 @@ def _cleared(phase: str) -> tuple:
             *plot_values([]))
 
 
-def start(ctx: Context, session: Session, run_name: str, model: str, *values):
-    """Start a fresh run: (session, status, timer, resume choices, progress, log, *plots, *buttons)."""
+def start(ctx: Context, session: Session, run_name: str, model: str, *values, fit: bool = True):
+    """Start a fresh run: (session, status, timer, resume choices, progress, log, *plots, *buttons).
+    `fit`: the "Fit to memory" switch; off trains as typed (--memory-budget off)."""
     if (busy := _busy(session)) is not None:
         return (session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip(), *[gr.skip()] * (2 + N_PLOTS),
                 *buttons(True))
@@ -110,6 +112,8 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
                 *buttons(False))
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
+    if not fit:
+        cfg.memory_budget = "off"
     session.job = launch(run, session.data, cfg)
     session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
@@ -213,6 +217,9 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                                        info=help_text("grad_checkpoint")))
             run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                   elem_id="train-run-name")
+    fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
+                          info="Before Start, change the settings you left at their defaults to the fastest plan "
+                               "predicted to fit the memory budget: " + help_text("memory_budget"))
     estimate = gr.Markdown(memory(defaults.model, *[getattr(defaults, n) if n != "bits" else "none"
                                                     for n in FORM]), elem_id="train-estimate")
     with gr.Row(equal_height=True):
@@ -230,10 +237,12 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     timer = gr.Timer(REFRESH_S, active=False)
     button_row = [start_btn, stop_btn, resume_btn]
 
-    for w in [model, *widgets]:
-        w.change(memory, [model, *widgets], estimate, show_progress="hidden", queue=False,
-                 api_visibility="private")
-    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
+    # The switch comes last, so the API's callers that leave it out get its default (on).
+    for w in [model, *widgets, fit_box]:
+        w.change(lambda m, *v: memory(m, *v[:-1], fit=v[-1]), [model, *widgets, fit_box], estimate,
+                 show_progress="hidden", queue=False, api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]), [state, run_name, model, *widgets,
+                                                                                 fit_box],
                     [state, status, timer, resume_run, progress, log, *plots, *button_row],
                     api_name="start_training")
     stop_btn.click(stop, state, [state, status, *button_row], api_name="stop_training")

@@ -75,15 +75,28 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
-def memory_warning(cfg: TrainConfig) -> str | None:
-    """The planner's warning when the run is predicted not to fit in memory (None if it fits or
-    the model's config.json cannot be read without loading it)."""
-    from .plan import fits_warning, load_model_config
+def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozenset(),
+                  log: Callable[[str], None] = print) -> None:
+    """Fit cfg, in place, to its --memory-budget before the model loads (plan.fit: one log line says
+    what changed). Raises plan.DoesNotFit (a ValueError) when nothing allowed fits. With
+    --memory-budget off, only the planner's warning when the run is predicted not to fit this machine.
+    Left alone (and said so) when the model's config.json cannot be read without loading it."""
+    from .plan import fit, fit_line, fits_warning, load_model_config, predict_peak, resolve_budget
 
+    budget = resolve_budget(cfg)
     try:
-        return fits_warning(cfg, load_model_config(cfg.model))
-    except (ValueError, OSError, KeyError):
-        return None
+        model_config = load_model_config(cfg.model)
+    except (ValueError, OSError, KeyError) as exc:
+        log(f"memory: not planned, the model's config.json could not be read before loading ({exc})")
+        return
+    if budget is None:
+        if warning := fits_warning(cfg, model_config):
+            log(f"warning: {warning}")
+        return
+    _, prediction, changes = fit(cfg, budget, model_config=model_config, explicit=explicit)
+    log(fit_line(cfg, predict_peak(cfg, model_config).total, prediction, changes, budget))
+    for change in changes:
+        setattr(cfg, change.name, change.after)
 
 
 @dataclass
@@ -105,9 +118,11 @@ class PreparedRun:
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 allow_changed_data: bool = False) -> Path:
+                 allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
 
+    A new run is first fitted to cfg.memory_budget (`fit_to_memory`; `explicit`: the settings the user
+    gave, which stay as given), and the budget bounds MLX's memory while it trains.
     Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
     SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
     `allow_changed_data`: resume even though the data differs from the run's (logged).
@@ -135,8 +150,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
         with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
             run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
-                              allow_changed_data=allow_changed_data)
-            with memory_limit(cfg.memory_limit_bytes, log):
+                              allow_changed_data=allow_changed_data, explicit=explicit)
+            with memory_limit(budget_bytes(cfg), log):
                 train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id, resume=resume,
                       on_record=on_record, log=log, progress=progress, cluster=cluster)
     except BaseException:
@@ -163,17 +178,20 @@ def _remove_if_only_lock(run_dir: Path) -> None:
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,
-                log: Callable[[str], None] = print, splits=None, allow_changed_data: bool = False) -> PreparedRun:
-    """Check the run, read its data, load the model, attach adapters and write the run's own files
-    (rank 0). `splits`: read_data's result when the caller read the data already."""
+                log: Callable[[str], None] = print, splits=None, allow_changed_data: bool = False,
+                explicit: frozenset[str] | set[str] = frozenset()) -> PreparedRun:
+    """Check the run, read its data, fit a new run to its memory budget (cfg changed in place; a resumed
+    run keeps the settings its config.json saved), load the model, attach adapters and write the run's
+    own files (rank 0). `splits`: read_data's result when the caller read the data already; `explicit`:
+    the settings the user gave (plan.fit keeps them)."""
     cluster = cluster or Cluster()
     splits = splits or read_data(cfg)
     # runcheck.py: the output folder, a resume's identity and its data; nothing is written before.
     fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
                                      log=log, main=cluster.is_main)
     cfg.output_dir = str(run_dir)
-    if warning := memory_warning(cfg):
-        log(f"warning: {warning}")
+    if not resume:
+        fit_to_memory(cfg, explicit, log)
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
         + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)
@@ -205,6 +223,14 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
     return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
+
+
+def budget_bytes(cfg: TrainConfig) -> int | None:
+    """cfg's --memory-budget in bytes (None: off), the limit `run_training` holds MLX to."""
+    from .plan import resolve_budget
+
+    budget = resolve_budget(cfg)
+    return None if budget is None else budget.bytes
 
 
 @contextlib.contextmanager

@@ -86,11 +86,16 @@ class TrainConfig:
     dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
                       "dtype on GPU), float32, float16, bfloat16.",
                       choices=("auto", "float32", "float16", "bfloat16"))
-    memory_limit: str | None = _opt(None, "Hold MLX's memory to this (e.g. 10GB): past it MLX waits for queued "
-                                    "kernels to finish before queueing more, at some cost in speed. On a GPU with "
-                                    "more memory than your target machine it measures what that machine needs. "
-                                    "Default: MLX's own limit (a Mac: the GPU's recommended working set; CUDA: "
-                                    "95% of the GPU's memory, where kernels queued ahead can hold gigabytes).")
+    memory_budget: str = _opt("auto", "Memory the run may use: auto, a size (e.g. 16GB) or off. auto: 90% of "
+                               "Metal's recommended working set on a Mac, 90% of a CUDA GPU's memory, 75% of "
+                               "RAM on the CPU (the rest is left to the OS and the app). Before the model loads, "
+                               "a run planned over it is fitted: gradient checkpointing on, then fewer pairs per "
+                               "micro-batch with more --grad-accum (same pairs per step, same data; never a "
+                               "shorter --max-length or lower rank). Settings given on the command line or in "
+                               "--config count as explicit and are never changed: if they cannot fit, the run "
+                               "stops and says what would. The budget is also MLX's memory limit for the run "
+                               "(MLX waits for queued kernels rather than pass it). off: no fitting, MLX's own "
+                               "limit, a warning if the plan exceeds this machine's memory.")
     grad_checkpoint: bool = _opt(False, "Recompute each block in the backward pass: about a quarter of the "
                                  "peak memory for about 30% more time (SmolLM2-135M); what makes 7B fit.")
 
@@ -134,7 +139,7 @@ class TrainConfig:
             (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
             (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
             (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
-            (self.memory_limit is None or self.memory_limit_bytes > 0, "--memory-limit must be > 0"),
+            (self.memory_budget_size is None or self.memory_budget_size > 0, "--memory-budget must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -143,14 +148,15 @@ class TrainConfig:
         return self
 
     @property
-    def memory_limit_bytes(self) -> int | None:
-        """--memory-limit in bytes (None: MLX's own limit)."""
-        if self.memory_limit is None:
+    def memory_budget_size(self) -> int | None:
+        """--memory-budget in bytes when it is a size (None for auto and off: see plan.resolve_budget)."""
+        text = str(self.memory_budget).strip().lower()
+        if text in ("auto", "off"):
             return None
         try:
-            return parse_bytes(self.memory_limit)
+            return parse_bytes(text)
         except ValueError as exc:
-            raise ValueError(f"--memory-limit: {exc}") from None
+            raise ValueError(f"--memory-budget: {exc}; or auto, or off") from None
 
     @property
     def prompt_budget(self) -> int:
@@ -220,6 +226,10 @@ def _check_kinds(cfg: TrainConfig) -> None:
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
+    if "memory_limit" in values:  # a run's config.json may name the budget memory_limit (None: off)
+        values = dict(values)
+        limit = values.pop("memory_limit")
+        values.setdefault("memory_budget", "off" if limit is None else limit)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the long flag names with '_'")

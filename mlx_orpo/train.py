@@ -81,6 +81,13 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return from_dict(values, source=args.config or "options").validate()
 
 
+def explicit_settings(args: argparse.Namespace) -> set[str]:
+    """The settings the user gave, on the command line or in --config: auto-fit keeps them as given
+    (see --memory-budget). Defaults, and settings only a resumed run's config.json holds, are not."""
+    given = {k for k in vars(args) if k in FIELDS}
+    return given | (set(load_yaml(args.config)) if args.config else set())
+
+
 EXIT_STOPPED = 4  # stopped by SIGTERM/SIGINT with a checkpoint saved: resumable (README, "Stopping")
 
 
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     try:
-        run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data)
+        run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
+                               explicit=explicit_settings(args))
     except (DataError, ModelNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

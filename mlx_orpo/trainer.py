@@ -45,6 +45,7 @@ class LoopState:
     window_tokens: int = 0
     world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
     largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
+    step_groups: bool = True    # pairs grouped per optimizer step (step_order); False in checkpoints before it
 
 
 def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
@@ -54,12 +55,23 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
+def step_order(pairs: list[EncodedPair], global_batch: int, accum: int, seed: int, epoch: int,
+               **order) -> list[list[int]]:
+    """The micro-batches of one epoch: epoch_batches of the pairs of an optimizer step (global_batch x
+    accum), each cut into `accum` micro-batches of global_batch pairs. So the pairs of every step, and
+    the order of the steps, do not depend on how a step is cut: batch 2 and batch 1 x --grad-accum 2
+    (what auto-fit turns the one into) train on the same pairs at each step. `order`: epoch_batches'
+    keyword arguments."""
+    groups = epoch_batches(pairs, global_batch * accum, seed, epoch, **order)
+    return [group[i:i + global_batch] for group in groups for i in range(0, len(group), global_batch)]
+
+
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int,
-                  **order):
+                  accum: int = 1, **order):
     """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position.
-    `order`: epoch_batches' keyword arguments."""
+    `accum` and `order`: step_order's arguments."""
     while True:
-        batches = epoch_batches(pairs, global_batch, seed, epoch, **order)
+        batches = step_order(pairs, global_batch, accum, seed, epoch, **order)
         for i in range(start, len(batches)):
             yield epoch, i, batches[i]
         epoch, start = epoch + 1, 0
@@ -186,7 +198,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     step = OrpoStep(model, cfg, optimizer, loss=loss, cluster=cluster)
     widths = Widths.for_config(cfg)
     order = dict(widths=widths, shared_prompt=step.shared_prompt, largest_first=state.largest_first)
-    first_epoch = epoch_batches(train_pairs, global_batch, cfg.seed, state.epoch, **order)
+    accum = cfg.grad_accum if state.step_groups else 1  # a checkpoint's own order, see LoopState
+    first_epoch = step_order(train_pairs, global_batch, accum, cfg.seed, state.epoch, **order)
     shapes = {batch_shape(cluster.shard([train_pairs[i] for i in b]) or [train_pairs[b[0]]], widths,
                           step.shared_prompt) for b in first_epoch}  # this rank's, as step_micro_batches
     log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
@@ -203,27 +216,35 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     first_step = [True]
 
     def step_micro_batches():
-        """This rank's micro-batches of the next optimizer step; advances the loop's data position."""
+        """This rank's micro-batches of the next optimizer step; advances the loop's data position.
+        Each is weighted to its share of the step's pairs, as a rank is to its share of a global batch,
+        so the step's loss and gradient are those of one batch of all its pairs."""
         timed, first_step[0] = first_step[0], False
-        for i in range(cfg.grad_accum):
+        taken = [next(batches) for _ in range(cfg.grad_accum)]
+        step_pairs = [train_pairs[i] for _, _, indices in taken for i in indices]
+        for micro, (epoch, index, indices) in enumerate(taken):
             # The first step's second micro-batch is timed (the first also compiles the step).
-            if timed and i == 1:
+            if timed and micro == 1:
                 started = time.perf_counter()
-            elif timed and i == 2:
+            elif timed and micro == 2:
                 warn_long_step(time.perf_counter() - started, cfg.grad_accum, steps - state.step, log)
-            epoch, index, indices = next(batches)
             global_pairs = [train_pairs[i] for i in indices]
             local_pairs = cluster.shard(global_pairs)
             # A rank left without pairs (a short last batch) runs a stand-in that divides its sums by
             # infinite counts: it adds nothing to the loss, the gradients or the metrics.
-            nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size) if local_pairs else (math.inf,) * 2
+            if not local_pairs:
+                nll_tokens, pair_count = math.inf, math.inf
+            elif state.step_groups:
+                nll_tokens, pair_count = shard_counts(step_pairs, cfg, cluster.size * cfg.grad_accum)
+            else:
+                nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size)
             state.window_tokens += sum(p.tokens for p in global_pairs)
             last = index + 1 == batches_per_epoch
             state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
             yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_tokens,
                              pair_count)
 
-    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, **order)
+    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, accum, **order)
     bar = _progress_bar(steps, state.step) if progress else None
     if bar is not None:
         log = bar.write  # keep the bar below the report lines
@@ -326,8 +347,10 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    # A checkpoint from before the largest batch came first resumes in the order it was written in.
-    state = LoopState(**{"largest_first": False, **ckpt.load_checkpoint(found[-1], model, optimizer)})
+    # A checkpoint from before the largest batch came first, or before the pairs were grouped per
+    # optimizer step, resumes in the order and weighting it was written with.
+    state = LoopState(**{"largest_first": False, "step_groups": False,
+                         **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
                          f"number (this run has {cluster.size}), so every step sees the same global batch")
