@@ -325,7 +325,7 @@ def prepare(args) -> dict:
     return {"model": args.model, "model_dir": str(model_dir), "dtype": compute_dtype("auto") or checkpoint_dtype,
             "source": source, "rank": args.rank, "batch_size": args.batch_size,
             "max_length": args.max_length, "pad_id": pad_token_id(tokenizer), "warmup": args.warmup,
-            "memory_limit": parse_bytes(args.memory_limit) if args.memory_limit else None,
+            "memory_limit": parse_bytes(args.memory_budget) if args.memory_budget else None,
             "pairs": [[list(p.prompt), list(p.chosen), list(p.rejected)] for p in encoded], "batches": batches}
 
 
@@ -402,8 +402,8 @@ def main(argv=None) -> int:
                         help="mlx-orpo variants: split (shared prompt) or full (rows), each optionally "
                              "+ckpt (gradient checkpointing) and +pow2 or +multiple (batch widths, train "
                              "--pad-to; default auto); comma-separated, e.g. split,split+pow2")
-    parser.add_argument("--memory-limit", default=None,
-                        help="MLX memory limit in every MLX worker, e.g. 10GB (see train --memory-limit): on a big "
+    parser.add_argument("--memory-budget", default=None,
+                        help="MLX memory limit in every MLX worker, e.g. 10GB (as train --memory-budget): on a big "
                              "GPU, the peak a machine of that size would see")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--parallel", action="store_true",
