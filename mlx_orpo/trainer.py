@@ -81,16 +81,20 @@ def shard_weights(global_pairs, local_pairs, cfg: TrainConfig, world: int) -> tu
     return world * n / total, world * len(local_pairs) / len(global_pairs)
 
 
-def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None) -> dict:
+def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set.
 
     The NLL is a token mean and the rest pair means over all evaluated pairs,
     whatever the batch size (batches are weighted by their share of each).
+    `on_batch(done, total)` hears the pairs evaluated so far, before the first batch and after each.
     """
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
         return {}
+    if on_batch:
+        on_batch(0, len(pairs))
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     sums = {k: 0.0 for k in METRIC_KEYS}
     widths = Widths.for_config(cfg)
@@ -103,6 +107,8 @@ def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, los
         mx.eval(metrics)
         for k in METRIC_KEYS:
             sums[k] += metrics[k].item() * (nll_weight if k == "nll_loss" else pair_weight)
+        if on_batch:
+            on_batch(start + len(chunk), len(pairs))
     model.train()
     sums["loss"] = sums["nll_loss"] - cfg.beta * sums["log_odds_ratio"]
     return {f"eval_{k}": v for k, v in sums.items()}
@@ -211,6 +217,18 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     mx.reset_peak_memory()
     window_start = time.perf_counter()
     last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."
+    eval_pairs_used = len(eval_pairs[: cfg.eval_max_pairs or None])
+
+    def status(phase: str, **details):
+        """What the loop is doing now, for the app (rundir.write_status); rank 0 only."""
+        if cluster.is_main:
+            rundir.write_status(run_dir, phase, step=state.step, total_steps=steps, eval_pairs=eval_pairs_used,
+                                **details)
+
+    def eval_progress(done: int, total: int):
+        status("evaluating", eval_done=done, eval_total=total)
+
+    status("training")
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
@@ -224,6 +242,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.step += 1
+            status("training")
             watchdog.beat()
             if bar is not None:
                 bar.update(1)
@@ -234,9 +253,13 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                     record(rundir.TRAIN, _train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
             if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every):
-                record(rundir.EVAL, {"step": state.step, **evaluate(model, eval_pairs, cfg, pad_id, loss)})
+                record(rundir.EVAL, {"step": state.step,
+                                     **evaluate(model, eval_pairs, cfg, pad_id, loss, on_batch=eval_progress)})
             if cluster.is_main and (state.step % cfg.save_every == 0 or done or result.stop_requested):
+                status("saving")
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
+                if not (done or result.stop_requested):
+                    status("training")
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
             if result.stop_requested:
