@@ -48,7 +48,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         data["max_length"].input(lambda n: n, data["max_length"], train["max_length"], **GLUE)
         train["max_length"].input(lambda n: n, train["max_length"], data["max_length"], **GLUE)
         for event in data["loaded"]:
-            event.then(train_tab.data_line, state, train["data_info"], **GLUE)
+            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)

@@ -225,14 +225,20 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             rundir.write_status(run_dir, phase, step=state.step, total_steps=steps, eval_pairs=eval_pairs_used,
                                 **details)
 
-    def eval_progress(done: int, total: int):
-        status("evaluating", eval_done=done, eval_total=total)
+    eval_started = [0.0]
 
-    status("training")
+    def eval_progress(done: int, total: int):
+        if done == 0:
+            eval_started[0] = time.perf_counter()
+        status("evaluating", eval_done=done, eval_total=total,
+               eval_seconds=round(time.perf_counter() - eval_started[0], 3))
+
+    first_step = True  # its time includes compiling the step: not a measure of the rest
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
+            step_start = time.perf_counter()
             result = step(step_micro_batches(), stop=lambda: stop.stop)
             if result.applied:
                 for k in METRIC_KEYS:
@@ -242,7 +248,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.step += 1
-            status("training")
+            status("training", step_seconds=None if first_step else round(time.perf_counter() - step_start, 3))
+            first_step = False
             watchdog.beat()
             if bar is not None:
                 bar.update(1)
@@ -259,7 +266,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 status("saving")
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
                 if not (done or result.stop_requested):
-                    status("training")
+                    status("training", step_seconds=None)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
             if result.stop_requested:
