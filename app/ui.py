@@ -18,6 +18,13 @@ CSS = """
 .orpo-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
 .orpo-bar > div { height: 100%; background: var(--color-accent); transition: width .5s; }
 .orpo-progress-text { font-size: 0.9em; margin-top: 4px; }
+.orpo-clamp { display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+.orpo-prompt[open] .orpo-clamp { display: none; }
+.orpo-preview { width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.85em; }
+.orpo-preview th, .orpo-preview td { border: 1px solid var(--border-color-primary); padding: 4px; vertical-align: top; }
+.orpo-preview th:first-child { width: 40%; }
+.orpo-preview pre { white-space: pre-wrap; word-break: break-word; margin: 0; font-size: 1em; max-height: 18em;
+                    overflow: auto; }
 """
 
 
