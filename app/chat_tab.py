@@ -105,7 +105,9 @@ def stopped(base: list, tuned: list, done: list):
         if slot in (done or []) or not history or history[-1].get("role") != "assistant":
             return gr.skip()
         history = [dict(m) for m in history]
-        text = history[-1]["content"] if isinstance(history[-1]["content"], str) else ""
+        content = history[-1]["content"]  # Gradio 6 hands a message's content back as a list of parts
+        text = content if isinstance(content, str) else "".join(
+            part.get("text", "") for part in content if isinstance(part, dict))
         history[-1]["content"] = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
         return history
     return mark(base, BASE), mark(tuned, TUNED), *idle_buttons()
