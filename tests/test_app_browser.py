@@ -320,7 +320,8 @@ def test_data_report_preview_histogram_and_uploads_stored_once(app_url, page, tm
     assert "linear scale" in aria, aria
     assert len(numbers) >= 3 and numbers == sorted(numbers), labels
     shot(page, "0-data")
-    upload(page, path)  # the same file again
+    page.goto(url)  # the same file again (a File box that holds a file has no input until cleared)
+    upload(page, path)
     assert sorted(p.name for p in (runs / "uploads").iterdir()) == ["browser_prefs.jsonl"]
 
 
