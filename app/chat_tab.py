@@ -101,16 +101,29 @@ def cut_mark(tokens: int) -> str:
 
 def stopped(base: list, tuned: list, done: list):
     """Stop: mark each answer that had not ended, and give Send back."""
+    import sys
+    print("STOPPED-DEBUG", repr(base)[-400:], repr(tuned)[-400:], done, file=sys.stderr, flush=True)
+
     def mark(history, slot):
         if slot in (done or []) or not history or history[-1].get("role") != "assistant":
             return gr.skip()
         history = [dict(m) for m in history]
-        content = history[-1]["content"]  # Gradio 6 hands a message's content back as a list of parts
-        text = content if isinstance(content, str) else "".join(
-            part.get("text", "") for part in content if isinstance(part, dict))
+        text = _text(history[-1]["content"])
         history[-1]["content"] = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
         return history
     return mark(base, BASE), mark(tuned, TUNED), *idle_buttons()
+
+
+def _text(content) -> str:
+    """A message's text, however Gradio hands it back: a string, a part ({"type": "text", "text": ...})
+    or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(part) for part in content)
+    return str(getattr(content, "text", "") or "")
 
 
 def busy_buttons():

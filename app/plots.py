@@ -20,6 +20,7 @@ PALETTE = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#c
 WIDTH, HEIGHT = 520, 220   # two plots side by side fit a 1400 px window
 # SVG, so the marks are elements the browser test can find; no export menu over the chart.
 EMBED = {"embedOptions": {"renderer": "svg", "actions": False}}
+FEW_STEPS = 20
 
 
 def make_plots(prefix: str) -> list[gr.Plot]:
@@ -47,8 +48,12 @@ def chart(key: str, frame: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
     present = set(frame["series"])
     names = [name for name in series_names(key, runs) if name in present]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series_names(key, runs))}
+    steps = sorted({int(step) for step in frame["step"]})
+    # Up to FEW_STEPS reported steps, one tick each; beyond, Vega's own ticks, whole numbers only
+    # (its automatic ticks at 1.5, 2.5 ... would read "2", "3" twice when formatted as integers).
+    ticks = alt.Axis(format="d", values=steps) if len(steps) <= FEW_STEPS else alt.Axis(format="d", tickMinStep=1)
     base = alt.Chart(frame).encode(
-        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(format="d", tickMinStep=1)),
+        x=alt.X("step:Q", title="optimizer step", axis=ticks),
         y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".4~g")),
         color=alt.Color("series:N", scale=alt.Scale(domain=names, range=[colours[n] for n in names]),
                         legend=alt.Legend(title=None, orient="bottom", columns=2, labelLimit=300)),

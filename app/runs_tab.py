@@ -58,7 +58,8 @@ def build(ctx: Context) -> dict:
     with gr.Row():
         run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True,
                           elem_id="runs-run")
-        other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True)
+        other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True,
+                            elem_id="runs-other")
         refresh = gr.Button("Refresh list", scale=1)
     text = gr.Markdown()
     plots = make_plots("runs")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import gradio as gr
 
 from mlx_orpo import rundir
 from mlx_orpo.config import FIELD_SPECS, TrainConfig
+from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
 
@@ -41,7 +43,8 @@ N_PLOTS = len(runfiles.CURVES)
 
 def help_text(name: str) -> str:
     spec = FIELD_SPECS[name]
-    return spec.help + (" Blank: the default (None)." if spec.optional and spec.kind in (int, float) else "")
+    blank = spec.optional and spec.kind in (int, float) and not spec.choices
+    return spec.help + (" Blank: the default (None)." if blank else "")
 
 
 def choice_options(name: str) -> list[tuple[str, str]]:
@@ -211,6 +214,21 @@ def outcome(job: Job, p: runfiles.Progress) -> str:
     return f"failed (exit {code})"
 
 
+def adopt_data(ctx: Context, session: Session, cfg: dict) -> None:
+    """A tab that has chosen no data of its own (a new tab, a reload) takes the shown run's, so that
+    its settings and its data are shown together and Start would train on the same again."""
+    source = cfg.get("data")
+    if session.data is not None or session.pairs or not source:
+        return
+    if Path(source).is_file():  # an upload: read it as the Data tab did, for its bad-row count
+        try:
+            session.pairs, report = load_pairs(source, skip_bad_rows=True)
+        except (DataError, OSError, ValueError):
+            return
+        session.skipped = report.skipped
+    session.data, session.data_label = source, runfiles.data_label(ctx.runs_dir, source)
+
+
 def _message(job: Job, status: str, log: str) -> str:
     name = job.run_dir.name
     if status.startswith("failed"):
@@ -267,6 +285,7 @@ def refresh(ctx: Context, session: Session):
         if cfg:
             form = form_values(cfg)
             name_box = run.name
+            adopt_data(ctx, session, cfg)
         else:
             session.shown_job = ()  # config.json comes once the trainer has loaded; try again then
     resume_choice = gr.skip() if running else resume_dropdown(
@@ -317,9 +336,10 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     timer = gr.Timer(REFRESH_S, active=True)
     button_row = [start_btn, stop_btn, resume_btn]
 
-    for w in [model, *widgets]:
-        w.change(memory, [model, *widgets], estimate, show_progress="hidden", queue=False,
-                 api_visibility="private")
+    # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
+    # and an estimate from before the last edit could land last.
+    gr.on([w.change for w in [model, *widgets]], memory, [model, *widgets], estimate, show_progress="hidden",
+          trigger_mode="always_last", api_visibility="private")
     start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
                     [state, status, *button_row], api_name="start_training")
     stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")

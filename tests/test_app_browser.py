@@ -1,8 +1,8 @@
 """The app in a real browser: Debian's chromium driven by Playwright, checking what a user sees.
 
 `python -m app` runs in a subprocess on a free loopback port. One module fixture (`journey`) trains
-once, through the page: it uploads a small preference file, starts a six-step run on SmolLM2-135M
-with an evaluation due at step 3, reloads the page and opens a second tab while it trains, presses
+once, through the page: it uploads a small preference file, starts a ten-step run on SmolLM2-135M
+with evaluations due every three steps, reloads the page and opens a second tab while it trains, presses
 Stop in the second tab, resumes in the first and watches the run finish, noting what the page said
 and when. The tests below each check one part of that record, or act on the trained run (Runs,
 Chat), so an early failure does not hide the later checks.
@@ -43,7 +43,7 @@ ROWS = [
 SYSTEM_ROW = {"system": "You answer in one word.", "prompt": "Tallest mountain?", "chosen": "Everest.",
               "rejected": "Alps"}
 FFFD_ROW = {"prompt": "Caf\ufffd name?", "chosen": "Caf\ufffd Central.", "rejected": "none"}
-ITERS, EVAL_EVERY = 6, 3
+ITERS, EVAL_EVERY = 10, 3
 # The first colour of app/plots.py's palette goes to "loss (train)", the second to "loss (eval)".
 EVAL_COLOUR = "#f97316"
 POINTS = """(sel, colour) => [...document.querySelectorAll(sel + ' path[aria-roledescription="point"]')]
@@ -228,7 +228,7 @@ def journey(app_url, browser, tmp_path_factory):
     seen["data_line_before"] = text(a, "#train-data")
     seen["buttons_idle"] = (enabled(a, "train-start"), enabled(a, "train-stop"))
     for elem_id, value in (("train-iters", ITERS), ("train-max_length", 128), ("train-report_every", 1),
-                           ("train-eval_every", EVAL_EVERY), ("train-warmup_steps", 10)):
+                           ("train-eval_every", EVAL_EVERY), ("train-warmup_steps", 10 + ITERS)):
         set_number(a, elem_id, value)
     a.locator("#train-run-name textarea, #train-run-name input").first.fill("browser")
     a.wait_for_function("() => document.querySelector('#train-estimate').innerText.includes('longer than the run')")
@@ -247,7 +247,7 @@ def journey(app_url, browser, tmp_path_factory):
     reloaded = time.time()
     a.wait_for_function("() => document.querySelector('#train-progress').innerText.includes('browser')",
                         timeout=20_000)
-    a.wait_for_function("() => document.querySelector('#train-iters input').value === '6'", timeout=20_000)
+    a.wait_for_function(f"() => document.querySelector('#train-iters input').value === '{ITERS}'", timeout=20_000)
     seen["reload"] = {"after_s": time.time() - reloaded, "progress": progress_text(a),
                       "buttons": (enabled(a, "train-start"), enabled(a, "train-stop"), enabled(a, "train-resume")),
                       "data_line": text(a, "#train-data"),
@@ -270,12 +270,13 @@ def journey(app_url, browser, tmp_path_factory):
     timeline.wait_for(lambda t: "evaluating" in t, 300, "the evaluation at step 3")
     shot(a, "3-train-evaluating")
     timeline.wait_for(lambda t: "step 4/" in t or "step 5/" in t, 300, "step 4")
-    # Stop, from the second tab, at step 4 of 6: click to "stopped at step N; checkpoint saved" in the first.
+    # Stop, from the second tab, at step 4 of 10: click to "stopped at step N; checkpoint saved" in the first.
     clicked = time.time()
     b.locator("#train-stop").click()
     stopped = timeline.wait_for(lambda t: "stopped at step" in t, 300, "stopped")
     seen["stop"] = {"latency_s": time.time() - clicked, "progress": stopped, "status": text(a, "#train-status"),
-                    "buttons": (enabled(a, "train-start"), enabled(a, "train-stop"), enabled(a, "train-resume"))}
+                    "buttons": (enabled(a, "train-start"), enabled(a, "train-stop"), enabled(a, "train-resume")),
+                    "data_line": text(a, "#train-data")}
     shot(a, "4-train-stopped")
     b.context.close()
 
@@ -331,12 +332,12 @@ def test_data_report_preview_histogram_and_uploads_stored_once(app_url, page, tm
 def test_start_says_what_it_uses_and_flags_a_warmup_longer_than_the_run(journey):
     assert "browser_prefs.jsonl" in journey["data_line_before"]
     assert journey["buttons_idle"] == (True, False)
-    assert "warmup (10 steps) is longer than the run (6 steps)" in journey["estimate"]
+    assert f"warmup ({10 + ITERS} steps) is longer than the run ({ITERS} steps)" in journey["estimate"]
 
 
 def test_a_reload_shows_the_running_job(journey):
     reload = journey["reload"]
-    assert "browser" in reload["progress"] and re.search(r"step \d/6", reload["progress"]), reload
+    assert "browser" in reload["progress"] and re.search(rf"step \d/{ITERS}", reload["progress"]), reload
     assert reload["buttons"] == (False, True, False), reload  # Start and Resume off, Stop on
     assert "browser is training on uploads/browser_prefs.jsonl" in reload["data_line"], reload
     assert reload["max_length"] == "128"  # the job's settings, not the defaults
@@ -357,12 +358,13 @@ def test_phases_eta_and_evaluation_progress(journey):
     assert any("ETA estimating…" in t for t in texts), phases  # until a step has been timed
     assert any(re.search(r"evaluating: \d of \d+ held-out pairs", t) for t in texts), phases
     assert any(t.startswith("browser: resuming") for t in texts), phases
-    assert not any("ETA 0s" in t and "step 6/6" not in t for t in texts), [t for t in texts if "ETA 0s" in t]
+    early_zero = [t for t in texts if "ETA 0s" in t and f"step {ITERS}/{ITERS}" not in t]
+    assert not early_zero, early_zero
 
 
 def test_eta_in_the_middle_of_the_resumed_run_is_close(journey):
-    """Error of the ETA shown while the resumed run trains (an evaluation due at step 6), against the
-    time it actually finished."""
+    """Error of the ETA shown while the resumed run trains (evaluations due at steps 6, 9 and 10),
+    against the time it actually finished."""
     end = journey["finished_at"]
     errors = [(t, eta_seconds(s) - (end - t)) for t, s in journey["timeline"].seen
               if t > journey["resumed_at"] and eta_seconds(s) is not None and "training" in s]
@@ -376,22 +378,25 @@ def test_eta_in_the_middle_of_the_resumed_run_is_close(journey):
 
 def test_stop_from_the_second_tab_stops_within_a_step(journey):
     stop = journey["stop"]
-    assert re.search(r"stopped at step [45]; checkpoint saved", stop["progress"]), stop
+    assert re.search(r"stopped at step [4-7]; checkpoint saved", stop["progress"]), stop
     assert "Resume continues it" in stop["status"], stop
     assert stop["buttons"] == (True, False, True), stop
+    # The reloaded tab took the run's data as its own: Start would train on the same again.
+    assert "Start trains on **uploads/browser_prefs.jsonl**" in stop["data_line"] or \
+        "Start trains on uploads/browser_prefs.jsonl" in stop["data_line"], stop
     # One step here takes 3-12 s on a shared 2-core CPU; the stop may wait for the step under way and a save.
     assert stop["latency_s"] < 45, stop
 
 
 def test_curves_show_single_points_colours_and_readable_ticks(journey):
     final = journey["final"]
-    assert "finished" in final["progress"] and "step 6/6" in final["progress"], final
+    assert "finished" in final["progress"] and f"step {ITERS}/{ITERS}" in final["progress"], final
     assert final["buttons"] == (True, False)
-    assert "train step 6/6" in final["log"]
-    assert journey["eval_points"] >= 2  # evaluations at steps 3 and 6, each a marker
+    assert f"train step {ITERS}/{ITERS}" in final["log"]
+    assert journey["eval_points"] == 4  # evaluations at steps 3, 6, 9 and 10, each a marker
     assert len(set(journey["lines"])) >= 2, journey["lines"]  # loss and NLL (train), each its colour
     assert "loss (eval)" in journey["loss_text"] and "loss (nats)" in journey["loss_text"]
-    assert journey["x_ticks"] == [str(i) for i in range(1, 7)], journey["x_ticks"]
+    assert journey["x_ticks"] == [str(i) for i in range(1, ITERS + 1)], journey["x_ticks"]
     assert all(len(t) <= 6 for t in journey["y_ticks"]), journey["y_ticks"]
 
 
