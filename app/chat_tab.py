@@ -99,31 +99,18 @@ def cut_mark(tokens: int) -> str:
     return f"✂️ *cut at {tokens} tokens (Max new tokens)*"
 
 
-def stopped(base: list, tuned: list, done: list):
-    """Stop: mark each answer that had not ended, and give Send back."""
-    import sys
-    print("STOPPED-DEBUG", repr(base)[-400:], repr(tuned)[-400:], done, file=sys.stderr, flush=True)
-
-    def mark(history, slot):
-        if slot in (done or []) or not history or history[-1].get("role") != "assistant":
-            return gr.skip()
-        history = [dict(m) for m in history]
-        text = _text(history[-1]["content"])
-        history[-1]["content"] = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
-        return history
-    return mark(base, BASE), mark(tuned, TUNED), *idle_buttons()
-
-
-def _text(content) -> str:
-    """A message's text, however Gradio hands it back: a string, a part ({"type": "text", "text": ...})
-    or a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text") or "")
-    if isinstance(content, (list, tuple)):
-        return "".join(_text(part) for part in content)
-    return str(getattr(content, "text", "") or "")
+def stopped(shown: dict):
+    """Stop: the answers as last sent (kept server-side: the browser's copy of a streaming chat can
+    lag behind), each unfinished one marked, and Send given back."""
+    if not shown:
+        return gr.skip(), gr.skip(), *idle_buttons()
+    turns = []
+    for slot in (BASE, TUNED):
+        text = shown["texts"][slot]
+        if slot not in shown["ended"]:
+            text = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
+        turns.append(_turn(shown["prompt"], text))
+    return *turns, *idle_buttons()
 
 
 def busy_buttons():
@@ -217,8 +204,9 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
 
 def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int, temperature: float,
          top_p: float, seed: int, pair: dict | None = None):
-    """Yields (base chat, adapter chat, scores Markdown, slots whose answer ended) as both answers
-    stream; an answer the token limit cut says so."""
+    """Yields (base chat, adapter chat, scores Markdown, what was shown) as both answers stream; an
+    answer the token limit cut says so. What was shown ({"prompt", "texts", "ended": slots whose
+    answer ended}) is what Stop marks."""
     prompt = (prompt or "").strip()
     if not prompt:
         raise gr.Error("Type a prompt first.")
@@ -243,7 +231,8 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
              f"loading base + adapters ({label})"}
     scores = "Scoring the pair's chosen and rejected answers after both outputs…" if pair else ""
     ended: list[int] = []
-    yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, ended
+    shown = lambda: {"prompt": prompt, "texts": dict(texts), "ended": list(ended)}
+    yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, shown()
 
     out, stop = queue.Queue(), threading.Event()
     worker = threading.Thread(target=_work, args=(ctx, spec, adapter, messages, sampling, pair,
@@ -277,7 +266,7 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
                         if not started[TUNED]:
                             texts[TUNED] = f"…loading base + adapters ({label})"
                     started[slot] = True
-            yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, ended
+            yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, shown()
     finally:
         stop.set()  # a chat cut off (Stop, a closed tab): the worker ends after its current token
 
@@ -325,9 +314,9 @@ def build(ctx: Context) -> dict:
     examples.click(pick_example, [pairs, examples], [prompt, chosen_pair, chosen, rejected, pair_col, scores],
                    queue=False, api_visibility="private")
     prompt.input(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
-    ended = gr.State([])  # the answers of the chat under way that have ended (Stop marks the others)
+    shown = gr.State({})  # the chat under way as last sent: Stop marks its unfinished answers
     inputs = [run, checkpoint, prompt, max_tokens, temperature, top_p, seed, chosen_pair]
-    outputs = [base, tuned, scores, ended]
+    outputs = [base, tuned, scores, shown]
     glue = dict(queue=False, api_visibility="private")
     # Send is off and Stop on while the models answer; Enter in the prompt box does what Send does.
     # A free prompt (typed, or an example edited) has no pair beside it.
@@ -335,5 +324,5 @@ def build(ctx: Context) -> dict:
     begun = begun.then(busy_buttons, None, [send, halt], **glue)
     answering = begun.then(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_name="chat")
     answering.then(idle_buttons, None, [send, halt], **glue)
-    halt.click(stopped, [base, tuned, ended], [base, tuned, send, halt], cancels=[answering], **glue)
+    halt.click(stopped, shown, [base, tuned, send, halt], cancels=[answering], **glue)
     return {"run": run, "checkpoint": checkpoint, "examples": examples, "pairs": pairs}

@@ -19,6 +19,12 @@ def choices(ctx: Context):
     return gr.Dropdown(choices=runs), gr.Dropdown(choices=[NONE, *runs])
 
 
+def overlay_choices(ctx: Context, current: str | None):
+    """Fresh "Overlay with" choices, keeping the current pick (runs made since the page was built included)."""
+    runs = [NONE, *runfiles.list_runs(ctx.runs_dir)]
+    return gr.Dropdown(choices=runs, value=current if current in runs else NONE)
+
+
 def summary(ctx: Context, name: str) -> tuple[dict, str]:
     run = runfiles.run_dir(ctx.runs_dir, name)
     cfg = runfiles.read_config(run)

@@ -59,6 +59,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
+        runs_tab_.select(lambda v: runs_tab.overlay_choices(ctx, v), past["other"], past["other"], **GLUE)
         demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"],
                                                                          chat["pairs"]], **GLUE)
         demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)

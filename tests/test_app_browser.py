@@ -491,15 +491,20 @@ def test_chat_marks_cut_and_stopped_answers_and_collapses_long_prompts(journey, 
     set_number(page, "chat-max-tokens", 400)
     page.locator("#chat-send").click()
     page.wait_for_function("""() => {
+        const users = document.querySelectorAll('#chat-tuned .user, #chat-tuned [data-testid="user"]');
         const bots = document.querySelectorAll('#chat-tuned .bot, #chat-tuned [data-testid="bot"]');
         const text = bots.length ? bots[bots.length - 1].innerText.trim() : '';
-        return text.length > 10 && !text.startsWith('…');
+        return users.length && users[users.length - 1].innerText.includes('lighthouse')
+            && text.length > 10 && !text.startsWith('…');
     }""", timeout=120_000)
+    before = last_bot(page, "#chat-tuned")
     page.locator("#chat-stop").click()
     page.wait_for_function("""() => {
         const bots = document.querySelectorAll('#chat-tuned .bot, #chat-tuned [data-testid="bot"]');
         return bots.length && bots[bots.length - 1].innerText.includes('stopped');
     }""", timeout=30_000)
+    after = last_bot(page, "#chat-tuned")
+    assert after.startswith(before[:10]) and len(after) > len("⏹ stopped") + 10, (before, after)  # text kept
     assert enabled(page, "chat-send") and not enabled(page, "chat-stop")
     shot(page, "9-chat-stopped")
     page.wait_for_timeout(3000)  # the worker ends after its current token
