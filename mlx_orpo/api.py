@@ -238,7 +238,7 @@ class PairScore:
 def score_pair(model, tokenizer, pair, cfg: TrainConfig | None = None) -> PairScore:
     """ℓ_w, ℓ_l and the log odds ratio of one `data.PreferencePair` under `model`, computed as
     the trainer's evaluation does (same template, truncation to cfg's lengths, same loss code)."""
-    from .loss import batch_loss
+    from .loss import batch_loss, orpo_loss
 
     cfg = cfg or TrainConfig()
     ensure_chat_template(tokenizer)
@@ -246,8 +246,8 @@ def score_pair(model, tokenizer, pair, cfg: TrainConfig | None = None) -> PairSc
                               min_response_length=cfg.min_response_length)
     if not encoded:
         raise ValueError(f"the pair does not fit --max-length {cfg.max_length}")
-    _, metrics = batch_loss(model, collate(encoded, pad_token_id(tokenizer), Widths.for_config(cfg)), cfg.beta,
-                            cfg.prompt_in_nll)
+    parts = batch_loss(model, collate(encoded, pad_token_id(tokenizer), Widths.for_config(cfg)), cfg.prompt_in_nll)
+    _, metrics = orpo_loss(parts, cfg.beta)
     mx.eval(metrics)
     return PairScore(metrics["logps/chosen"].item(), metrics["logps/rejected"].item(),
                      metrics["log_odds_chosen"].item())

@@ -49,7 +49,7 @@ class TrainConfig:
     # Optimisation
     learning_rate: float = _opt(1e-4, "Peak learning rate (AdamW).")
     lr_schedule: str = _opt("cosine", "Learning-rate schedule after warmup: constant, linear or cosine (decay to 0).")
-    warmup_steps: int = _opt(10, "Linear warmup steps from 0 to the peak learning rate.")
+    warmup_steps: int = _opt(10, "Linear warmup steps from peak/(warmup+1) up to the peak learning rate.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(1.0, "Clip the global gradient norm to this (0: no clipping).")
     iters: int | None = _opt(None, "Optimizer steps to run. Overrides --epochs.")
@@ -210,8 +210,8 @@ def parse_bytes(text: str) -> int:
 def _check_numbers(cfg: TrainConfig) -> None:
     """Every numeric option is a real, finite number of its field's type.
 
-    `--learning-rate inf` once trained to all-NaN adapters and exited 0, `--beta inf` and
-    `--lora-alpha nan` trained nothing and exited 0, `--epochs inf` overflowed: inf passes
+    Unchecked, `--learning-rate inf` trains to all-NaN adapters and exits 0, `--beta inf` and
+    `--lora-alpha nan` train nothing and exit 0, `--epochs inf` overflows: inf passes
     every `>= 0` check, an unchecked field passes nan, and a YAML file can give a string.
     """
     for name, hint in _HINTS.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .files import atomic_output, atomic_write_text
 from .output import ExportResult, check_destination, check_free_space, output_files, write_dir_atomically
 from .tokenize import hf_tokenizer
 
@@ -298,15 +299,9 @@ def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False
     if out.suffix == ".gguf":  # a single file (and its Modelfile), each renamed into place
         check_destination(gguf_file, force)
         check_free_space(gguf_file.parent, needed)
-        tmp = gguf_file.with_name(f".{gguf_file.name}.tmp")
-        try:
+        with atomic_output(gguf_file) as tmp:
             write_gguf(fused, tmp, gguf_type)
-            tmp_modelfile = model_file.with_name(f".{model_file.name}.tmp")
-            tmp_modelfile.write_text(modelfile(gguf_file.name, template))
-            tmp.replace(gguf_file)
-            tmp_modelfile.replace(model_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_text(model_file, modelfile(gguf_file.name, template))
         files = output_files(gguf_file) + output_files(model_file)
     else:
         def write(directory: Path) -> None:

@@ -11,11 +11,11 @@ gguf_tokenizer.py). The result loads with `mlx_lm.load` and with transformers.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
+
+from .files import atomic_output
 
 # GGUF tensor-name stems -> Hugging Face names, for the llama family.
 _LLAMA_LAYER_NAMES = {
@@ -171,17 +171,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float1
     tokenizer = _tokenizer(gguf_path, metadata)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_output(out_dir, directory=True) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "SOURCE").write_text(f"imported from {gguf_path}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -1,18 +1,19 @@
 """What every export writes through: the result it reports, and outputs that appear whole or not at all.
 
 Shared by export.py, gguf_export.py and peft_io.py. Every output is written
-under a temporary name in the destination's folder and renamed into place when
-complete; an existing output is only replaced with force=True; free disk space
-is checked first.
+through files.atomic_output (a temporary beside it, synced and renamed into place
+when complete); an existing output is only replaced with force=True; free disk
+space is checked first.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import atomic_output
 
 
 @dataclass
@@ -51,8 +52,8 @@ def check_destination(out: Path, force: bool) -> None:
 
 
 def check_apart(out: Path, source: str | Path | None, what: str) -> None:
-    """Refuse an output that is, contains or lies inside an input: `--adapters RUN --out RUN
-    --force` once replaced the whole run directory with two PEFT files."""
+    """Refuse an output that is, contains or lies inside an input: without this, `--adapters RUN
+    --out RUN --force` would replace the whole run directory with two PEFT files."""
     if source is None or not Path(source).expanduser().exists():
         return  # an alias or Hub id is not a path on this machine
     src, dst = Path(source).expanduser().resolve(), out.resolve()
@@ -76,15 +77,6 @@ def check_free_space(directory: Path, needed: int) -> None:
                       f"{human_size(free)} is free")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move a finished temporary file/dir into place (removing an old output only now)."""
-    if out.is_dir() and not out.is_symlink():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    tmp.rename(out)
-
-
 def output_files(out: Path) -> list[tuple[Path, int]]:
     """(path, bytes) of an output file, or of every file under an output directory."""
     paths = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
@@ -92,13 +84,9 @@ def output_files(out: Path) -> list[tuple[Path, int]]:
 
 
 def write_dir_atomically(out: Path, force: bool, needed: int, write: Callable[[Path], None]) -> None:
+    """Check the destination and the free space, then `write(folder)` the output through
+    files.atomic_output: it appears whole, replacing an old one only once complete, or not at all."""
     check_destination(out, force)
     check_free_space(out.parent, needed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_output(out, directory=True) as tmp:
         write(tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -72,7 +72,7 @@ KNOWN_CONFIGS = {
 # their gradients; set, not fitted). The vocabulary logits exist forward.logit_chunk() positions at
 # a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over;
 # models whose head is not plain (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows
-# FULL_LOGIT_COPIES times (measured before the logits were chunked).
+# FULL_LOGIT_COPIES times (measured with the logits in one piece).
 ACT_HIDDEN = 13.12
 ACT_MLP = 4.0
 ACT_SCORES = 1.735

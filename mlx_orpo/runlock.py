@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_NAME = ".lock"
+from .rundir import LOCK as LOCK_NAME
 
 
 class RunLockedError(RuntimeError):

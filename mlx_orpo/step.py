@@ -5,11 +5,11 @@
     result.applied, result.metrics["loss"]
 
 The trainer, scripts/bench.py and the memory planner's calibration
-(tests/test_plan.py, scripts/fit_plan.py) all run this same step, so what is
+(measure.py, for tests/test_plan.py and scripts/fit_plan.py) all run this same step, so what is
 benchmarked and planned is what trains. A step is:
 
 1. `gradients`: per micro-batch, the compiled value-and-grad of the ORPO loss
-   (`loss.batch_loss`), its metrics weighted to the global batch;
+   (`loss.orpo_loss` of `loss.batch_loss`'s parts, divided by the global batch's counts);
 2. `accumulate`: the micro-batches' gradients and metrics summed, evaluated
    after each one (this is what keeps the peak low, see there);
 3. `reduce`: averaged over micro-batches and data-parallel ranks, with every
@@ -33,11 +33,8 @@ from mlx.utils import tree_flatten, tree_map
 from .config import TrainConfig
 from .distributed import Cluster
 from .forward import enable_grad_checkpoint, split_supported
-from .loss import batch_loss
+from .loss import METRIC_KEYS, batch_loss, orpo_loss
 from .update import apply_finite_update
-
-METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
-               "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
 
 def build_schedule(cfg: TrainConfig, steps: int):
@@ -62,11 +59,11 @@ def build_optimizer(cfg: TrainConfig, steps: int) -> optim.AdamW:
 
 
 class MicroBatch(NamedTuple):
-    """One micro-batch (`batching.collate`'s dict) and the weights that scale its NLL (a token mean) and
-    its pair means to this rank's share of the global batch (see trainer.shard_weights); 1 and 1 alone."""
+    """One micro-batch (`batching.collate`'s dict) and the counts its NLL sum and pair sums are divided
+    by: this rank's share of the global batch's (see trainer.shard_counts); 0: the micro-batch's own."""
     batch: dict
-    nll_weight: float = 1.0
-    pair_weight: float = 1.0
+    nll_tokens: float = 0.0
+    pairs: float = 0.0
 
 
 @dataclass
@@ -80,7 +77,7 @@ class StepResult:
 class OrpoStep:
     """The compiled ORPO step of one (model, optimizer, cfg), built once.
 
-    `loss(model, batch, beta, prompt_in_nll) -> (loss, metrics)` defaults to loss.batch_loss
+    `loss(model, batch, prompt_in_nll) -> loss.LossParts` defaults to loss.batch_loss
     (tests inject fakes). With cfg.grad_checkpoint the model's blocks are made to recompute in
     the backward (forward.enable_grad_checkpoint) here, once.
     """
@@ -93,20 +90,19 @@ class OrpoStep:
         if cfg.grad_checkpoint:
             enable_grad_checkpoint(model)
 
-        def objective(model, batch, nll_weight, pair_weight):
-            _, metrics = loss(model, batch, cfg.beta, cfg.prompt_in_nll)
-            metrics = {k: v * (nll_weight if k == "nll_loss" else pair_weight)
-                       for k, v in metrics.items() if k != "tokens"}
-            metrics["loss"] = metrics["nll_loss"] - cfg.beta * metrics["log_odds_ratio"]
-            return metrics["loss"], metrics
+        def objective(model, batch, nll_tokens, pairs):
+            parts = loss(model, batch, cfg.prompt_in_nll)
+            own_pairs = parts.chosen_logps.shape[0]
+            return orpo_loss(parts, cfg.beta, mx.where(nll_tokens > 0, nll_tokens, parts.nll_tokens),
+                             mx.where(pairs > 0, pairs, own_pairs))
 
         value_and_grad = nn.value_and_grad(model, objective)
         compiled_state = [model.state, mx.random.state]
 
         @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-        def grad_step(batch, nll_weight, pair_weight):
+        def grad_step(batch, nll_tokens, pairs):
             # `batch` is collate's dict: with or without the shared-prompt layout (a new trace each).
-            (_, metrics), grads = value_and_grad(model, batch, nll_weight, pair_weight)
+            (_, metrics), grads = value_and_grad(model, batch, nll_tokens, pairs)
             return metrics, grads
 
         self._grad_step = grad_step
@@ -114,7 +110,8 @@ class OrpoStep:
 
     def gradients(self, micro: MicroBatch):
         """(metrics, gradients) of one micro-batch, lazy."""
-        return self._grad_step(self.inputs(micro.batch), mx.array(micro.nll_weight), mx.array(micro.pair_weight))
+        return self._grad_step(self.inputs(micro.batch), mx.array(float(micro.nll_tokens)),
+                               mx.array(float(micro.pairs)))
 
     def inputs(self, batch: dict) -> dict:
         """What the compiled step is given of a batch: a shared-prompt batch that this model runs as

@@ -26,9 +26,9 @@ from . import rundir
 from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
-from .loss import batch_loss
+from .loss import METRIC_KEYS, LossParts, batch_loss, orpo_loss
 from .models import on_gpu
-from .step import METRIC_KEYS, MicroBatch, OrpoStep, build_optimizer
+from .step import MicroBatch, OrpoStep, build_optimizer
 from .tokenize import EncodedPair
 
 
@@ -69,49 +69,48 @@ def nll_targets(pair: EncodedPair, prompt_in_nll: bool) -> int:
     return len(pair.prompt) + len(pair.chosen) - 1 if prompt_in_nll else len(pair.chosen)
 
 
-def shard_weights(global_pairs, local_pairs, cfg: TrainConfig, world: int) -> tuple[float, float]:
-    """Scale factors that make averaged per-rank losses equal the global-batch loss.
+def shard_counts(global_pairs, cfg: TrainConfig, world: int) -> tuple[float, float]:
+    """(NLL targets, pairs) that each rank divides its sums by: the global batch's counts over the
+    number of ranks, so the ranks' averaged losses are the global batch's token-mean NLL and pair
+    means (a rank's share may hold any number of the pairs; with one process, its own counts)."""
+    tokens = sum(nll_targets(p, cfg.prompt_in_nll) for p in global_pairs)
+    return tokens / world, len(global_pairs) / world
 
-    The NLL is a token mean and the odds-ratio term a pair mean over the global
-    batch; a rank holding n of N tokens (m of M pairs) weights its own means by
-    world * n / N (world * m / M). With one process both are 1.
-    """
-    n = sum(nll_targets(p, cfg.prompt_in_nll) for p in local_pairs)
-    total = sum(nll_targets(p, cfg.prompt_in_nll) for p in global_pairs)
-    return world * n / total, world * len(local_pairs) / len(global_pairs)
+
+def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
+                loss: Callable | None = None, on_batch: Callable[[int, int], None] | None = None) -> LossParts:
+    """The objective's parts of `pairs` (in their order) under the model in eval mode, forward only:
+    batches of cfg.batch_size pairs of similar length, each evaluated as it is done (a sync point).
+    `on_batch(done, total)` hears the pairs scored so far, before the first batch and after each."""
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    if on_batch:
+        on_batch(0, len(pairs))
+    widths = Widths.for_config(cfg)
+    chunks = []
+    model.eval()
+    for start in range(0, len(order), cfg.batch_size):
+        chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
+        chunks.append((loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.prompt_in_nll))
+        mx.eval(chunks[-1])
+        if on_batch:
+            on_batch(start + len(chunk), len(pairs))
+    model.train()
+    parts = LossParts.concatenate(chunks)
+    back = mx.argsort(mx.array(order))
+    return parts._replace(chosen_logps=parts.chosen_logps[back], rejected_logps=parts.rejected_logps[back])
 
 
 def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set.
-
-    The NLL is a token mean and the rest pair means over all evaluated pairs,
-    whatever the batch size (batches are weighted by their share of each).
-    `on_batch(done, total)` hears the pairs evaluated so far, before the first batch and after each.
-    """
+    """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set: the NLL a token
+    mean and the rest pair means over all evaluated pairs, whatever the batch size.
+    `on_batch(done, total)` hears the pairs evaluated so far, before the first batch and after each."""
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
         return {}
-    if on_batch:
-        on_batch(0, len(pairs))
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
-    sums = {k: 0.0 for k in METRIC_KEYS}
-    widths = Widths.for_config(cfg)
-    model.eval()
-    for start in range(0, len(order), cfg.batch_size):
-        chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
-        nll_weight, pair_weight = shard_weights(pairs, chunk, cfg, world=1)
-        _, metrics = (loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.beta,
-                                          cfg.prompt_in_nll)
-        mx.eval(metrics)
-        for k in METRIC_KEYS:
-            sums[k] += metrics[k].item() * (nll_weight if k == "nll_loss" else pair_weight)
-        if on_batch:
-            on_batch(start + len(chunk), len(pairs))
-    model.train()
-    sums["loss"] = sums["nll_loss"] - cfg.beta * sums["log_odds_ratio"]
-    return {f"eval_{k}": v for k, v in sums.items()}
+    _, metrics = orpo_loss(score_pairs(model, pairs, cfg, pad_id, loss, on_batch=on_batch), cfg.beta)
+    return {f"eval_{k}": metrics[k].item() for k in METRIC_KEYS}
 
 
 def _format(record: dict, total: int) -> str:
@@ -201,13 +200,14 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             epoch, index, indices = next(batches)
             global_pairs = [train_pairs[i] for i in indices]
             local_pairs = cluster.shard(global_pairs)
-            nll_weight, pair_weight = shard_weights(global_pairs, local_pairs, cfg, cluster.size)
+            # A rank left without pairs (a short last batch) runs a stand-in that divides its sums by
+            # infinite counts: it adds nothing to the loss, the gradients or the metrics.
+            nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size) if local_pairs else (math.inf,) * 2
             state.window_tokens += sum(p.tokens for p in global_pairs)
             last = index + 1 == batches_per_epoch
             state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
-            # A rank left without pairs (a short last batch) runs a stand-in with zero weight.
-            yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_weight,
-                             pair_weight)
+            yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_tokens,
+                             pair_count)
 
     batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, **order)
     bar = _progress_bar(steps, state.step) if progress else None

@@ -2,7 +2,7 @@
 
 The trainer already skips a step whose loss or gradient norm is not finite, but a
 finite gradient can still give a non-finite weight: with `--learning-rate inf` every
-gradient was finite and all 2,442,240 adapter values became inf/NaN. So the updated
+gradient is finite and all 2,442,240 adapter values become inf/NaN. So the updated
 weights themselves are checked, and the step is undone if any is not finite.
 """
 

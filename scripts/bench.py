@@ -224,7 +224,6 @@ def worker_mlx_lm_lora(spec: dict) -> dict:
 
 def worker_trl(spec: dict) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(REPO / "tests"))
     import torch
     import trl_reference as ref
     from peft import LoraConfig, get_peft_model

@@ -4,7 +4,7 @@
     python scripts/fit_plan.py --out fit.json   # also keep the measured peaks
     python scripts/fit_plan.py --peaks fit.json # refit kept peaks (measures only missing cases)
 
-Each case is one step of the trainer's own `step.OrpoStep` (tests/test_plan.py `measure_step_peak`).
+Each case is one step of the trainer's own `step.OrpoStep` (`measure.measure_step_peak`, as tests/test_plan.py).
 The fit is a least squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
 per-token and per-score activation multiples, the per-token residue of a checkpointed block,
 and the copies of a logit chunk (ACT_MLP and CKPT_BLOCKS are set, not fitted). Paste the printed
@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from test_plan import TINY, WIDER  # noqa: E402  (the test's configs)
+sys.path.insert(0, str(REPO))
 
 from mlx_orpo import plan  # noqa: E402
 from mlx_orpo.forward import logit_chunk  # noqa: E402
+from mlx_orpo.measure import TINY, WIDER, case_config, measure_step_peak  # noqa: E402
 
 DEEP = dict(TINY, num_hidden_layers=8, vocab_size=8000)
 SMOL = dict(model_type="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
@@ -67,8 +66,6 @@ CKPT_BLOCKS = plan.CKPT_BLOCKS  # set, not fitted: one block's recomputed activa
 
 def parts(case) -> dict:
     """The bytes of one case's prediction that are counted, and the shapes the fitted multiples scale."""
-    from test_plan import case_config
-
     _, config, _, prompt_len, answer_len, layout, _ = case
     cfg = case_config(case)
     shape = plan.ModelShape.from_config(config)
@@ -123,7 +120,6 @@ def main() -> int:
     parser.add_argument("--peaks", help="fit these measured peaks (an --out file) instead of measuring")
     args = parser.parse_args()
     if args.measure is not None:
-        from test_plan import case_config, measure_step_peak
         case = CASES[args.measure]
         print(measure_step_peak(case[1], case_config(case), case[3], case[4], case[5]))
         return 0

@@ -21,7 +21,7 @@ A short training run first warms MLX's kernel cache (CUDA compiles kernels on fi
 
 Writes OUT/report.md (printed too) and OUT/report.json (after each case, so a cut-off run keeps what
 it measured); each run's files stay under OUT/. Ten of its processes load the model; with the 7B-shaped
-model on an H100, an estimate (not yet run on a GPU) is ten minutes plus the cold kernel cache's first two.
+model on an H100, the estimate is ten minutes plus the cold kernel cache's first two.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from bench import SHARED_DATA  # noqa: E402  (the data bench.py runs on, when it is there)
+
+from mlx_orpo import rundir  # noqa: E402
+from mlx_orpo.files import atomic_write_text  # noqa: E402
 
 METAL_QUEUE = {"MLX_MAX_OPS_PER_BUFFER": "40", "MLX_MAX_MB_PER_BUFFER": "40"}
 # (label, max length, pairs per batch, gradient checkpointing, extra environment, extra train options)
@@ -72,8 +75,7 @@ def train_cmd(model: str, out: Path, length: int, pairs: int, ckpt: bool, iters:
 
 
 def measured(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "tokens_per_sec" in r]
+    train = [r for r in rundir.read_records(run_dir) if r["kind"] == rundir.TRAIN]
     return {"peak_gb": max(r["peak_memory_gb"] for r in train), "tok_s_last": train[-1]["tokens_per_sec"]}
 
 
@@ -141,10 +143,10 @@ def main(argv=None) -> int:
         error = case["planner_gb"] / case["peak_gb"] - 1
         lines.append(f"| {name} | {case['peak_gb']:.2f} | {case['planner_gb']:.2f} | {error:+.1%} | "
                      f"{case['tok_s_last']:.0f} | {wall:.0f} |")
-        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")  # partial results survive
+        atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")  # partial results survive
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     print(text)
     return 0
 

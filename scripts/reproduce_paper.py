@@ -20,8 +20,8 @@ results.json (settings, curves, samples). Run directories (adapters, metrics.jso
 --work-dir (default runs/reproduce/); a finished λ whose settings match is reused, so an
 interrupted run continues where it stopped (--fresh retrains everything).
 
-The held-out metrics are computed here per pair rather than read from the trainer's eval records:
-the trainer's `rewards/accuracies` compares λ·ℓ, which is 0 for every pair when λ = 0.
+The held-out metrics are scored here as the trainer's evaluation scores them (trainer.score_pairs and
+loss.orpo_loss), at this script's steps and with the per-pair ℓ its paired comparisons need.
 """
 
 from __future__ import annotations
@@ -41,24 +41,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import mlx_orpo  # noqa: E402,F401  (loads the fast BLAS before mlx is imported)
+
+# isort: split
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-import mlx_orpo  # noqa: E402,F401  (loads the fast BLAS before mlx is imported)
-from mlx_orpo import blas  # noqa: E402
-from mlx_orpo.api import generate, load_with_adapters, pad_token_id, prepare_data, read_data  # noqa: E402
-from mlx_orpo.batching import Widths, collate  # noqa: E402
-from mlx_orpo.checkpoint import atomic_write_text  # noqa: E402
+from mlx_orpo import blas, rundir  # noqa: E402
+from mlx_orpo.api import generate, load_with_adapters, prepare_data, prepare_run, read_data  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
-from mlx_orpo.forward import sequence_masks, token_logps  # noqa: E402
-from mlx_orpo.loss import log_odds, log_sigmoid, masked_mean  # noqa: E402
-from mlx_orpo.models import attach_adapters, load_model  # noqa: E402
-from mlx_orpo.trainer import train  # noqa: E402
+from mlx_orpo.files import atomic_write_text  # noqa: E402
+from mlx_orpo.loss import orpo_loss  # noqa: E402
+from mlx_orpo.runlock import RunLock  # noqa: E402
+from mlx_orpo.trainer import score_pairs, train  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
+CURVE = "reproduce_curve.json"  # in each λ's run directory: its curve, once the λ has finished
 
 # Rough throughput of SmolLM2-135M (fp32, OpenBLAS) on a quiet 2-core x86 CPU, for the up-front
-# estimate only (NOTES: a 4 x 512-token LoRA step took ~21 s; shorter rows spend less on attention).
+# estimate only (a 4 x 512-token LoRA step takes ~21 s there; shorter rows spend less on attention).
 CPU_TRAIN_TOKENS_PER_S = 150.0
 CPU_EVAL_TOKENS_PER_S = 400.0
 CPU_GENERATE_TOKENS_PER_S = 25.0
@@ -125,51 +126,26 @@ def train_config(args, beta: float, data: str, run_dir: Path) -> TrainConfig:
 
 # --------------------------------------------------------------------------- held-out metrics
 
-def heldout_logps(model, pairs, pad_id: int, widths: Widths, batch_size: int = 4):
-    """Per pair: ℓ(chosen), ℓ(rejected) (mean per-token log-prob of the response), and the chosen
-    response's summed log-prob and token count (for a token-mean NLL). Forward only."""
-    nll_sum, nll_count = 0.0, 0
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)  # little padding
-    out = np.zeros((len(pairs), 2))
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([pairs[i] for i in idx], pad_id, widths)
-        tokens = batch["tokens"]
-        logps = token_logps(model(tokens[:, :-1]), tokens[:, 1:])
-        response, _ = sequence_masks(batch["lengths"], batch["prompt_lengths"], tokens.shape[1], False)
-        seq = masked_mean(logps, response)
-        n = len(idx)
-        summed = (logps[:n] * response[:n]).sum()
-        mx.eval(seq, summed)  # sync point, once per eval batch
-        out[idx, 0] = np.array(seq[:n])
-        out[idx, 1] = np.array(seq[n:])
-        nll_sum -= summed.item()
-        nll_count += int(response[:n].sum().item())
-    model.train()
-    return out[:, 0], out[:, 1], nll_sum / max(nll_count, 1)
-
-
-def summarize(chosen: np.ndarray, rejected: np.ndarray, nll: float) -> dict:
-    odds = np.array(log_odds(mx.array(chosen, dtype=mx.float32), mx.array(rejected, dtype=mx.float32)))
-    log_sig = np.array(log_sigmoid(mx.array(odds)))
+def evaluate_heldout(model, pairs, pad_id, cfg) -> dict:
+    """The held-out numbers as the trainer's evaluation scores them (trainer.score_pairs, loss.orpo_loss),
+    with the per-pair ℓ that the paired comparisons need."""
+    parts = score_pairs(model, pairs, cfg, pad_id)
+    _, metrics = orpo_loss(parts, cfg.beta)
+    mx.eval(metrics)
+    chosen, rejected = np.array(parts.chosen_logps), np.array(parts.rejected_logps)
     diff = chosen - rejected
     return {
-        "logps_chosen": float(chosen.mean()),
-        "logps_rejected": float(rejected.mean()),
-        "margin": float(diff.mean()),                          # mean ℓ_w - ℓ_l
+        "logps_chosen": metrics["logps/chosen"].item(),
+        "logps_rejected": metrics["logps/rejected"].item(),
+        "margin": float(diff.mean()),                          # mean ℓ_w - ℓ_l (λ·ℓ's margin is 0 under SFT)
         "margin_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0,
-        "accuracy": float((diff > 0).mean()),                  # pairs with ℓ_w > ℓ_l
-        "log_odds_chosen": float(odds.mean()),                 # mean log(odds_w / odds_l)
-        "log_odds_ratio": float(log_sig.mean()),               # mean log σ(log odds) = -L_OR
-        "nll_chosen": float(nll),                              # token-mean NLL of the chosen responses
+        "accuracy": metrics["rewards/accuracies"].item(),      # pairs with ℓ_w > ℓ_l
+        "log_odds_chosen": metrics["log_odds_chosen"].item(),  # mean log(odds_w / odds_l)
+        "log_odds_ratio": metrics["log_odds_ratio"].item(),    # mean log σ(log odds) = -L_OR
+        "nll_chosen": metrics["nll_loss"].item(),              # token-mean NLL of the chosen responses
         "per_pair": {"chosen": [round(float(x), 5) for x in chosen],
                      "rejected": [round(float(x), 5) for x in rejected]},
     }
-
-
-def evaluate_heldout(model, pairs, pad_id, cfg) -> dict:
-    return summarize(*heldout_logps(model, pairs, pad_id, Widths.for_config(cfg)))
 
 
 # --------------------------------------------------------------------------- progress
@@ -210,8 +186,8 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
     """Train one λ (or reuse a finished matching run); return (its curve record, the step-0 eval)."""
     run_dir = Path(args.work_dir) / f"lambda-{beta:g}"
     key = settings_key(args, data, beta)
-    cached = run_dir / "reproduce_curve.json"
-    if not args.fresh and cached.is_file() and (run_dir / "adapters.safetensors").is_file():
+    cached = run_dir / CURVE
+    if not args.fresh and cached.is_file() and (run_dir / rundir.ADAPTERS).is_file():
         record = json.loads(cached.read_text())
         if record.get("key") == key and (base_eval is not None or record.get("base_eval")):
             print(f"λ={beta:g}: reusing the finished run in {run_dir} (same settings; --fresh retrains)")
@@ -222,17 +198,18 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
             return record, base_eval
     if run_dir.exists():
         shutil.rmtree(run_dir)  # ours: a stale or unfinished run of this script
+    with RunLock(run_dir):
+        return train_lambda(args, beta, data, run_dir, key, splits, eval_pairs_n, progress, est, base_eval)
+
+
+def train_lambda(args, beta: float, data: str, run_dir: Path, key: str, splits, eval_pairs_n: int,
+                 progress: Progress, est: dict, base_eval: dict | None) -> tuple[dict, dict]:
+    """Train one λ afresh in run_dir, set up as the CLI sets up a run (api.prepare_run: seeded before
+    the model loads, so every λ starts from the same LoRA initialisation)."""
     cfg = train_config(args, beta, data, run_dir)
-    mx.random.seed(cfg.seed)  # same LoRA initialisation for every λ
-    model, tokenizer, _, path = load_model(cfg.model, dtype=cfg.dtype)
-    prepared = prepare_data(cfg, tokenizer, splits)
+    run = prepare_run(cfg, run_dir, splits=splits, log=lambda line: None)  # our bar replaces its lines
+    model, prepared, pad_id = run.model, run.data, run.pad_id
     eval_pairs = prepared.eval[:eval_pairs_n]
-    pad_id = pad_token_id(tokenizer)
-    adapter_cfg = attach_adapters(model, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    adapter_cfg["model_path"] = str(path)
-    atomic_write_text(run_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2) + "\n")
 
     # Step 0: LoRA B = 0, so the freshly adapted model is the base model, the same for every λ. A
     # --train-only worker for λ > 0 leaves it to the run that assembles the outputs (λ = 0 has it).
@@ -244,7 +221,7 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
     train_log = []
 
     def on_record(entry: dict) -> None:
-        if "eval_loss" in entry:
+        if entry["kind"] != rundir.TRAIN:
             return
         train_log.append({k: entry[k] for k in ("step", "loss", "nll_loss", "log_odds_chosen",
                                                 "logps/chosen", "logps/rejected", "tokens_per_sec")})
@@ -268,8 +245,8 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
               "data": {"train_pairs": len(prepared.train), "eval_pairs": len(eval_pairs),
                        "truncated": prepared.train_stats.truncated + prepared.eval_stats.truncated,
                        "dropped": prepared.train_stats.dropped + prepared.eval_stats.dropped}}
-    atomic_write_text(cached, json.dumps(record) + "\n")
-    model = None  # frees the weights (on_record's closure holds the same cell)
+    atomic_write_text(run_dir / CURVE, json.dumps(record) + "\n")
+    model = run = None  # frees the weights (on_record's closure holds the same cell)
     gc.collect()
     return record, base_eval
 

@@ -389,8 +389,27 @@ def test_write_demo_data_is_deterministic(tmp_path):
     assert a == b == demo_data.DEMO_DATA_PATH.read_bytes()
 
 
-def test_formats_tuple_is_the_contract():
-    assert FORMATS == ("prompt_strings", "trl_conversational", "ultrafeedback", "sharegpt", "hh")
+def test_every_format_is_detected_and_reads_to_the_same_pair():
+    """One row per name in FORMATS, the same pair in each layout: each is detected as its own
+    format and normalised to the same prompt and answers."""
+    from mlx_orpo.data_formats import detect_format, normalise_row
+
+    user, chosen, rejected = {"role": "user", "content": "Hi?"}, "Hello.", "Go away."
+    rows = {
+        "prompt_strings": {"prompt": "Hi?", "chosen": chosen, "rejected": rejected},
+        "trl_conversational": {"prompt": [user], "chosen": [{"role": "assistant", "content": chosen}],
+                               "rejected": [{"role": "assistant", "content": rejected}]},
+        "ultrafeedback": {"chosen": [user, {"role": "assistant", "content": chosen}],
+                          "rejected": [user, {"role": "assistant", "content": rejected}]},
+        "sharegpt": {"conversations": [{"from": "human", "value": "Hi?"}], "chosen": {"from": "gpt", "value": chosen},
+                     "rejected": {"from": "gpt", "value": rejected}},
+        "hh": {"chosen": f"\n\nHuman: Hi?\n\nAssistant: {chosen}",
+               "rejected": f"\n\nHuman: Hi?\n\nAssistant: {rejected}"},
+    }
+    assert sorted(rows) == sorted(FORMATS)
+    for name, row in rows.items():
+        assert detect_format(row) == name
+        assert normalise_row(row, name) == ((user,), chosen, rejected), name
 
 
 # -- text that is not Unicode -------------------------------------------------------

@@ -1,7 +1,7 @@
 """The exported GGUF in llama.cpp itself (via llama-cpp-python): tokenizer, logits and greedy tokens.
 
-transformers' GGUF reader is more lenient than llama.cpp (NOTES.md: it accepts a
-token_type array llama.cpp refuses), so the real check is llama.cpp. Installing
+transformers' GGUF reader is more lenient than llama.cpp (it accepts a token_type array that
+llama.cpp refuses with "invalid gguf type for tokenizer.ggml.token_type"), so the real check is llama.cpp. Installing
 llama-cpp-python compiles llama.cpp from source (minutes), hence the slow mark.
 """
 

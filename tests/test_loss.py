@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlx_orpo.forward import LOGIT_CHUNK_CPU, LOGIT_CHUNK_GPU, head_logps, logit_chunk, sequence_masks, token_logps
-from mlx_orpo.loss import batch_loss, log1mexp, log_odds, orpo_loss
+from mlx_orpo.loss import LossParts, batch_objective, log1mexp, log_odds, orpo_loss
 
 
 def close(a, b, rel=1e-5, abs_=0.0):
@@ -51,10 +51,10 @@ def test_log_odds_by_hand():
 def test_orpo_loss_and_metrics_by_hand():
     """Pair 1: P(c)=0.5, P(r)=0.25 -> log odds ln 3, log σ = ln(3/4).
     Pair 2: P(c)=0.2, P(r)=0.6 -> odds 1/4 and 3/2, log odds ln(1/6), log σ = ln(1/7).
-    λ = 0.5, NLL = 2.0: loss = 2 - 0.5 · (ln .75 + ln(1/7)) / 2."""
+    λ = 0.5, NLL = 6 / 3 tokens = 2.0: loss = 2 - 0.5 · (ln .75 + ln(1/7)) / 2."""
     c = mx.array([math.log(0.5), math.log(0.2)])
     r = mx.array([math.log(0.25), math.log(0.6)])
-    loss, m = orpo_loss(c, r, mx.array(2.0), beta=0.5)
+    loss, m = orpo_loss(LossParts(c, r, nll_sum=mx.array(6.0), nll_tokens=mx.array(3.0)), beta=0.5)
     mean_ls = (math.log(0.75) + math.log(1 / 7)) / 2
     assert close(loss.item(), 2.0 - 0.5 * mean_ls)
     assert close(m["log_odds_ratio"].item(), mean_ls)
@@ -66,9 +66,24 @@ def test_orpo_loss_and_metrics_by_hand():
 
 
 def test_lambda_zero_is_plain_nll():
-    loss, m = orpo_loss(mx.array([-1.0, -2.0]), mx.array([-0.5, -3.0]), mx.array(1.2345), beta=0.0)
+    parts = LossParts(mx.array([-1.0, -2.0]), mx.array([-0.5, -3.0]), mx.array(1.2345), mx.array(1.0))
+    loss, m = orpo_loss(parts, beta=0.0)
     assert loss.item() == pytest.approx(1.2345) and m["nll_loss"].item() == pytest.approx(1.2345)
     assert m["rewards/accuracies"].item() == 0.5  # still measured under plain SFT: pair 2 prefers chosen
+
+
+def test_shares_divided_by_the_whole_counts_add_up_to_the_whole():
+    """One pair per share; NLL sums 3 over 2 tokens and 5 over 6: the whole's NLL is 8 / 8 = 1, not
+    the mean of 1.5 and 0.83. Each share divided by the whole's counts (8 tokens, 2 pairs) adds up."""
+    a = LossParts(mx.array([math.log(0.5)]), mx.array([math.log(0.25)]), mx.array(3.0), mx.array(2.0))
+    b = LossParts(mx.array([math.log(0.2)]), mx.array([math.log(0.6)]), mx.array(5.0), mx.array(6.0))
+    whole_loss, whole = orpo_loss(LossParts.concatenate([a, b]), beta=0.5)
+    (loss_a, share_a), (loss_b, share_b) = (orpo_loss(p, beta=0.5, nll_tokens=8.0, pairs=2) for p in (a, b))
+    assert close(whole["nll_loss"].item(), 1.0)
+    assert close(whole_loss.item(), 1.0 - 0.5 * (math.log(0.75) + math.log(1 / 7)) / 2)
+    assert close(loss_a.item() + loss_b.item(), whole_loss.item())
+    for key in whole:
+        assert close(share_a[key].item() + share_b[key].item(), whole[key].item()), key
 
 
 def test_token_logps_is_log_softmax_pick():
@@ -156,9 +171,9 @@ def tiny_batch():
 def test_batch_loss_ignores_padding_and_prompt():
     """Changing pad tokens or prompt-only tokens' *targets* must not change ℓ."""
     model, batch = tiny_model(), tiny_batch()
-    _, m1 = batch_loss(model, batch, beta=0.1)
+    _, m1 = batch_objective(model, batch, beta=0.1)
     padded = dict(batch, tokens=mx.where(batch["tokens"] == 0, 49, batch["tokens"]))
-    _, m2 = batch_loss(model, padded, beta=0.1)
+    _, m2 = batch_objective(model, padded, beta=0.1)
     for key in ("logps/chosen", "logps/rejected", "nll_loss", "loss"):
         assert close(m1[key].item(), m2[key].item(), rel=1e-6)
 
@@ -167,11 +182,11 @@ def test_gradient_step_raises_chosen_minus_rejected():
     model, batch = tiny_model(seed=3), tiny_batch()
     model.freeze()
     model.unfreeze(keys=["weight"], recurse=True)
-    loss_and_grad = nn.value_and_grad(model, partial(batch_loss, beta=1.0))
+    loss_and_grad = nn.value_and_grad(model, partial(batch_objective, beta=1.0))
     (_, before), grads = loss_and_grad(model, batch)
     optimizer = __import__("mlx.optimizers", fromlist=["SGD"]).SGD(learning_rate=0.5)
     optimizer.update(model, grads)
-    _, after = batch_loss(model, batch, beta=1.0)
+    _, after = batch_objective(model, batch, beta=1.0)
     margin = lambda m: m["logps/chosen"].item() - m["logps/rejected"].item()
     assert margin(after) > margin(before)
     assert after["loss"].item() < before["loss"].item()

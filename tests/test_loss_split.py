@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_orpo.batching import collate
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.forward import split_supported
-from mlx_orpo.loss import batch_loss
+from mlx_orpo.loss import batch_objective
 from mlx_orpo.models import attach_adapters
 from mlx_orpo.tokenize import EncodedPair
 
@@ -47,7 +47,7 @@ def test_shared_prompt_matches_full_rows(tied, prompt_in_nll):
     batch = collate(pairs([(12, 7, 3), (15, 2, 6), (10, 10, 12)]), pad_id=0, widths=1)
     assert "response_tokens" in batch and batch["prompt_tokens"].shape == (3, 15)
     full = {k: batch[k] for k in FULL_KEYS}
-    step = nn.value_and_grad(model, partial(batch_loss, beta=0.3, prompt_in_nll=prompt_in_nll))
+    step = nn.value_and_grad(model, partial(batch_objective, beta=0.3, prompt_in_nll=prompt_in_nll))
     (_, split_metrics), split_grads = step(model, batch)
     (_, full_metrics), full_grads = step(model, full)
     for key in full_metrics:
@@ -77,11 +77,11 @@ def test_grad_checkpointed_blocks_keep_the_shared_prompt_and_its_gradients():
     model = tiny_lora_model(True)
     batch = collate(pairs([(12, 7, 3), (15, 2, 6)]), pad_id=0, widths=1)
     assert "response_tokens" in batch
-    step = nn.value_and_grad(model, partial(batch_loss, beta=0.3))
+    step = nn.value_and_grad(model, partial(batch_objective, beta=0.3))
     expected_loss, expected = step(model, {k: batch[k] for k in FULL_KEYS})
     enable_grad_checkpoint(model)
     assert split_supported(model)
-    loss, grads = nn.value_and_grad(model, partial(batch_loss, beta=0.3))(model, batch)
+    loss, grads = nn.value_and_grad(model, partial(batch_objective, beta=0.3))(model, batch)
     assert abs(loss[0].item() - expected_loss[0].item()) <= 1e-5 * abs(expected_loss[0].item())
     for (name, a), (_, b) in zip(tree_flatten(grads), tree_flatten(expected)):
         assert np.linalg.norm(np.array(a - b)) <= 1e-4 * np.linalg.norm(np.array(b)), name

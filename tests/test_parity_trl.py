@@ -1,7 +1,7 @@
 """Parity with TRL's ORPOTrainer (PyTorch, CPU, float32) on the real SmolLM2-135M-Instruct.
 
 Same weights, same LoRA values, same token ids on both sides (see
-trl_reference.py). TRL puts the prompt tokens into the NLL term, so our side
+scripts/trl_reference.py). TRL puts the prompt tokens into the NLL term, so our side
 runs with prompt_in_nll=True for the comparison; test_response_only_nll pins
 our default (prompt_in_nll=False) against an NLL computed directly in torch.
 
@@ -14,6 +14,8 @@ every LoRA gradient tensor within 1e-3 relative, as
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,13 +28,15 @@ pytest.importorskip("trl")
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
-import trl_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import trl_reference as ref  # noqa: E402  (shared with scripts/bench.py)
 
 from mlx_orpo.batching import collate  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.data import PreferencePair  # noqa: E402
-from mlx_orpo.loss import batch_loss  # noqa: E402
+from mlx_orpo.loss import batch_objective  # noqa: E402
 from mlx_orpo.models import attach_adapters, load_model  # noqa: E402
 from mlx_orpo.tokenize import encode_pair  # noqa: E402
 
@@ -100,7 +104,7 @@ def theirs(smollm2_dir, lora):
 
 
 def our_loss_metrics_grads(model, batch, beta: float, prompt_in_nll: bool):
-    loss_fn = functools.partial(batch_loss, beta=beta, prompt_in_nll=prompt_in_nll)
+    loss_fn = functools.partial(batch_objective, beta=beta, prompt_in_nll=prompt_in_nll)
     (loss, metrics), grads = nn.value_and_grad(model, loss_fn)(model, batch)
     mx.eval(loss, metrics, grads)
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -147,7 +151,7 @@ def test_response_only_nll(ours_with_lora, theirs, encoded_pairs):
     model, tokenizer = ours_with_lora
     torch_model, _ = theirs
     batch = collate(encoded_pairs, tokenizer.pad_token_id, widths=32)
-    _, metrics = batch_loss(model, batch, beta=0.1, prompt_in_nll=False)
+    _, metrics = batch_objective(model, batch, beta=0.1, prompt_in_nll=False)
     expected = ref.response_nll(torch_model, encoded_pairs, tokenizer.pad_token_id)
     nll = float(metrics["nll_loss"])
     print(f"\nresponse-only NLL ours {nll:.8g} torch {expected:.8g} rel {relative_error(nll, expected):.2e}")

@@ -8,13 +8,13 @@ the table that docs/performance.md quotes.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import pytest
 
 import mlx_orpo  # noqa: F401  (fast BLAS first)
 from mlx_orpo.config import TrainConfig
+from mlx_orpo.measure import TINY, WIDER, case_config, measure_step_peak
 from mlx_orpo.plan import (
     KNOWN_CONFIGS,
     ModelShape,
@@ -29,10 +29,6 @@ from mlx_orpo.plan import (
 TOLERANCE = 0.15
 
 # (name, model config, batch pairs, prompt tokens, answer tokens, layout, extra TrainConfig fields)
-TINY = dict(model_type="llama", hidden_size=256, num_hidden_layers=2, intermediate_size=512,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)
-WIDER = dict(TINY, hidden_size=384, num_hidden_layers=3, intermediate_size=1024, num_attention_heads=6,
-             vocab_size=2000, tie_word_embeddings=False)
 CASES = [
     ("tiny, shared prompt", TINY, 2, 64, 64, "shared prompt", {}),
     ("wider untied, shared prompt", WIDER, 1, 96, 160, "shared prompt", {}),
@@ -44,53 +40,6 @@ CASES = [
      "shared prompt", {"grad_checkpoint": True}),
     ("tiny 4-bit", TINY, 2, 64, 64, "shared prompt", {"bits": 4}),
 ]
-
-
-def measure_step_peak(model_config: dict, cfg: TrainConfig, prompt_len: int, answer_len: int, layout: str) -> int:
-    """mx.get_peak_memory() of building the model and running one step of the trainer's own `OrpoStep`."""
-    import mlx.core as mx
-    import numpy as np
-    from mlx_lm.models import llama
-    from mlx_lm.utils import quantize_model
-
-    from mlx_orpo.batching import Widths, collate
-    from mlx_orpo.models import attach_adapters
-    from mlx_orpo.step import MicroBatch, OrpoStep, build_optimizer
-    from mlx_orpo.tokenize import EncodedPair
-
-    mx.synchronize()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    mx.random.seed(0)
-    args = llama.ModelArgs(rms_norm_eps=1e-5, **model_config)
-    model = llama.Model(args)
-    model.set_dtype(mx.float32)
-    if cfg.bits:
-        model, _ = quantize_model(model, {}, group_size=cfg.group_size, bits=cfg.bits)
-    mx.eval(model.parameters())
-    mx.synchronize()
-    mx.reset_peak_memory()  # the float copy that quantising started from is gone: count the run only
-    attach_adapters(model, cfg)
-    step = OrpoStep(model, cfg, build_optimizer(cfg, steps=1))
-    mx.eval(model.parameters())
-    rng = np.random.default_rng(0)
-    ids = lambda n: tuple(int(i) for i in rng.integers(3, args.vocab_size, n))
-    pairs = [EncodedPair(ids(prompt_len), ids(answer_len), ids(answer_len)) for _ in range(cfg.batch_size)]
-    batch = collate(pairs, 0, Widths.for_config(cfg))
-    assert "response_tokens" in batch or cfg.grad_checkpoint
-    if layout == "full rows":  # the layout collate falls back to for batches of mixed prompt/answer lengths
-        batch = {k: batch[k] for k in ("tokens", "lengths", "prompt_lengths")}
-    result = step([MicroBatch(batch)])
-    assert result.applied and math.isfinite(result.metrics["loss"].item())
-    peak = mx.get_peak_memory()
-    del model, step, result
-    return peak
-
-
-def case_config(case) -> TrainConfig:
-    _, _, pairs, prompt_len, answer_len, _, extra = case
-    return TrainConfig(batch_size=pairs, max_length=prompt_len + answer_len, max_prompt_length=prompt_len,
-                       **extra).validate()
 
 
 def measured_in_fresh_process(index: int) -> int:

@@ -25,9 +25,9 @@ def counting_step(tmp_path, **kw):
     attach_adapters(model, cfg)
     traces = []
 
-    def loss(model, batch, beta, prompt_in_nll=False):
+    def loss(model, batch, prompt_in_nll=False):
         traces.append(sorted((k, tuple(v.shape)) for k, v in batch.items()))
-        return batch_loss(model, batch, beta, prompt_in_nll)
+        return batch_loss(model, batch, prompt_in_nll)
 
     return OrpoStep(model, cfg, build_optimizer(cfg, 10), loss=loss), traces
 

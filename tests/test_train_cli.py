@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mlx_orpo.rundir import read_records
 
@@ -25,7 +27,7 @@ def cli(*args):
 
 
 def train_records(run_dir: Path):
-    return [r for r in read_records(run_dir) if "loss" in r]
+    return [r for r in read_records(run_dir) if r["kind"] == "train"]
 
 
 def comparable(records):
@@ -79,7 +81,7 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
         assert r["skipped_steps"] == 0 and r["peak_memory_gb"] > 0
     first, last = np.mean([r["loss"] for r in records[:3]]), np.mean([r["loss"] for r in records[-3:]])
     assert last < first, (first, last)
-    evals = [r for r in read_records(run_dir) if "eval_loss" in r]
+    evals = [r for r in read_records(run_dir) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [4, 8]
     for name in ("config.json", "adapter_config.json", "adapters.safetensors", "checkpoints/step-000008/state.json"):
         assert (run_dir / name).is_file(), name
@@ -93,7 +95,10 @@ def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
     model, tokenizer = load(str(smollm2_dir), adapter_path=str(run_dir))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I boil an egg?"}],
                                            add_generation_prompt=True, tokenize=False)
-    assert len(generate(model, tokenizer, prompt, max_tokens=8)) > 0
+    saved = mx.load(str(run_dir / "adapters.safetensors"))
+    params = dict(tree_flatten(model.parameters()))
+    assert saved and all(mx.array_equal(params[k], v).item() for k, v in saved.items())  # the run's adapters
+    assert len(tokenizer.encode(generate(model, tokenizer, prompt, max_tokens=8))) >= 1
 
 
 def wait_for(path: Path, proc, timeout=600):

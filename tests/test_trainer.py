@@ -52,19 +52,18 @@ def run(tmp_path, cfg, data, resume=False):
 
 
 def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypatch):
-    def poisoned(model, batch, beta, prompt_in_nll=False):
-        loss, metrics = batch_loss(model, batch, beta, prompt_in_nll)
+    def poisoned(model, batch, prompt_in_nll=False):
+        parts = batch_loss(model, batch, prompt_in_nll)
         prompts = batch.get("prompt_tokens", batch.get("tokens"))  # the compiled step gets one or the other
         nan_if_poisoned = mx.where((prompts == POISON).any(), mx.array(float("nan")), mx.array(1.0))
-        return loss * nan_if_poisoned, dict(metrics, loss=metrics["loss"] * nan_if_poisoned,
-                                            nll_loss=metrics["nll_loss"] * nan_if_poisoned)
+        return parts._replace(nll_sum=parts.nll_sum * nan_if_poisoned)
 
     monkeypatch.setattr(trainer_mod, "batch_loss", poisoned)
     data = pairs(8)
     data[3] = EncodedPair((1, POISON, 5), (6, 2), (7, 2))
     cfg = cfg_for(tmp_path, iters=8, eval_every=0)
     model = run(tmp_path, cfg, data)
-    records = [r for r in read_records(tmp_path) if "loss" in r]
+    records = [r for r in read_records(tmp_path) if r["kind"] == "train"]
     assert records[-1]["skipped_steps"] >= 1
     # A report window whose steps were all skipped logs null; none logs NaN.
     assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
@@ -95,15 +94,20 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
 
 
 def test_gradient_accumulation_matches_a_bigger_batch_on_equal_lengths(tmp_path):
-    """Two micro-batches of 1 pair == one batch of 2 pairs when every sequence has the
-    same length (the NLL is a token mean, so equal lengths make the means agree)."""
-    data = [EncodedPair((1, 5, 6), (7, 8, 2), (9, 10, 2)), EncodedPair((1, 11, 12), (13, 14, 2), (15, 16, 2))] * 2
-    a = run(tmp_path / "a", cfg_for(tmp_path / "a", iters=2, batch_size=2, eval_every=0, seed=1), data)
-    b = run(tmp_path / "b", cfg_for(tmp_path / "b", iters=2, batch_size=1, grad_accum=2, eval_every=0, seed=1), data)
-    la = read_records(tmp_path / "a")[0]["loss"]
-    lb = read_records(tmp_path / "b")[0]["loss"]
-    assert la == pytest.approx(lb, rel=1e-5)
-    del a, b
+    """Two micro-batches of 1 pair == one batch of 2 pairs when every sequence has the same length
+    (the NLL is a token mean, so equal lengths make the means agree): the same losses at every step
+    and the same adapters after three updates (step 1's loss alone is taken before any update)."""
+    # Two pairs: every step of either run sees both (an epoch per step), whatever the order.
+    data = [EncodedPair((1, 5, 6), (7, 8, 2), (9, 10, 2)), EncodedPair((1, 11, 12), (13, 14, 2), (15, 16, 2))]
+    a = run(tmp_path / "a", cfg_for(tmp_path / "a", iters=3, batch_size=2, eval_every=0, seed=1), data)
+    b = run(tmp_path / "b", cfg_for(tmp_path / "b", iters=3, batch_size=1, grad_accum=2, eval_every=0, seed=1), data)
+    losses_a = [r["loss"] for r in read_records(tmp_path / "a") if r["kind"] == "train"]
+    losses_b = [r["loss"] for r in read_records(tmp_path / "b") if r["kind"] == "train"]
+    assert len(losses_a) == 3 and losses_a == pytest.approx(losses_b, rel=1e-5)
+    wa, wb = dict(tree_flatten(a.trainable_parameters())), dict(tree_flatten(b.trainable_parameters()))
+    assert any(np.abs(np.array(v)).max() > 0 for k, v in wa.items() if "lora_b" in k)  # the updates moved B
+    for k in wa:
+        assert np.allclose(np.array(wa[k]), np.array(wb[k]), rtol=1e-4, atol=1e-6), k
 
 
 def test_checkpoints_are_complete_and_pruned(tmp_path):
@@ -152,7 +156,7 @@ def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, va
               if not k.endswith((".lora_a", ".lora_b", ".m"))}
     assert all(np.array_equal(base[k], frozen[k]) for k in base)
     records = read_records(tmp_path)
-    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
 
 
 def test_a_run_saved_before_pad_to_resumes_with_plain_multiples(tmp_path):

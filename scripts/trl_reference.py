@@ -1,6 +1,6 @@
 """TRL's ORPOTrainer as an independent reference, fed our exact token ids.
 
-Used by test_parity_trl.py. Both sides get the same weights, the same LoRA
+Used by tests/test_parity_trl.py and bench.py. Both sides get the same weights, the same LoRA
 values and the same token ids, so the comparison pins the maths (masking,
 averaging, the odds ratio, gradients) and nothing else: tokenisation
 differences can neither hide nor create a mismatch.
