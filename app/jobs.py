@@ -134,5 +134,8 @@ class Jobs:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env, cwd=run_dir.parent)
             atexit.register(_stop_at_exit, proc)
-            self.job = Job(run_dir, proc.pid, time.time(), proc, resume=resume, data_label=data_label)
-            return self.job
+            job = Job(run_dir, proc.pid, time.time(), proc, resume=resume, data_label=data_label)
+            if resume and self.job is not None and self.job.run_dir == run_dir:
+                job.rate = self.job.rate.carried()  # the same run's steps: the ETA needs no new measurement
+            self.job = job
+            return job

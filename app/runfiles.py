@@ -201,6 +201,12 @@ class Rate:
         elif status.get("phase") == "evaluating" and status.get("eval_done"):
             self.eval_pair_s[status["step"]] = status["eval_seconds"] / status["eval_done"]
 
+    def carried(self) -> Rate:
+        """The measurements, for the same run resumed (its status starts afresh)."""
+        rate = Rate()
+        rate.step_times, rate.eval_pair_s = dict(self.step_times), dict(self.eval_pair_s)
+        return rate
+
     @property
     def step_s(self) -> float | None:
         """Measured seconds per optimizer step (None until one has been measured)."""

@@ -1,7 +1,7 @@
 """The app in a real browser: Debian's chromium driven by Playwright, checking what a user sees.
 
 `python -m app` runs in a subprocess on a free loopback port. One module fixture (`journey`) trains
-once, through the page: it uploads a small preference file, starts a ten-step run on SmolLM2-135M
+once, through the page: it uploads a small preference file, starts an eight-step run on SmolLM2-135M
 with evaluations due every three steps, reloads the page and opens a second tab while it trains, presses
 Stop in the second tab, resumes in the first and watches the run finish, noting what the page said
 and when. The tests below each check one part of that record, or act on the trained run (Runs,
@@ -43,7 +43,7 @@ ROWS = [
 SYSTEM_ROW = {"system": "You answer in one word.", "prompt": "Tallest mountain?", "chosen": "Everest.",
               "rejected": "Alps"}
 FFFD_ROW = {"prompt": "Caf\ufffd name?", "chosen": "Caf\ufffd Central.", "rejected": "none"}
-ITERS, EVAL_EVERY = 10, 3
+ITERS, EVAL_EVERY = 8, 3
 # The first colour of app/plots.py's palette goes to "loss (train)", the second to "loss (eval)".
 EVAL_COLOUR = "#f97316"
 POINTS = """(sel, colour) => [...document.querySelectorAll(sel + ' path[aria-roledescription="point"]')]
@@ -227,7 +227,7 @@ def journey(app_url, browser, tmp_path_factory):
     a.get_by_role("tab", name="Train").click()
     seen["data_line_before"] = text(a, "#train-data")
     seen["buttons_idle"] = (enabled(a, "train-start"), enabled(a, "train-stop"))
-    for elem_id, value in (("train-iters", ITERS), ("train-max_length", 128), ("train-report_every", 1),
+    for elem_id, value in (("train-iters", ITERS), ("train-max_length", 64), ("train-report_every", 1),
                            ("train-eval_every", EVAL_EVERY), ("train-warmup_steps", 10 + ITERS)):
         set_number(a, elem_id, value)
     a.locator("#train-run-name textarea, #train-run-name input").first.fill("browser")
@@ -269,8 +269,8 @@ def journey(app_url, browser, tmp_path_factory):
     seen["first_eta"] = (timeline.seen[-1][0], eta_seconds(now), now)
     timeline.wait_for(lambda t: "evaluating" in t, 300, "the evaluation at step 3")
     shot(a, "3-train-evaluating")
-    timeline.wait_for(lambda t: "step 4/" in t or "step 5/" in t, 300, "step 4")
-    # Stop, from the second tab, at step 4 of 10: click to "stopped at step N; checkpoint saved" in the first.
+    timeline.wait_for(lambda t: "step 4/" in t, 300, "step 4")
+    # Stop, from the second tab, at step 4 of 8: click to "stopped at step N; checkpoint saved" in the first.
     clicked = time.time()
     b.locator("#train-stop").click()
     stopped = timeline.wait_for(lambda t: "stopped at step" in t, 300, "stopped")
@@ -340,7 +340,7 @@ def test_a_reload_shows_the_running_job(journey):
     assert "browser" in reload["progress"] and re.search(rf"step \d/{ITERS}", reload["progress"]), reload
     assert reload["buttons"] == (False, True, False), reload  # Start and Resume off, Stop on
     assert "browser is training on uploads/browser_prefs.jsonl" in reload["data_line"], reload
-    assert reload["max_length"] == "128"  # the job's settings, not the defaults
+    assert reload["max_length"] == "64"  # the job's settings, not the defaults
     assert reload["after_s"] < 10, reload
 
 
@@ -363,7 +363,7 @@ def test_phases_eta_and_evaluation_progress(journey):
 
 
 def test_eta_in_the_middle_of_the_resumed_run_is_close(journey):
-    """Error of the ETA shown while the resumed run trains (evaluations due at steps 6, 9 and 10),
+    """Error of the ETA shown while the resumed run trains (evaluations due at steps 6 and 8),
     against the time it actually finished."""
     end = journey["finished_at"]
     errors = [(t, eta_seconds(s) - (end - t)) for t, s in journey["timeline"].seen
@@ -378,7 +378,7 @@ def test_eta_in_the_middle_of_the_resumed_run_is_close(journey):
 
 def test_stop_from_the_second_tab_stops_within_a_step(journey):
     stop = journey["stop"]
-    assert re.search(r"stopped at step [4-7]; checkpoint saved", stop["progress"]), stop
+    assert re.search(r"stopped at step [45]; checkpoint saved", stop["progress"]), stop
     assert "Resume continues it" in stop["status"], stop
     assert stop["buttons"] == (True, False, True), stop
     # The reloaded tab took the run's data as its own: Start would train on the same again.
@@ -393,7 +393,7 @@ def test_curves_show_single_points_colours_and_readable_ticks(journey):
     assert "finished" in final["progress"] and f"step {ITERS}/{ITERS}" in final["progress"], final
     assert final["buttons"] == (True, False)
     assert f"train step {ITERS}/{ITERS}" in final["log"]
-    assert journey["eval_points"] == 4  # evaluations at steps 3, 6, 9 and 10, each a marker
+    assert journey["eval_points"] == 3  # evaluations at steps 3, 6 and 8, each a marker
     assert len(set(journey["lines"])) >= 2, journey["lines"]  # loss and NLL (train), each its colour
     assert "loss (eval)" in journey["loss_text"] and "loss (nats)" in journey["loss_text"]
     assert journey["x_ticks"] == [str(i) for i in range(1, ITERS + 1)], journey["x_ticks"]
@@ -440,7 +440,7 @@ def test_chat_with_a_held_out_pair(journey, app_url, page):
     for sel in ("#chat-base", "#chat-tuned"):  # the pair's own answers stand below, not beside
         assert page.locator(sel).bounding_box()["width"] >= 400, page.locator(sel).bounding_box()
     assert not enabled(page, "chat-stop")
-    set_number(page, "chat-max-tokens", 24)
+    set_number(page, "chat-max-tokens", 12)
     sent = time.time()
     page.locator("#chat-send").click()
     page.wait_for_function("() => document.querySelector('#chat-send').disabled", timeout=10_000)
