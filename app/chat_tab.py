@@ -99,20 +99,6 @@ def cut_mark(tokens: int) -> str:
     return f"✂️ *cut at {tokens} tokens (Max new tokens)*"
 
 
-def stopped(shown: dict):
-    """Stop: the answers as last sent (kept server-side: the browser's copy of a streaming chat can
-    lag behind), each unfinished one marked, and Send given back."""
-    if not shown:
-        return gr.skip(), gr.skip(), *idle_buttons()
-    turns = []
-    for slot in (BASE, TUNED):
-        text = shown["texts"][slot]
-        if slot not in shown["ended"]:
-            text = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
-        turns.append(_turn(shown["prompt"], text))
-    return *turns, *idle_buttons()
-
-
 def busy_buttons():
     return gr.Button(interactive=False), gr.Button(interactive=True)
 
@@ -203,10 +189,10 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
 
 
 def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int, temperature: float,
-         top_p: float, seed: int, pair: dict | None = None):
-    """Yields (base chat, adapter chat, scores Markdown, what was shown) as both answers stream; an
-    answer the token limit cut says so. What was shown ({"prompt", "texts", "ended": slots whose
-    answer ended}) is what Stop marks."""
+         top_p: float, seed: int, pair: dict | None = None, session: str = ""):
+    """Yields (base chat, adapter chat, scores Markdown) as both answers stream; an answer the token
+    limit cut says so. Stop (`session` in ctx.chat_stops) ends the chat here, with each unfinished
+    answer marked: the last update is this generator's own, so no streamed token can land after it."""
     prompt = (prompt or "").strip()
     if not prompt:
         raise gr.Error("Type a prompt first.")
@@ -231,8 +217,8 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
              f"loading base + adapters ({label})"}
     scores = "Scoring the pair's chosen and rejected answers after both outputs…" if pair else ""
     ended: list[int] = []
-    shown = lambda: {"prompt": prompt, "texts": dict(texts), "ended": list(ended)}
-    yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, shown()
+    ctx.chat_stops.discard(session)  # a Stop that came after the last chat ended
+    yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
 
     out, stop = queue.Queue(), threading.Event()
     worker = threading.Thread(target=_work, args=(ctx, spec, adapter, messages, sampling, pair,
@@ -242,7 +228,17 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
     try:
         done = False
         while not done:
-            items = [out.get()]
+            if session in ctx.chat_stops:
+                for slot in (BASE, TUNED):
+                    if slot not in ended:
+                        text = texts[slot]
+                        texts[slot] = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
+                yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
+                return
+            try:
+                items = [out.get(timeout=0.2)]  # wakes to look for a Stop while a model loads
+            except queue.Empty:
+                continue
             while not out.empty():  # one update for everything that arrived since the last one
                 items.append(out.get_nowait())
             for item in items:
@@ -266,8 +262,9 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
                         if not started[TUNED]:
                             texts[TUNED] = f"…loading base + adapters ({label})"
                     started[slot] = True
-            yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores, shown()
+            yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
     finally:
+        ctx.chat_stops.discard(session)
         stop.set()  # a chat cut off (Stop, a closed tab): the worker ends after its current token
 
 
@@ -314,15 +311,23 @@ def build(ctx: Context) -> dict:
     examples.click(pick_example, [pairs, examples], [prompt, chosen_pair, chosen, rejected, pair_col, scores],
                    queue=False, api_visibility="private")
     prompt.input(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
-    shown = gr.State({})  # the chat under way as last sent: Stop marks its unfinished answers
     inputs = [run, checkpoint, prompt, max_tokens, temperature, top_p, seed, chosen_pair]
-    outputs = [base, tuned, scores, shown]
+    outputs = [base, tuned, scores]
     glue = dict(queue=False, api_visibility="private")
+
+    def answer(name, ckpt, text, n, temp, p, seed_, pair, request: gr.Request):
+        yield from chat(ctx, name, ckpt, text, n, temp, p, seed_, pair, session=request.session_hash or "")
+
+    def halt_chat(request: gr.Request):
+        ctx.chat_stops.add(request.session_hash or "")
+        return gr.Button(interactive=False)
+
     # Send is off and Stop on while the models answer; Enter in the prompt box does what Send does.
     # A free prompt (typed, or an example edited) has no pair beside it.
     begun = gr.on([send.click, prompt.submit], edited, [prompt, chosen_pair], [chosen_pair, pair_col], **glue)
     begun = begun.then(busy_buttons, None, [send, halt], **glue)
-    answering = begun.then(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_name="chat")
+    answering = begun.then(answer, inputs, outputs, api_name="chat")
     answering.then(idle_buttons, None, [send, halt], **glue)
-    halt.click(stopped, shown, [base, tuned, send, halt], cancels=[answering], **glue)
+    # Stop asks the chat to end itself (marking what it cut), rather than cancelling it from outside.
+    halt.click(halt_chat, None, halt, **glue)
     return {"run": run, "checkpoint": checkpoint, "examples": examples, "pairs": pairs}

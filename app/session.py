@@ -18,6 +18,7 @@ class Context:
     models: Models
     uploaded: set = field(default_factory=set)  # paths Gradio's upload route handed out (build_app links it)
     jobs: Jobs | None = None
+    chat_stops: set = field(default_factory=set)  # sessions whose chat Stop was pressed (chat_tab.chat ends it)
 
     def __post_init__(self):
         if self.jobs is None:

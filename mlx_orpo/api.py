@@ -161,7 +161,8 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         cfg.save(run_dir / rundir.CONFIG)
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
-        rundir.write_status(run_dir, "loading", resume=resume)  # the app's "preparing the first step"
+        # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
+        rundir.write_status(run_dir, "loading", resume=resume)
     return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
 
 
