@@ -157,8 +157,10 @@ def upload(ctx: Context, session: Session, file, model: str, max_length: int):
             raise
         try:
             return _load(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
-        except (DataError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever refused it, a refused upload is not kept
             discard(stored, path)
+            if not isinstance(exc, (DataError, OSError, ValueError)):
+                raise
             raise PathError(f"{exc}\n\nThe file was not kept.") from None
     return _analyse(ctx, session, model, max_length, load)
 

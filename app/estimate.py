@@ -41,3 +41,51 @@ def estimate_markdown(cfg: TrainConfig) -> str:
             f"adapters + optimizer {e.adapters_gb:.2f} GB, activations and logits {e.activations_gb:.2f} GB "
             f"(batch {cfg.batch_size} pairs, max length {cfg.max_length}; `python -m mlx_orpo.plan` "
             f"for the breakdown and settings that fit).")
+
+
+def explicit_fields(cfg: TrainConfig) -> set[str]:
+    """The settings the app's run gives the trainer explicitly: the ones that differ from TrainConfig's
+    defaults, which `jobs.cli_args` passes as flags (auto-fit keeps those as given)."""
+    from mlx_orpo.config import FIELDS
+
+    return {name for name, f in FIELDS.items()
+            if name not in ("data", "output_dir") and _differs(getattr(cfg, name), f.default)}
+
+
+def _differs(value, default) -> bool:
+    if isinstance(value, (list, tuple)):
+        return list(value) != list(default)
+    return value is not None and value != default
+
+
+def _settings(cfg: TrainConfig) -> str:
+    return (f"batch {cfg.batch_size} × grad-accum {cfg.grad_accum}, max length {cfg.max_length}, "
+            f"gradient checkpointing {'on' if cfg.grad_checkpoint else 'off'}")
+
+
+def fit_markdown(cfg: TrainConfig, fit_to_memory: bool = True) -> str:
+    """What Start will do about memory: the budget, the plan for the settings as typed, and (with
+    "Fit to memory" on) the settings auto-fit picks and their plan, by the rule the trainer applies
+    (`mlx_orpo.plan.fit`)."""
+    from mlx_orpo.plan import DoesNotFit, fit, format_bytes, load_model_config, predict_peak, resolve_budget
+
+    try:
+        config = load_model_config(cfg.model)
+        typed = predict_peak(cfg, config)
+        budget = resolve_budget(TrainConfig(**{**cfg.to_dict(), "memory_budget": cfg.memory_budget
+                                               if str(cfg.memory_budget).lower() != "off" else "auto"}))
+    except Exception as exc:  # unknown model, unreadable config: say so, never fail the page
+        return f"**Memory estimate:** unavailable ({exc})"
+    lines = [f"**Memory budget: {budget}.** As typed ({_settings(cfg)}): predicted peak "
+             f"**{format_bytes(typed.total)}**."]
+    if not fit_to_memory:
+        verdict = "fits" if typed.total <= budget.bytes else "⚠️ exceeds the budget; the run may swap or be killed"
+        return "\n\n".join(lines + [f"Fit to memory is off: the run trains as typed ({verdict})."])
+    try:
+        fitted, prediction, changes = fit(cfg, budget, model_config=config, explicit=explicit_fields(cfg))
+    except DoesNotFit as exc:
+        return "\n\n".join(lines + [f"⚠️ **Does not fit; Start will stop before loading the model:** {exc}"])
+    if not changes:
+        return "\n\n".join(lines + ["Fits: the run trains as typed."])
+    return "\n\n".join(lines + [f"**Fitted:** {', '.join(map(str, changes))} ({_settings(fitted)}): predicted "
+                                f"peak **{format_bytes(prediction.total)}**. Same pairs per optimizer step."])

@@ -31,7 +31,6 @@ from mlx_orpo.runlock import holder
 from .runfiles import Rate
 
 STOPPED_EXIT = 4      # the trainer's exit code for a stopped, resumable run
-LAUNCH_CONFIG = "launch.yaml"   # the resolved config the app hands to `train.py --config`
 
 
 def write_launch_config(run_dir: Path, data: str | None, cfg: TrainConfig) -> Path:
@@ -39,7 +38,7 @@ def write_launch_config(run_dir: Path, data: str | None, cfg: TrainConfig) -> Pa
     included), so what the app asked for is on disk beside the run."""
     values = dict(cfg.to_dict(), output_dir=str(run_dir), data=data)
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    path = run_dir / LAUNCH_CONFIG
+    path = run_dir / rundir.LAUNCH
     path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
     return path
 

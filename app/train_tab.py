@@ -17,7 +17,7 @@ from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
 
 from . import runfiles
-from .estimate import estimate_markdown
+from .estimate import estimate_markdown, fit_markdown
 from .jobs import STOPPED_EXIT, Job
 from .paths import PathError, child, new_run_dir
 from .plots import plot_values
@@ -93,12 +93,13 @@ def warnings(cfg: TrainConfig) -> list[str]:
     return []
 
 
-def memory(model: str, *values) -> str:
+def memory(model: str, *values, fit: bool = True) -> str:
+    """The estimate, what "Fit to memory" would do, and warnings about the settings."""
     try:
         cfg = config_from_form(model, list(values))
     except ValueError as exc:
         return f"**Memory estimate:** unavailable ({exc})"
-    return estimate_markdown(cfg) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+    return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}" + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
 
 
 def resumable(ctx: Context) -> list[str]:
@@ -139,8 +140,9 @@ def _busy_message(job: Job, verb: str) -> str:
             "another tab; it is shown below. Stop it first.")
 
 
-def start(ctx: Context, session: Session, run_name: str, model: str, *values):
-    """Start a fresh run: (session, status message, *buttons). The timer draws the job."""
+def start(ctx: Context, session: Session, run_name: str, model: str, *values, fit: bool = True):
+    """Start a fresh run: (session, status message, *buttons). The timer draws the job.
+    `fit`: the "Fit to memory" switch; off trains as typed (--memory-budget off)."""
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "start"), *buttons(True)
     try:
@@ -151,6 +153,8 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(False)
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
+    if not fit:
+        cfg.memory_budget = "off"
     try:
         ctx.jobs.launch(run, session.data, cfg, data_label=session.data_label)
     except RuntimeError as exc:  # another tab started one a moment ago
@@ -317,6 +321,9 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                                            elem_id=f"train-{name}"))
             run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                   elem_id="train-run-name")
+    fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
+                          info="Before Start, change the settings you left at their defaults to the fastest plan "
+                               "predicted to fit the memory budget: " + help_text("memory_budget"))
     estimate = gr.Markdown(memory(defaults.model, *form_values(defaults.to_dict())), elem_id="train-estimate")
     with gr.Row(equal_height=True):
         start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
@@ -337,11 +344,14 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     button_row = [start_btn, stop_btn, resume_btn]
 
     # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
-    # and an estimate from before the last edit could land last.
-    gr.on([w.change for w in [model, *widgets]], memory, [model, *widgets], estimate, show_progress="hidden",
-          trigger_mode="always_last", api_visibility="private")
-    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
-                    [state, status, *button_row], api_name="start_training")
+    # and an estimate from before the last edit could land last. The switch comes last, so the API's
+    # callers that leave it out get its default (on).
+    gr.on([w.change for w in [model, *widgets, fit_box]], lambda m, *v: memory(m, *v[:-1], fit=v[-1]),
+          [model, *widgets, fit_box], estimate, show_progress="hidden", trigger_mode="always_last",
+          api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]),
+                    [state, run_name, model, *widgets, fit_box], [state, status, *button_row],
+                    api_name="start_training")
     stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")
     resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, *button_row],
                      api_name="resume_training")

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import blas, rundir
+from . import blas, runcheck, rundir
 from .batching import Widths, collate
 from .config import TrainConfig
 from .data import load_splits
@@ -75,15 +75,28 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
-def memory_warning(cfg: TrainConfig) -> str | None:
-    """The planner's warning when the run is predicted not to fit in memory (None if it fits or
-    the model's config.json cannot be read without loading it)."""
-    from .plan import fits_warning, load_model_config
+def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozenset(),
+                  log: Callable[[str], None] = print) -> None:
+    """Fit cfg, in place, to its --memory-budget before the model loads (plan.fit: one log line says
+    what changed). Raises plan.DoesNotFit (a ValueError) when nothing allowed fits. With
+    --memory-budget off, only the planner's warning when the run is predicted not to fit this machine.
+    Left alone (and said so) when the model's config.json cannot be read without loading it."""
+    from .plan import fit, fit_line, fits_warning, load_model_config, predict_peak, resolve_budget
 
+    budget = resolve_budget(cfg)
     try:
-        return fits_warning(cfg, load_model_config(cfg.model))
-    except (ValueError, OSError, KeyError):
-        return None
+        model_config = load_model_config(cfg.model)
+    except (ValueError, OSError, KeyError) as exc:
+        log(f"memory: not planned, the model's config.json could not be read before loading ({exc})")
+        return
+    if budget is None:
+        if warning := fits_warning(cfg, model_config):
+            log(f"warning: {warning}")
+        return
+    _, prediction, changes = fit(cfg, budget, model_config=model_config, explicit=explicit)
+    log(fit_line(cfg, predict_peak(cfg, model_config).total, prediction, changes, budget))
+    for change in changes:
+        setattr(cfg, change.name, change.after)
 
 
 @dataclass
@@ -104,38 +117,83 @@ class PreparedRun:
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
-                 log: Callable[[str], None] = print, progress: bool = True) -> Path:
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
 
-    Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files.
+    A new run is first fitted to cfg.memory_budget (`fit_to_memory`; `explicit`: the settings the user
+    gave, which stay as given), and the budget bounds MLX's memory while it trains.
+    Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
+    SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
+    `allow_changed_data`: resume even though the data differs from the run's (logged).
     """
     cfg.validate()
     cluster = Cluster.init()
     if not cluster.is_main:
         log, progress, on_record = (lambda _: None), False, None
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
-    # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
-    with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
-        run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log)
-        with memory_limit(cfg.memory_limit_bytes, log):
-            state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
-                          resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
-        if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
-            rundir.write_status(run_dir, "finished", step=state.step, total_steps=state.step)
+    # Checked before the lock creates the folder: a refused run leaves nothing behind.
+    splits = read_data(cfg)
+    refusal = None
+    try:
+        runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
+                           log=lambda _: None, main=cluster.is_main)
+    except (ValueError, OSError) as exc:
+        refusal = exc
+    # Data-parallel: every rank stops when rank 0 refuses (rank 0 alone checks the folder).
+    if cluster.size > 1 and cluster.agree_on(int(refusal is not None)) and refusal is None:
+        raise runcheck.RunCheckError(f"rank 0 refused the run in {run_dir} (its error says why)")
+    if refusal is not None:
+        raise refusal
+    created = not run_dir.exists()
+    try:
+        # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
+        with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
+            run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
+                              allow_changed_data=allow_changed_data, explicit=explicit)
+            with memory_limit(budget_bytes(cfg), log):
+                state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
+                              resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
+            if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
+                rundir.write_status(run_dir, "finished", step=state.step, total_steps=state.step)
+    except BaseException:
+        if created and cluster.is_main:
+            _remove_if_only_lock(run_dir)
+        raise
     return run_dir
 
 
+def stopped(run_dir: Path, since: float = 0.0) -> bool:
+    """Whether the run's trainer stopped on a stop request (resumable) rather than finishing, by a
+    status written at `since` (time.time()) or later: an earlier stop of the run does not count."""
+    status = rundir.read_status(run_dir)
+    return status.get("phase") == "stopped" and float(status.get("time", 0.0)) >= since
+
+
+def _remove_if_only_lock(run_dir: Path) -> None:
+    """Remove a run folder this process created when it holds nothing but the lock (the run failed
+    before writing any of its files)."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= {rundir.LOCK}:
+            (run_dir / rundir.LOCK).unlink(missing_ok=True)
+            run_dir.rmdir()
+
+
 def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,
-                log: Callable[[str], None] = print, splits=None) -> PreparedRun:
-    """Check the run, read its data, load the model, attach adapters and write the run's own files
-    (rank 0). `splits`: read_data's result when the caller read the data already."""
+                log: Callable[[str], None] = print, splits=None, allow_changed_data: bool = False,
+                explicit: frozenset[str] | set[str] = frozenset()) -> PreparedRun:
+    """Check the run, read its data, fit a new run to its memory budget (cfg changed in place; a resumed
+    run keeps the settings its config.json saved), load the model, attach adapters and write the run's
+    own files (rank 0). `splits`: read_data's result when the caller read the data already; `explicit`:
+    the settings the user gave (plan.fit keeps them)."""
     cluster = cluster or Cluster()
-    if not resume and (run_dir / rundir.METRICS).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --output-dir")
-    cfg.output_dir = str(run_dir)
     splits = splits or read_data(cfg)
-    if warning := memory_warning(cfg):
-        log(f"warning: {warning}")
+    # runcheck.py: the output folder, a resume's identity and its data; nothing is written before.
+    fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
+                                     log=log, main=cluster.is_main)
+    cfg.output_dir = str(run_dir)
+    if not resume:
+        fit_to_memory(cfg, explicit, log)
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
         + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)
@@ -148,6 +206,9 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
         f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
         + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+    if data.report.duplicates:
+        log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen and "
+            f"rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
     adapter_cfg = attach_adapters(model, cfg)
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
@@ -157,13 +218,23 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
     cfg.pad_to, cfg.pad_multiple = ("pow2" if widths.pow2 else "multiple"), widths.multiple
     if cluster.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_marker(run_dir)
+        if not resume:  # a resumed run keeps its format version (a version-1 run reads its records as such)
+            rundir.write_marker(run_dir)
+        runcheck.write_fingerprint(run_dir, fingerprint)
         cfg.save(run_dir / rundir.CONFIG)
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
         # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
         rundir.write_status(run_dir, "loading", resume=resume)
     return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
+
+
+def budget_bytes(cfg: TrainConfig) -> int | None:
+    """cfg's --memory-budget in bytes (None: off), the limit `run_training` holds MLX to."""
+    from .plan import resolve_budget
+
+    budget = resolve_budget(cfg)
+    return None if budget is None else budget.bytes
 
 
 @contextlib.contextmanager
@@ -190,6 +261,10 @@ def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None =
     """Base model, optionally with a run's (or checkpoint's) adapters applied, ready for generation."""
     from mlx_lm.tuner.utils import load_adapters
 
+    from .fuse import check_adapter_dir
+
+    if adapter_path is not None:
+        check_adapter_dir(adapter_path)  # a damaged or mismatched adapter named, before mlx-lm reads it
     model, tokenizer, _, _ = load_model(model_spec, dtype=dtype)
     if adapter_path is not None:
         load_adapters(model, str(adapter_path))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import typing
 from pathlib import Path
 
 import mlx.core as mx
@@ -76,9 +77,10 @@ def _fingerprint(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> dict:
     """Raise CorruptFileError unless `path` is a whole safetensors file: its header parses and
-    the file is exactly as long as the header says (cheap: no tensor data is read)."""
+    the file is exactly as long as the header says (cheap: no tensor data is read). Returns the
+    header (tensor name -> dtype, shape, offsets)."""
     def corrupt(detail: str) -> CorruptFileError:
         return CorruptFileError(f"{path}: corrupt or truncated safetensors file ({detail})")
 
@@ -101,6 +103,7 @@ def check_safetensors(path: Path) -> None:
         raise corrupt("the header is not valid") from None
     if size != 8 + length + end:
         raise corrupt(f"{size} bytes, the header describes {8 + length + end}")
+    return header
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -119,6 +122,7 @@ def verify_checkpoint(path: Path) -> None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"{manifest_path}: unreadable checkpoint manifest ({exc})") from None
+    _read_state(path)  # first: a junk state of gigabytes is refused by its size, not hashed
     for name in _VERIFIED:
         file = path / name
         if not file.is_file():
@@ -147,14 +151,40 @@ def intact_checkpoints(run_dir: Path, warn=print) -> list[Path]:
     return found
 
 
+# A loop state is a few hundred bytes; anything far larger is not one (and is not read into memory).
+_MAX_STATE_BYTES = 1 << 20
+
+
 def _read_state(path: Path) -> dict:
+    """The checkpoint's loop state, checked against trainer.LoopState's fields and their types."""
+    from .trainer import LoopState  # the one home of the state's schema (the trainer imports this module)
+
     file = path / "state.json"
     try:
+        if file.stat().st_size > _MAX_STATE_BYTES:
+            raise CorruptFileError(f"{file}: corrupt checkpoint state ({file.stat().st_size} bytes; a loop state "
+                                   "takes a few hundred)")
         state = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        if isinstance(exc, CorruptFileError):
+            raise
         raise CorruptFileError(f"{file}: corrupt checkpoint state ({exc})") from None
     if not isinstance(state, dict):
         raise CorruptFileError(f"{file}: corrupt checkpoint state (not a JSON object)")
+    hints = typing.get_type_hints(LoopState)
+    for key, value in state.items():
+        if key not in hints:
+            raise CorruptFileError(f"{file}: corrupt checkpoint state (unknown field {key!r})")
+        kind = hints[key]
+        ok = (isinstance(value, bool) if kind is bool
+              else isinstance(value, int) and not isinstance(value, bool) and value >= 0 if kind is int
+              else isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                                   and not isinstance(v, bool) for k, v in value.items()))
+        if not ok:
+            raise CorruptFileError(f"{file}: corrupt checkpoint state ({key} = {str(value)[:40]!r} is not "
+                                   f"a valid {kind.__name__})")
+    if not isinstance(state.get("step"), int) or state.get("world_size", 1) < 1:
+        raise CorruptFileError(f"{file}: corrupt checkpoint state (no step, or a world size below 1)")
     return state
 
 

@@ -86,11 +86,16 @@ class TrainConfig:
     dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
                       "dtype on GPU), float32, float16, bfloat16.",
                       choices=("auto", "float32", "float16", "bfloat16"))
-    memory_limit: str | None = _opt(None, "Hold MLX's memory to this (e.g. 10GB): past it MLX waits for queued "
-                                    "kernels to finish before queueing more, at some cost in speed. On a GPU with "
-                                    "more memory than your target machine it measures what that machine needs. "
-                                    "Default: MLX's own limit (a Mac: the GPU's recommended working set; CUDA: "
-                                    "95% of the GPU's memory, where kernels queued ahead can hold gigabytes).")
+    memory_budget: str = _opt("auto", "Memory the run may use: auto, a size (e.g. 16GB) or off. auto: 90% of "
+                               "Metal's recommended working set on a Mac, 90% of a CUDA GPU's memory, 75% of "
+                               "RAM on the CPU (the rest is left to the OS and the app). Before the model loads, "
+                               "a run planned over it is fitted: gradient checkpointing on, then fewer pairs per "
+                               "micro-batch with more --grad-accum (same pairs per step, same data; never a "
+                               "shorter --max-length or lower rank). Settings given on the command line or in "
+                               "--config count as explicit and are never changed: if they cannot fit, the run "
+                               "stops and says what would. The budget is also MLX's memory limit for the run "
+                               "(MLX waits for queued kernels rather than pass it). off: no fitting, MLX's own "
+                               "limit, a warning if the plan exceeds this machine's memory.")
     grad_checkpoint: bool = _opt(False, "Recompute each block in the backward pass: about a quarter of the "
                                  "peak memory for about 30% more time (SmolLM2-135M); what makes 7B fit.")
 
@@ -105,13 +110,18 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         _check_numbers(self)  # first: the range checks below assume real, finite numbers
+        _check_kinds(self)
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
             (self.iters is None or self.iters >= 1, "--iters must be >= 1"),
             (self.epochs > 0, "--epochs must be > 0"),
-            (0 < self.min_response_length < self.max_length, "--min-response-length must be in (0, max_length)"),
+            (self.max_length >= 2, f"--max-length must be >= 2 tokens, got {self.max_length}"),
+            (self.min_response_length > 0, "--min-response-length must be >= 1"),
+            (self.min_response_length < self.max_length,
+             f"--max-length {self.max_length} leaves no room for a response of --min-response-length "
+             f"{self.min_response_length}: raise --max-length or lower --min-response-length"),
             (self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
              "--max-prompt-length must be in (0, --max-length)"),
             (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
@@ -129,7 +139,7 @@ class TrainConfig:
             (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
             (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
             (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
-            (self.memory_limit is None or self.memory_limit_bytes > 0, "--memory-limit must be > 0"),
+            (self.memory_budget_size is None or self.memory_budget_size > 0, "--memory-budget must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,14 +148,15 @@ class TrainConfig:
         return self
 
     @property
-    def memory_limit_bytes(self) -> int | None:
-        """--memory-limit in bytes (None: MLX's own limit)."""
-        if self.memory_limit is None:
+    def memory_budget_size(self) -> int | None:
+        """--memory-budget in bytes when it is a size (None for auto and off: see plan.resolve_budget)."""
+        text = str(self.memory_budget).strip().lower()
+        if text in ("auto", "off"):
             return None
         try:
-            return parse_bytes(self.memory_limit)
+            return parse_bytes(text)
         except ValueError as exc:
-            raise ValueError(f"--memory-limit: {exc}") from None
+            raise ValueError(f"--memory-budget: {exc}; or auto, or off") from None
 
     @property
     def prompt_budget(self) -> int:
@@ -226,7 +237,29 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} must be a finite number, got {value}")
 
 
+def _check_kinds(cfg: TrainConfig) -> None:
+    """Every switch is a bool, every list a list of names, every text option text (a hand-edited
+    config.json or a Python caller can give anything; `lora_targets: 5` once ended in a TypeError)."""
+    for name, hint in _HINTS.items():
+        value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
+        if typing.get_origin(hint) is list:
+            if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{flag} must be a list of names, got {value!r}")
+            continue
+        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        if value is None or kinds & {int, float}:
+            continue
+        if bool in kinds and not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false, got {value!r}")
+        if kinds == {str} and not isinstance(value, str):
+            raise ValueError(f"{flag} must be text, got {value!r}")
+
+
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
+    if "memory_limit" in values:  # a run's config.json may name the budget memory_limit (None: off)
+        values = dict(values)
+        limit = values.pop("memory_limit")
+        values.setdefault("memory_budget", "off" if limit is None else limit)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the long flag names with '_'")
@@ -243,4 +276,53 @@ def load_yaml(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    return {k: _yaml_value(k, v, path) if k in FIELDS else v for k, v in values.items()}
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "y"), ("false", "no", "off", "n")
+_NUMBER = re.compile(r"[+-]?(\d[\d_]*\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _yaml_value(name: str, value, path: Path):
+    """A YAML value as the person who wrote it means it, by the field's type; ValueError naming the
+    key when it is ambiguous. PyYAML reads YAML 1.1: `5e-5` is a string there, and `"false"` a
+    string that Python takes as true."""
+    hint = _HINTS[name]
+    kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+    where = f"{path}: {name}"
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ValueError(f"{where} has no value; give one or leave the key out")
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if kinds & {int, float}:
+        integer = float not in kinds
+        number = value
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            number = float(value.strip().replace("_", ""))
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            if kinds & {str}:  # a number or a word (--memory-limit 16GB)
+                return value
+            raise ValueError(f"{where} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if integer:
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+            return int(number)
+        return float(number)
+    if typing.get_origin(hint) is list or any(typing.get_origin(k) is list for k in kinds):
+        if isinstance(value, str):
+            return value.split()
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        raise ValueError(f"{where} must be a list of names (e.g. [q_proj, v_proj]), got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a memory size or a model name that happens to be a number
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be text, got {value!r}")
+    return value

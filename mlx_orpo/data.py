@@ -53,6 +53,8 @@ class LoadReport:
     # Filled by load_splits: where the held-out pairs came from, and how many.
     eval_source: str = ""
     eval_pairs: int = 0
+    duplicates: int = 0  # pairs (train and held-out together) that repeat an earlier one exactly
+    duplicate_example: str = ""  # "where (same as where)" for the first of them
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class _Row:
 
 
 # -- reading ----------------------------------------------------------------------
+
+
+# Python's JSON reader recurses per level: a row nested a few thousand deep overflows its stack.
+_TOO_DEEP = "JSON nested too deeply to be a preference row"
 
 
 def _read_text(path: Path) -> str:
@@ -89,6 +95,8 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
             value: Any = json.loads(line)
         except json.JSONDecodeError as e:
             value = RowError(f"not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            value = RowError(_TOO_DEEP)
         yield _Row(f"{path}:{lineno}", f"{path}, line {lineno}", value)
 
 
@@ -100,6 +108,8 @@ def _indexed_rows(path: Path | str, items: list) -> Iterator[_Row]:
 def _json_rows(path: Path, text: str) -> Iterator[_Row]:
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: {_TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         # Many ".json" files on the Hub are really JSON Lines.
         if e.msg == "Extra data":
@@ -242,10 +252,15 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
     if fmt == "auto":
         fmt, first_problem = None, None
         for row in rows:  # the first row that parses decides; a broken first row then reports its own fault
+            if isinstance(row.value, RowError):  # unreadable: the message if no row is readable
+                first_problem = first_problem or f"{row.where}: {row.value}"
+                continue
             try:
-                fmt = detect_format(row.value) if not isinstance(row.value, RowError) else None
+                fmt = detect_format(row.value)
             except RowError as e:
                 first_problem = first_problem or f"{row.where}: {e}"
+            except RecursionError:
+                first_problem = first_problem or f"{row.where}: {_TOO_DEEP}"
             if fmt:
                 break
         if fmt is None:
@@ -255,8 +270,11 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
         try:
             if isinstance(row.value, RowError):
                 raise row.value
-            prompt, chosen, rejected = normalise_row(row.value, fmt, system)
-            _check_unicode(prompt, chosen, rejected)
+            try:
+                prompt, chosen, rejected = normalise_row(row.value, fmt, system)
+                _check_unicode(prompt, chosen, rejected)
+            except RecursionError:
+                raise RowError(_TOO_DEEP) from None
         except RowError as e:
             message = f"{row.where}: {e}"
             if not skip_bad_rows:
@@ -361,4 +379,18 @@ def load_splits(
         report.eval_source = eval_report.source
     report.pairs = len(train) + len(valid)
     report.eval_pairs = len(valid)
+    report.duplicates, report.duplicate_example = _duplicates([*train, *valid])
     return train, valid, report
+
+
+def _duplicates(pairs: list[PreferencePair]) -> tuple[int, str]:
+    """(how many pairs repeat an earlier one exactly, "origin (same as origin)" for the first)."""
+    seen, count, example = {}, 0, ""
+    for pair in pairs:
+        key = json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True)
+        if key in seen:
+            count += 1
+            example = example or f"{pair.origin} (same as {seen[key]})"
+        else:
+            seen[key] = pair.origin
+    return count, example

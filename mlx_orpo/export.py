@@ -148,6 +148,8 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     out = Path(out).expanduser().absolute()
     check_apart(out, adapters, "--adapters")
     check_apart(out, model, "--model")
+    if adapters is not None and format != "import-peft":
+        check_not_training(Path(adapters))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose f16, bf16 or f32")
     dtype = DTYPES[dtype]
@@ -193,6 +195,16 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     return result
 
 
+def check_not_training(adapters: Path) -> None:
+    """Refuse a run directory that a trainer holds: its adapters are the newest checkpoint's, not the
+    finished run's (a checkpoint directory of it is whole, and may be exported)."""
+    from .runlock import holder
+
+    if (pid := holder(adapters)) is not None:
+        raise ValueError(f"--adapters {adapters} is still being trained (pid {pid}); export it once the run has "
+                         f"finished, or export one of its checkpoints now: --adapters {adapters}/checkpoints/step-N")
+
+
 # ---- CLI ---------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         export(args.model, args.adapters, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
                bits=args.bits, group_size=args.group_size, force=args.force, push_to_hub=args.push_to_hub,
                progress=print)
-    except (FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (FileExistsError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
+        from .files import as_write_error, describe_os_error
+
+        if isinstance(exc, RuntimeError):  # a writer that does not go through files.atomic_output
+            exc = as_write_error(Path(args.out), exc)
+            if exc is None:
+                raise
+        shown = describe_os_error(exc) if isinstance(exc, OSError) and exc.errno is not None else exc
+        print(f"error: {shown}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ temporary is removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -58,9 +59,63 @@ def atomic_output(path: Path, *, directory: bool = False) -> Iterator[Path]:
             shutil.rmtree(path)
         tmp.replace(path)
         fsync_path(path.parent)
+    except RuntimeError as exc:
+        remove(tmp)
+        # MLX's writers report a failed write as a RuntimeError without its cause ("[write] Unable to
+        # write 8 bytes", "[save_safetensors] Failed to open file", "[save_gguf] gguf_create failed");
+        # a full disk or a read-only folder is the user's to fix, so say which.
+        if (error := as_write_error(path, exc)) is not None:
+            raise error from None
+        raise
     except BaseException:
         remove(tmp)
         raise
+
+
+def as_write_error(path: Path, exc: RuntimeError) -> OSError | None:
+    """The OSError behind an MLX writer's RuntimeError while writing `path` (None: not a write failure)."""
+    if str(exc).startswith(("[write]", "[save_safetensors]", "[save_gguf]", "[save]")):
+        return write_error(path, exc)
+    return None
+
+
+def write_error(path: Path, exc: Exception) -> OSError:
+    """The OSError behind a writer's failure to write `path`: no space, no permission, or (failing
+    both checks) an I/O error carrying the writer's message."""
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if not os.access(folder, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return OSError(errno.EIO, f"could not write it ({exc})", str(path))
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system failure the user can fix: what failed, where, and what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    hint = {errno.ENOSPC: "free some disk space (or choose a folder on another disk), then run it again",
+            errno.EROFS: "choose a folder on a writable disk",
+            errno.EACCES: "you may not write there; choose a folder you can write to",
+            errno.EPERM: "you may not write there; choose a folder you can write to",
+            errno.EDQUOT: "your disk quota is used up; free some space, then run it again"}.get(exc.errno)
+    return f"{where}{reason}" + (f"; {hint}" if hint else "")
+
+
+def overlap(path: Path, other: Path) -> str | None:
+    """How `path` relates to `other` once both are resolved: "is", "contains", "lies inside", or None."""
+    a, b = Path(path).expanduser().resolve(), Path(other).expanduser().resolve()
+    if a == b:
+        return "is"
+    if b.is_relative_to(a):
+        return "contains"
+    if a.is_relative_to(b):
+        return "lies inside"
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

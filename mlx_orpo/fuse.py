@@ -12,6 +12,7 @@ any exporter can write, and that can be re-quantised afterwards on purpose.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +73,48 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
         raise FileNotFoundError(
             f"{adapter_dir}: not an adapter directory (missing {', '.join(missing)}); pass a run directory "
             "or one of its checkpoints/step-N directories")
-    check_safetensors(adapter_dir / "adapters.safetensors")  # a cut file: name it, not a loader traceback
+    header = check_safetensors(adapter_dir / "adapters.safetensors")  # a cut file: named, not a traceback
+    check_adapter_config(adapter_dir / "adapter_config.json", header)
     return adapter_dir
+
+
+def check_adapter_config(path: Path, header: dict) -> dict:
+    """The adapter config at `path`, checked against the adapters' tensors (`header`: their
+    safetensors header); ValueError naming the file and field otherwise. A `"rank": -5` beside
+    rank-8 tensors once became a PEFT export with `r: -5`."""
+    def bad(detail: str) -> ValueError:
+        return ValueError(f"{path}: {detail}; the adapter config does not match the adapters beside it "
+                          "(restore it from a checkpoint's copy, e.g. checkpoints/step-N/adapter_config.json)")
+
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a readable adapter config ({exc})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("lora_parameters"), dict):
+        raise bad("no lora_parameters object")
+    params = cfg["lora_parameters"]
+    if cfg.get("fine_tune_type", "lora") not in ("lora", "dora"):
+        raise bad(f"fine_tune_type {cfg.get('fine_tune_type')!r} is not lora or dora")
+    rank, scale = params.get("rank"), params.get("scale")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise bad(f"rank {rank!r} is not a positive integer")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise bad(f"scale {scale!r} is not a finite number")
+    dropout = params.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise bad(f"dropout {dropout!r} is not in [0, 1)")
+    layers = cfg.get("num_layers", -1)
+    if isinstance(layers, bool) or not isinstance(layers, int) or not (layers == -1 or layers >= 1):
+        raise bad(f"num_layers {layers!r} is not -1 (all) or a positive integer")
+    ranks = {tuple(v.get("shape", ()))[-1:] for k, v in header.items() if k.endswith(".lora_a")} \
+        | {tuple(v.get("shape", ()))[:1] for k, v in header.items() if k.endswith(".lora_b")}
+    if ranks != {(rank,)}:
+        found = ", ".join(str(r[0]) for r in sorted(ranks) if r) or "none"
+        raise bad(f"rank {rank}, but the adapters' tensors have rank {found}")
+    if (cfg.get("fine_tune_type") == "dora") != any(k.endswith(".m") for k in header):
+        raise bad(f"fine_tune_type {cfg.get('fine_tune_type', 'lora')!r} does not match the tensors "
+                  "(DoRA adapters have magnitude vectors .m, LoRA ones none)")
+    return cfg
 
 
 def _dequantized(linear: nn.Module) -> mx.array:

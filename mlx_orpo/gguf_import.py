@@ -11,6 +11,8 @@ gguf_tokenizer.py). The result loads with `mlx_lm.load` and with transformers.
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 from pathlib import Path
 
 import mlx.core as mx
@@ -42,6 +44,115 @@ _HF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", 
 
 class GGUFImportError(ValueError):
     pass
+
+
+# GGUF metadata value types: fixed sizes by type id; 8 is a string, 9 an array.
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
+# ggml tensor types: (values per block, bytes per block).
+_GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+                9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
+                15: (256, 292), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}
+_GGML_MAX_DIMS = 4
+
+
+def check_gguf(path: str | Path) -> None:
+    """Raise GGUFImportError unless `path` is a GGUF file whose header, counts and tensor sizes fit
+    the file. MLX's native reader trusts them: a tensor count of 2^40 crashed the process in it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size < 24 or f.read(4) != b"GGUF":
+                raise GGUFImportError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                _check_gguf_layout(path, view, size)
+    except OSError as exc:
+        raise GGUFImportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _check_gguf_layout(path: Path, view, size: int) -> None:
+    def bad(detail: str) -> GGUFImportError:
+        return GGUFImportError(f"{path}: damaged or not a GGUF file ({detail})")
+
+    pos = 4
+
+    def take(fmt: str):
+        nonlocal pos
+        n = struct.calcsize(fmt)
+        if pos + n > size:
+            raise bad(f"the header runs past the end of the {size}-byte file")
+        value = struct.unpack_from(fmt, view, pos)
+        pos += n
+        return value[0] if len(value) == 1 else value
+
+    def skip(n: int, what: str):
+        nonlocal pos
+        if n < 0 or pos + n > size:
+            raise bad(f"{what} of {n} bytes runs past the end of the {size}-byte file")
+        pos += n
+
+    def string(what: str) -> bytes:
+        n = take("<Q")
+        start = pos
+        skip(n, what)
+        return bytes(view[start:pos])
+
+    version = take("<I")
+    if version not in (2, 3):
+        raise bad(f"GGUF version {version}; versions 2 and 3 are read")
+    tensor_count, kv_count = take("<QQ")
+    # The smallest metadata entry takes 13 bytes and the smallest tensor description 24.
+    if kv_count * 13 + tensor_count * 24 > size - pos:
+        raise bad(f"it claims {tensor_count} tensors and {kv_count} metadata entries, more than "
+                  f"{size} bytes can hold")
+    alignment = 32
+    for _ in range(kv_count):
+        key = string("a metadata key")
+        kind = take("<I")
+        if key == b"general.alignment" and kind == _GGUF_UINT32:
+            alignment = take("<I")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise bad(f"general.alignment {alignment} is not a power of two")
+            continue
+        if kind == _GGUF_ARRAY:
+            kind, count = take("<IQ")
+            if kind == _GGUF_STRING:
+                if count * 8 > size - pos:
+                    raise bad(f"{key.decode(errors='replace')}: {count} strings cannot fit the file")
+                for _ in range(count):
+                    string("a metadata string")
+            elif kind in _GGUF_SCALAR_SIZES:
+                skip(count * _GGUF_SCALAR_SIZES[kind], f"{key.decode(errors='replace')}: an array")
+            else:
+                raise bad(f"{key.decode(errors='replace')}: unknown array element type {kind}")
+        elif kind == _GGUF_STRING:
+            string("a metadata string")
+        elif kind in _GGUF_SCALAR_SIZES:
+            skip(_GGUF_SCALAR_SIZES[kind], "a metadata value")
+        else:
+            raise bad(f"{key.decode(errors='replace')}: unknown metadata type {kind}")
+    tensors = []
+    for _ in range(tensor_count):
+        name = string("a tensor name").decode(errors="replace")
+        n_dims = take("<I")
+        if not 1 <= n_dims <= _GGML_MAX_DIMS:
+            raise bad(f"tensor {name!r} has {n_dims} dimensions")
+        dims = [take("<Q") for _ in range(n_dims)]
+        kind, offset = take("<IQ")
+        if kind not in _GGML_BLOCKS:
+            raise bad(f"tensor {name!r} has unknown type {kind}")
+        values = 1
+        for d in dims:
+            values *= d
+        per_block, block_bytes = _GGML_BLOCKS[kind]
+        if values == 0 or values % per_block:
+            raise bad(f"tensor {name!r} has shape {dims}, not whole blocks of {per_block}")
+        tensors.append((name, offset, values // per_block * block_bytes))
+    data_start = -(-pos // alignment) * alignment
+    for name, offset, nbytes in tensors:
+        if offset % alignment or data_start + offset + nbytes > size:
+            raise bad(f"tensor {name!r} ({nbytes} bytes at offset {offset}) lies outside the {size}-byte file")
 
 
 def _scalar(metadata: dict, key: str, default=None):
@@ -154,6 +265,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float1
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise GGUFImportError(f"{gguf_path}: no such GGUF file")
+    check_gguf(gguf_path)  # before MLX's reader, which trusts the header
     tensors, metadata = mx.load(str(gguf_path), return_metadata=True)
     arch = metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:

@@ -62,12 +62,21 @@ def resolve_model(spec: str | None) -> str:
         return str(_imported(gguf, "smollm2-135m-instruct"))
     if spec in MODEL_ALIASES:
         return MODEL_ALIASES[spec]
+    if looks_like_path(spec):
+        raise ModelNotFoundError(f"{path}: no such model directory or .gguf file (was it moved or deleted?); "
+                                 "give --model an existing directory, a .gguf file, an alias or a Hub id")
     if spec.count("/") == 1 and not path.exists():
         return spec  # a Hugging Face repo id; mlx_lm downloads it
     raise ModelNotFoundError(
         f"model {spec!r} is not an alias ({', '.join(MODEL_ALIASES)}), a local model directory, "
         "a .gguf file or a Hugging Face repo id (owner/name)"
     )
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether `spec` names a place on this machine (./m, ../m, /m, ~/m, C:\\m), never a Hub id."""
+    return (spec.startswith((".", "/", "~", "\\")) or ":" in spec[1:3] or spec.count("/") > 1
+            or Path(spec).expanduser().exists())
 
 
 def _imported(gguf: Path, name: str) -> Path:
@@ -154,6 +163,9 @@ def attach_adapters(model: nn.Module, cfg) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     config = adapter_config(cfg, model)
+    if cfg.lora_layers > len(model.layers):
+        raise ValueError(f"--lora-layers {cfg.lora_layers}: the model has {len(model.layers)} transformer blocks; "
+                         f"give 1 to {len(model.layers)}, or -1 for all")
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"], use_dora=cfg.dora)
     return config

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_output
+from .files import atomic_output, overlap
 
 
 @dataclass
@@ -56,14 +56,8 @@ def check_apart(out: Path, source: str | Path | None, what: str) -> None:
     --out RUN --force` would replace the whole run directory with two PEFT files."""
     if source is None or not Path(source).expanduser().exists():
         return  # an alias or Hub id is not a path on this machine
-    src, dst = Path(source).expanduser().resolve(), out.resolve()
-    if dst == src:
-        problem = "is"
-    elif src.is_relative_to(dst):
-        problem = "contains"
-    elif dst.is_relative_to(src):
-        problem = "lies inside"
-    else:
+    problem = overlap(out, source)
+    if problem is None:
         return
     raise ValueError(f"--out {out} {problem} the input {what} {source}; writing it would destroy the input: "
                      "choose an output outside it")

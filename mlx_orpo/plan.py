@@ -22,7 +22,10 @@ longest one a run can meet: B pairs at --max-length, the prompt at its
 budget, and also the same pairs laid out as full rows (the layout
 `batching.collate` falls back to), whichever needs more.
 
-The trainer and the app call `fits_warning(cfg, model_config)` before training.
+`fit(cfg, budget)` turns the prediction into settings: before the model loads, the trainer
+(`api.prepare_run`), the app and the scripts change a run planned over its --memory-budget to the
+fastest plan that fits (gradient checkpointing, then smaller micro-batches with more accumulation).
+With --memory-budget off the trainer only warns (`fits_warning`).
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import models
-from .batching import Widths
+from .batching import Widths, batch_shape
 from .config import TrainConfig, parse_bytes
 from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
+from .tokenize import EncodedPair
 
 # The config.json numbers of the aliases, so the planner works offline for
 # models that are not on disk (mistral-7b-4bit on a machine that never
@@ -190,26 +194,39 @@ def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
     return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
 
 
+def shared_prompt(shape: ModelShape, model_config: dict) -> bool:
+    """Whether the model runs each prompt once (forward.split_supported, asked of a config.json rather
+    than a loaded model): mlx-lm llama-family models with no sliding-window layers."""
+    text = model_config.get("text_config", model_config)
+    return shape.model_type in SPLIT_MODEL_TYPES and "sliding_attention" not in (text.get("layer_types") or ())
+
+
 def batch_layouts(cfg: TrainConfig, shape: ModelShape, prompt_len: int | None = None,
-                  answer_len: int | None = None, gpu: bool = False) -> dict[str, tuple[int, int, int]]:
+                  answer_len: int | None = None, gpu: bool = False,
+                  shared: bool | None = None) -> dict[str, tuple[int, int, int]]:
     """(token positions, attention scores per head, scored vocabulary rows) per layout of a batch of
     cfg.batch_size pairs whose prompts have prompt_len tokens and whose answers answer_len (default:
-    the longest pair cfg allows, the prompt at its budget), padded as the trainer pads on the CPU or
-    a GPU (batching.Widths)."""
-    pad = Widths.for_config(cfg, gpu)
+    the longest pair cfg allows, the prompt at its budget), as `batching.collate` lays it out with the
+    widths the trainer pads to here or on a GPU. `shared`: whether the model runs the shared-prompt
+    layout (default: by its model type, see shared_prompt)."""
+    widths = Widths.for_config(cfg, gpu)
     if prompt_len is None:
         prompt_len = min(cfg.prompt_budget, cfg.max_length - cfg.min_response_length)
     if answer_len is None:
         answer_len = cfg.max_length - prompt_len
-    pairs, width = cfg.batch_size, pad(prompt_len + answer_len - 1)  # a full row runs all but its last token
-    layouts = {"full rows": (2 * pairs * width, 2 * pairs * width * width, 2 * pairs * width)}
-    if shape.model_type in SPLIT_MODEL_TYPES:  # see forward.split_supported
-        prompt, answer = pad(prompt_len), pad(answer_len)
-        tokens = pairs * prompt + 2 * pairs * answer
-        if tokens <= 2 * pairs * width:  # otherwise collate keeps the full rows
-            scores = pairs * prompt * prompt + 2 * pairs * answer * (prompt + answer)
-            rows = 2 * pairs * answer + (pairs * prompt if cfg.prompt_in_nll else 0)
-            layouts["shared prompt"] = (tokens, scores, rows)
+    answer = (0,) * answer_len
+    pairs = [EncodedPair((0,) * prompt_len, answer, answer)] * cfg.batch_size
+    n = cfg.batch_size
+    _, full = batch_shape(pairs, widths, shared_prompt=False)
+    width = full - 1  # a full row runs all but its last token
+    layouts = {"full rows": (2 * n * width, 2 * n * width * width, 2 * n * width)}
+    split = batch_shape(pairs, widths, shared_prompt=shape.model_type in SPLIT_MODEL_TYPES if shared is None
+                        else shared)
+    if len(split) == 3:  # otherwise collate keeps the full rows
+        _, prompt, answer_width = split
+        layouts["shared prompt"] = (n * prompt + 2 * n * answer_width,
+                                    n * prompt * prompt + 2 * n * answer_width * (prompt + answer_width),
+                                    2 * n * answer_width + (n * prompt if cfg.prompt_in_nll else 0))
     return layouts
 
 
@@ -230,7 +247,7 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     # values, gradients and AdamW's two moments, float32; one more gradient copy when accumulating
     adapters = adapter_params(cfg, shape) * 4 * (4 + (cfg.grad_accum > 1))
     best = None
-    layouts = batch_layouts(cfg, shape, prompt_len, answer_len, gpu)
+    layouts = batch_layouts(cfg, shape, prompt_len, answer_len, gpu, shared_prompt(shape, model_config))
     for name, (tokens, scores, rows) in layouts.items():
         if layout is not None and name != layout:
             continue
@@ -276,7 +293,8 @@ def fits_warning(cfg: TrainConfig, model_config: dict) -> str | None:
             + (f"Settings that fit: {hints[0]}." if hints else "No setting tried fits; try a smaller model."))
 
 
-def recommend(cfg: TrainConfig, model_config: dict, budget: int, limit: int = 5) -> list[str]:
+def recommend(cfg: TrainConfig, model_config: dict, budget: int, limit: int = 5,
+              on_gpu: bool | None = None) -> list[str]:
     """Changes to cfg that bring the prediction under `budget`, cheapest in lost quality/speed first."""
     shape = ModelShape.from_config(model_config)
     options = []
@@ -289,7 +307,7 @@ def recommend(cfg: TrainConfig, model_config: dict, budget: int, limit: int = 5)
                     trial = TrainConfig(**{**cfg.to_dict(), "batch_size": batch, "max_length": length,
                                            "grad_checkpoint": checkpointing, "bits": bits,
                                            "grad_accum": cfg.grad_accum * max(1, cfg.batch_size // batch)})
-                    peak = predict_peak(trial, model_config).total
+                    peak = predict_peak(trial, model_config, on_gpu=on_gpu).total
                     if peak <= budget:
                         # prefer long sequences, then no checkpointing, then big batches, then float weights
                         score = (length, not checkpointing, batch, bits is None)
@@ -308,19 +326,200 @@ def recommend(cfg: TrainConfig, model_config: dict, budget: int, limit: int = 5)
 
 
 def load_model_config(spec: str) -> dict:
-    """config.json of an alias, a local model directory or a cached Hub repo, without loading weights."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text())
-    if spec in KNOWN_CONFIGS:
-        return dict(KNOWN_CONFIGS[spec])
-    if spec.count("/") == 1:
+    """config.json of a model as `models.resolve_model` finds it (alias, directory, .gguf file or Hub id),
+    without loading weights. The aliases' numbers are known offline (KNOWN_CONFIGS); a Hub id reads
+    its config.json from the Hugging Face cache, or downloads that one file."""
+    try:
+        resolved = models.resolve_model(spec)
+    except models.ModelNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if Path(resolved).is_dir():
+        return json.loads((Path(resolved) / "config.json").read_text())
+    known = {models.MODEL_ALIASES[alias]: config for alias, config in KNOWN_CONFIGS.items()}
+    if resolved in known:
+        return dict(known[resolved])
+    try:
+        from huggingface_hub import hf_hub_download
+        return json.loads(Path(hf_hub_download(resolved, "config.json")).read_text())
+    except Exception as exc:
+        raise ValueError(f"{spec}: could not read its config.json ({exc})") from None
+
+
+# --memory-budget auto: the share of what MLX may use here that a run may plan for. The rest is left
+# to the OS, the app and the Python process (tokenizer, data), which share a Mac's unified memory.
+AUTO_GPU_SHARE = 0.9   # of Metal's recommended working set, or of a CUDA GPU's memory
+AUTO_CPU_SHARE = 0.75  # of RAM, on MLX's CPU backend
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A memory budget in bytes, and where it came from (said in the log)."""
+    bytes: int
+    source: str
+
+    def __str__(self) -> str:
+        return f"{format_bytes(self.bytes)} ({self.source})"
+
+
+def mac_working_set(ram: int) -> int:
+    """Metal's recommended working set on an Apple-silicon Mac with `ram` bytes: macOS lets the GPU
+    wire about two thirds of the memory on Macs of up to 36 GB and three quarters above (as reported by
+    `mx.device_info()` on such Macs; the README's table uses it to predict what auto picks there)."""
+    return int(ram * (2 / 3 if ram <= 36 * 2**30 else 3 / 4))
+
+
+def auto_budget() -> Budget:
+    """--memory-budget auto on this machine (see AUTO_GPU_SHARE and AUTO_CPU_SHARE)."""
+    import mlx.core as mx
+    try:
+        info = mx.device_info()
+    except Exception:
+        info = {}
+    if info.get("max_recommended_working_set_size"):
+        total, what = int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
+    elif models.on_gpu() and info.get("memory_size"):
+        total, what = int(info["memory_size"]), "the GPU's memory"
+    else:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return Budget(int(AUTO_CPU_SHARE * ram), f"auto: {AUTO_CPU_SHARE:.0%} of RAM, {format_bytes(ram)}")
+    return Budget(int(AUTO_GPU_SHARE * total), f"auto: {AUTO_GPU_SHARE:.0%} of {what}, {format_bytes(total)}")
+
+
+def resolve_budget(cfg: TrainConfig) -> Budget | None:
+    """cfg's --memory-budget: a Budget, or None for off."""
+    if str(cfg.memory_budget).strip().lower() == "off":
+        return None
+    size = cfg.memory_budget_size
+    return auto_budget() if size is None else Budget(size, "--memory-budget")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One setting auto-fit changed."""
+    name: str
+    before: object
+    after: object
+
+    def __str__(self) -> str:
+        return f"--{self.name.replace('_', '-')} {_shown(self.before)} -> {_shown(self.after)}"
+
+
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+class DoesNotFit(ValueError):
+    """No plan the fit may choose is predicted to fit the budget; the message says what would."""
+
+
+# What fit may change, and the settings that, given explicitly, hold each one.
+FIT_SETTINGS = ("grad_checkpoint", "batch_size", "grad_accum")
+
+
+def _with(cfg: TrainConfig, **changes) -> TrainConfig:
+    return TrainConfig(**{**cfg.to_dict(), **changes})
+
+
+def fit_candidates(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozenset()) -> list[TrainConfig]:
+    """The plans fit tries, fastest first: cfg as it is; gradient checkpointing on; then fewer pairs per
+    micro-batch (the divisors of the pairs per optimizer step) with --grad-accum raised to keep them.
+    Settings in `explicit` stay as given."""
+    pairs = cfg.batch_size * cfg.grad_accum
+    checkpoint = cfg.grad_checkpoint or "grad_checkpoint" not in explicit
+    options = [cfg, _with(cfg, grad_checkpoint=checkpoint)]
+    if not {"batch_size", "grad_accum"} & set(explicit):
+        options += [_with(cfg, grad_checkpoint=checkpoint, batch_size=b, grad_accum=pairs // b)
+                    for b in range(cfg.batch_size - 1, 0, -1) if pairs % b == 0]
+    unique = []
+    for option in options:
+        if option not in unique:
+            unique.append(option)
+    return unique
+
+
+def changes_between(before: TrainConfig, after: TrainConfig) -> list[Change]:
+    return [Change(n, getattr(before, n), getattr(after, n)) for n in FIT_SETTINGS
+            if getattr(before, n) != getattr(after, n)]
+
+
+def fit(cfg: TrainConfig, budget: int | Budget, *, model_config: dict | None = None,
+        explicit: frozenset[str] | set[str] = frozenset(),
+        on_gpu: bool | None = None) -> tuple[TrainConfig, Prediction, list[Change]]:
+    """The fastest plan for cfg whose predicted peak is within `budget`: (fitted config, its prediction,
+    what changed). The one rule the CLI, the API, the app and the scripts share.
+
+    In order: cfg as given; gradient checkpointing on; then fewer pairs per micro-batch and more
+    --grad-accum, so every optimizer step still sees the same pairs of the same data. --max-length, the
+    pairs and the LoRA rank are never changed. Settings named in `explicit` (those the user gave) are
+    kept. Raises DoesNotFit, whose message gives the plan and the changes that would fit, when none
+    of those plans fits. cfg itself is left as it is.
+    """
+    budget = budget if isinstance(budget, Budget) else Budget(int(budget), "budget")
+    model_config = load_model_config(cfg.model) if model_config is None else model_config
+    tried = []
+    for option in fit_candidates(cfg, explicit):
+        prediction = predict_peak(option, model_config, on_gpu=on_gpu)
+        if prediction.total <= budget.bytes:
+            return option, prediction, changes_between(cfg, option)
+        tried.append((option, prediction))
+    raise DoesNotFit(_does_not_fit(cfg, budget, model_config, explicit, tried, on_gpu))
+
+
+def _does_not_fit(cfg, budget, model_config, explicit, tried, on_gpu) -> str:
+    last, prediction = tried[-1]
+    plan = ", ".join(f"{name} {format_bytes(value)}" for name, value in prediction.breakdown.items())
+    what = (f"the smallest plan fit may choose (batch {last.batch_size} x grad-accum {last.grad_accum}, "
+            f"gradient checkpointing {_shown(last.grad_checkpoint)})" if len(tried) > 1 else "the run as given")
+    text = (f"{cfg.model} at --max-length {cfg.max_length} does not fit the memory budget {budget}: {what} "
+            f"is predicted to peak at {format_bytes(prediction.total)} ({plan})")
+    held = [n for n in FIT_SETTINGS if n in explicit]
+    if held:
         try:
-            from huggingface_hub import hf_hub_download
-            return json.loads(Path(hf_hub_download(spec, "config.json")).read_text())
-        except Exception as exc:
-            raise ValueError(f"{spec}: could not read its config.json ({exc})") from None
-    raise ValueError(f"{spec!r}: not an alias ({', '.join(KNOWN_CONFIGS)}) or a model directory")
+            _, free_prediction, changes = fit(cfg, budget, model_config=model_config, on_gpu=on_gpu)
+        except DoesNotFit:
+            pass
+        else:
+            return (f"{text}. You gave {', '.join('--' + n.replace('_', '-') for n in held)} explicitly, so "
+                    f"they were kept; without them it would fit with {', '.join(map(str, changes))} "
+                    f"(predicted {format_bytes(free_prediction.total)}). Or run as given with --memory-budget off")
+    if prediction.breakdown["weights"] > budget.bytes:
+        text += f"; the base weights alone ({format_bytes(prediction.breakdown['weights'])}) exceed it"
+    options = []
+    for length in (4096, 2048, 1024, 512, 256, 128):
+        if length < cfg.max_length and length > cfg.min_response_length:
+            trial = _with(last, max_length=length, max_prompt_length=None if cfg.max_prompt_length is None
+                          else min(cfg.max_prompt_length, length // 2))
+            if (peak := predict_peak(trial, model_config, on_gpu=on_gpu).total) <= budget.bytes:
+                options.append(f"--max-length {length} ({format_bytes(peak)})")
+                break
+    shape = ModelShape.from_config(model_config)
+    layers = adapted_layers(cfg, shape)
+    for n in (layers // 2, layers // 4, layers // 8):
+        if 1 <= n < layers and (peak := predict_peak(_with(last, lora_layers=n), model_config,
+                                                     on_gpu=on_gpu).total) <= budget.bytes:
+            options.append(f"--lora-layers {n} ({format_bytes(peak)})")
+            break
+    if not (cfg.bits or shape.quant_bits) and (
+            peak := predict_peak(_with(last, bits=4), model_config, on_gpu=on_gpu).total) <= budget.bytes:
+        options.append(f"--bits 4 ({format_bytes(peak)})")
+    if options:
+        plan_of = (f"batch {last.batch_size} x grad-accum {last.grad_accum}, gradient checkpointing "
+                   f"{_shown(last.grad_checkpoint)}, " if len(tried) > 1 else "")
+        choices = f"; with {plan_of}these would fit: {', '.join(options)}"
+    else:
+        choices = "; no shorter --max-length, fewer --lora-layers or 4-bit weights tried fits"
+    return f"{text}{choices}. A smaller model, or --memory-budget off to try anyway"
+
+
+def fit_line(before: TrainConfig, planned: int, prediction: Prediction, changes: list[Change], budget: Budget) -> str:
+    """The one log line that says what fit did: what changed, from what, to what, and the predicted peak
+    (`planned`: the peak predicted for `before`) against the budget."""
+    if not changes:
+        return f"memory: predicted peak {format_bytes(prediction.total)} within the budget {budget}"
+    return (f"memory: the run as configured is predicted to peak at {format_bytes(planned)}, over the budget "
+            f"{budget}; fitted: {', '.join(map(str, changes))} "
+            f"(same {before.batch_size * before.grad_accum} pairs per optimizer step): "
+            f"predicted peak {format_bytes(prediction.total)} <= {format_bytes(budget.bytes)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,14 +549,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget:
         budget, source = parse_bytes(args.budget), "budget"
     else:
-        budget, source = available_memory()
+        budget, source = auto_budget().bytes, auto_budget().source
     verdict = "fits" if prediction.total <= budget else "does NOT fit"
     print(f"{verdict} in {format_bytes(budget)} ({source})")
-    if args.budget and (models.on_gpu() if on_gpu is None else on_gpu):
-        print(f"on a GPU with more memory than that, train with --memory-limit {args.budget}: MLX queues kernels "
-              f"ahead, and the buffers they hold count towards the peak")
     if prediction.total > budget:
-        hints = recommend(cfg, config, budget)
+        try:
+            _, fitted, changes = fit(cfg, Budget(budget, source), model_config=config, on_gpu=on_gpu)
+            print(f"auto-fit (--memory-budget) would train with {', '.join(map(str, changes))}: "
+                  f"predicted {format_bytes(fitted.total)}")
+        except DoesNotFit as exc:
+            print(f"auto-fit (--memory-budget): {exc}")
+        hints = recommend(cfg, config, budget, on_gpu=on_gpu)
         print("settings that fit:" if hints else "no tried setting fits this budget")
         for hint in hints:
             print(f"  {hint}")

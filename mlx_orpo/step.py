@@ -72,6 +72,7 @@ class StepResult:
     grad_norm: mx.array    # before clipping
     applied: bool          # False: non-finite loss, gradient or updated weights; the step was skipped
     stop_requested: bool   # some rank asked to stop (carried by the metrics' all-reduce)
+    dropped: bool = False  # a stop request came between micro-batches: nothing was applied or measured
 
 
 class OrpoStep:
@@ -120,10 +121,13 @@ class OrpoStep:
             return {k: v for k, v in batch.items() if k != "tokens"}
         return batch
 
-    def accumulate(self, micro_batches: Iterable[MicroBatch]):
-        """(gradient sum, metric sum, count) over the micro-batches, each evaluated as it is added."""
+    def accumulate(self, micro_batches: Iterable[MicroBatch], stop: Callable[[], bool] | None = None):
+        """(gradient sum, metric sum, count) over the micro-batches, each evaluated as it is added;
+        None when `stop()` (asked before every micro-batch after the first) says to stop."""
         grads_sum, metrics_sum, count = None, None, 0
         for micro in micro_batches:
+            if count and stop is not None and self.stop_agreed(stop()):
+                return None
             metrics, grads = self.gradients(micro)
             grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
             metrics_sum = metrics if metrics_sum is None else {k: metrics_sum[k] + metrics[k] for k in metrics}
@@ -133,6 +137,12 @@ class OrpoStep:
             mx.eval(grads_sum, metrics_sum)
             count += 1
         return grads_sum, metrics_sum, count
+
+    def stop_agreed(self, stop: bool) -> bool:
+        """Whether any rank asks to stop (one small all-reduce when data-parallel, so all drop together)."""
+        if self.cluster.size == 1:
+            return stop
+        return self.cluster.sum(mx.array(float(stop))).item() > 0
 
     def reduce(self, grads_sum, metrics_sum, count: int, stop: bool = False):
         """(mean gradients, mean metrics, whether any rank asked to stop) over micro-batches and ranks."""
@@ -163,8 +173,11 @@ class OrpoStep:
 
     def __call__(self, micro_batches: Iterable[MicroBatch], stop: Callable[[], bool] | None = None) -> StepResult:
         """One optimizer step over `micro_batches` (gradient accumulation when there are several).
-        `stop()`, asked once the gradients are in, says whether this rank wants the run to stop."""
-        totals = self.accumulate(micro_batches)
+        `stop()` says whether this rank wants the run to stop: asked between micro-batches (a stop
+        there drops the partial step: `dropped`) and once the gradients are in."""
+        totals = self.accumulate(micro_batches, stop)
+        if totals is None:
+            return StepResult({}, mx.array(0.0), applied=False, stop_requested=True, dropped=True)
         grads, metrics, stop_requested = self.reduce(*totals, stop=bool(stop and stop()))
         applied, grad_norm = self.apply(grads, metrics)
         return StepResult(metrics, grad_norm, applied, stop_requested)

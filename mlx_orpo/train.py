@@ -10,6 +10,7 @@ import argparse
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 from .config import FIELD_SPECS, FIELDS, TrainConfig, from_dict, load_yaml
@@ -26,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file whose keys are these options' long names.")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="Continue the run in RUN_DIR from its newest checkpoint, exactly.")
+                        help="Continue the run in RUN_DIR from its newest checkpoint, exactly: with its own model, "
+                             "data and settings (options that would change them are refused). A run stopped "
+                             "before its first checkpoint starts again from step 0.")
+    parser.add_argument("--allow-changed-data", action="store_true",
+                        help="With --resume: continue although the data files differ from those the run started "
+                             "with (logged; the resumed steps are then not those of the run as started).")
     for name, spec in FIELD_SPECS.items():
         f = FIELDS[name]
         flags = [spec.flag, *spec.aliases]
@@ -58,16 +64,30 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
         values.setdefault("pad_to", "multiple")  # a run saved before --pad-to padded to plain multiples
-        values["output_dir"] = args.resume
+        if "output_dir" in given and Path(given["output_dir"]).resolve() != Path(args.resume).resolve():
+            raise ValueError(f"--resume {args.resume} continues in that folder; leave --output-dir out")
+        values["output_dir"] = given["output_dir"] = args.resume
     if args.config:
         values.update(load_yaml(args.config))
     values.update(given)
     return from_dict(values, source=args.config or "options").validate()
 
 
+def explicit_settings(args: argparse.Namespace) -> set[str]:
+    """The settings the user gave, on the command line or in --config: auto-fit keeps them as given
+    (see --memory-budget). Defaults, and settings only a resumed run's config.json holds, are not."""
+    given = {k for k in vars(args) if k in FIELDS}
+    return given | (set(load_yaml(args.config)) if args.config else set())
+
+
+EXIT_STOPPED = 4  # stopped by SIGTERM/SIGINT with a checkpoint saved: resumable (README, "Stopping")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.allow_changed_data and not args.resume:
+        parser.error("--allow-changed-data goes with --resume RUN_DIR")
     try:
         cfg = resolve_config(args)
     except ValueError as exc:
@@ -75,21 +95,35 @@ def main(argv: list[str] | None = None) -> int:
     # Until the training loop installs its own handler (checkpoint, then exit), a stop
     # request ends the process quietly: nothing has been trained yet, so nothing is lost.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from .api import run_training
+    from .api import run_training, stopped
     from .data import DataError
     from .distributed import Cluster, PeerLostError
+    from .files import describe_os_error
     from .models import ModelNotFoundError
     from .runlock import RunLockedError
 
+    started = time.time()
     try:
-        run_dir = run_training(cfg, resume=bool(args.resume))
-    except (DataError, ModelNotFoundError, FileExistsError, FileNotFoundError, ValueError, RunLockedError) as exc:
+        run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
+                               explicit=explicit_settings(args))
+    except (DataError, ModelNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PeerLostError as exc:
         print(f"error: {exc}. Checkpoints are written atomically: continue with "
               f"--resume {cfg.output_dir} once every host is back.", file=sys.stderr)
         return 3
+    except OSError as exc:  # a full disk, a read-only or forbidden folder: the user's to fix
+        print(f"error: {describe_os_error(exc) if exc.errno is not None else exc}"
+              + (f" (checkpoints are written whole: continue with --resume {cfg.output_dir} once it is fixed)"
+                 if cfg.output_dir and exc.errno is not None and Path(cfg.output_dir, 'config.json').exists()
+                 else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the training loop took over stop requests
+        print("error: interrupted before training started; nothing was trained", file=sys.stderr)
+        return 130
+    if stopped(run_dir, since=started):  # the trainer said where it stopped and how to continue
+        return EXIT_STOPPED
     if Cluster.init().is_main:
         from .models import resolve_model
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import checkpoint as ckpt
-from . import rundir
+from . import files, rundir
 from .batching import Widths, batch_shape, collate, epoch_batches
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
@@ -44,6 +45,7 @@ class LoopState:
     window_tokens: int = 0
     world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
     largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
+    step_groups: bool = True    # pairs grouped per optimizer step (step_order); False in checkpoints before it
 
 
 def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
@@ -53,12 +55,23 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
+def step_order(pairs: list[EncodedPair], global_batch: int, accum: int, seed: int, epoch: int,
+               **order) -> list[list[int]]:
+    """The micro-batches of one epoch: epoch_batches of the pairs of an optimizer step (global_batch x
+    accum), each cut into `accum` micro-batches of global_batch pairs. So the pairs of every step, and
+    the order of the steps, do not depend on how a step is cut: batch 2 and batch 1 x --grad-accum 2
+    (what auto-fit turns the one into) train on the same pairs at each step. `order`: epoch_batches'
+    keyword arguments."""
+    groups = epoch_batches(pairs, global_batch * accum, seed, epoch, **order)
+    return [group[i:i + global_batch] for group in groups for i in range(0, len(group), global_batch)]
+
+
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int,
-                  **order):
+                  accum: int = 1, **order):
     """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position.
-    `order`: epoch_batches' keyword arguments."""
+    `accum` and `order`: step_order's arguments."""
     while True:
-        batches = epoch_batches(pairs, global_batch, seed, epoch, **order)
+        batches = step_order(pairs, global_batch, accum, seed, epoch, **order)
         for i in range(start, len(batches)):
             yield epoch, i, batches[i]
         epoch, start = epoch + 1, 0
@@ -78,10 +91,12 @@ def shard_counts(global_pairs, cfg: TrainConfig, world: int) -> tuple[float, flo
 
 
 def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
-                loss: Callable | None = None, on_batch: Callable[[int, int], None] | None = None) -> LossParts:
+                loss: Callable | None = None, stop: Callable[[], bool] | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> LossParts | None:
     """The objective's parts of `pairs` (in their order) under the model in eval mode, forward only:
     batches of cfg.batch_size pairs of similar length, each evaluated as it is done (a sync point).
-    `on_batch(done, total)` hears the pairs scored so far, before the first batch and after each."""
+    None when `stop()`, asked between batches, says to stop. `on_batch(done, total)` hears the
+    pairs scored so far, before the first batch and after each."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     if on_batch:
         on_batch(0, len(pairs))
@@ -89,6 +104,9 @@ def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
     chunks = []
     model.eval()
     for start in range(0, len(order), cfg.batch_size):
+        if start and stop is not None and stop():
+            model.train()
+            return None
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
         chunks.append((loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.prompt_in_nll))
         mx.eval(chunks[-1])
@@ -101,15 +119,20 @@ def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
 
 
 def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> dict:
+             stop: Callable[[], bool] | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict | None:
     """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set: the NLL a token
-    mean and the rest pair means over all evaluated pairs, whatever the batch size.
+    mean and the rest pair means over all evaluated pairs, whatever the batch size. None when
+    `stop()`, asked between batches, says to stop: a partial evaluation is no evaluation.
     `on_batch(done, total)` hears the pairs evaluated so far, before the first batch and after each."""
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
         return {}
-    _, metrics = orpo_loss(score_pairs(model, pairs, cfg, pad_id, loss, on_batch=on_batch), cfg.beta)
+    parts = score_pairs(model, pairs, cfg, pad_id, loss, stop=stop, on_batch=on_batch)
+    if parts is None:
+        return None
+    _, metrics = orpo_loss(parts, cfg.beta)
     return {f"eval_{k}": metrics[k].item() for k in METRIC_KEYS}
 
 
@@ -133,7 +156,9 @@ def _format(record: dict, total: int) -> str:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and return instead of dying mid-step."""
+    """SIGTERM/SIGINT ask the loop to checkpoint and return instead of dying mid-step. The loop
+    looks between micro-batches and between evaluation batches, so it answers within one of
+    them; a second signal meanwhile only says so (SIGKILL ends a process without a checkpoint)."""
 
     def __init__(self):
         self.stop = False
@@ -146,8 +171,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.stop:  # second signal: give up at once
-            raise KeyboardInterrupt
+        if self.stop:
+            # os.write, not print: a signal handler may interrupt a print in progress.
+            os.write(2, b"already stopping: saving a checkpoint after the current micro-batch\n")
         self.stop = True
 
     def __exit__(self, *exc):
@@ -180,7 +206,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     step = OrpoStep(model, cfg, optimizer, loss=loss, cluster=cluster)
     widths = Widths.for_config(cfg)
     order = dict(widths=widths, shared_prompt=step.shared_prompt, largest_first=state.largest_first)
-    first_epoch = epoch_batches(train_pairs, global_batch, cfg.seed, state.epoch, **order)
+    accum = cfg.grad_accum if state.step_groups else 1  # a checkpoint's own order, see LoopState
+    first_epoch = step_order(train_pairs, global_batch, accum, cfg.seed, state.epoch, **order)
     shapes = {batch_shape(cluster.shard([train_pairs[i] for i in b]) or [train_pairs[b[0]]], widths,
                           step.shared_prompt) for b in first_epoch}  # this rank's, as step_micro_batches
     log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
@@ -194,22 +221,38 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             on_record(entry)
         log(_format(entry, steps))
 
+    first_step = [True]
+
     def step_micro_batches():
-        """This rank's micro-batches of the next optimizer step; advances the loop's data position."""
-        for _ in range(cfg.grad_accum):
-            epoch, index, indices = next(batches)
+        """This rank's micro-batches of the next optimizer step; advances the loop's data position.
+        Each is weighted to its share of the step's pairs, as a rank is to its share of a global batch,
+        so the step's loss and gradient are those of one batch of all its pairs."""
+        timed, first_step[0] = first_step[0], False
+        taken = [next(batches) for _ in range(cfg.grad_accum)]
+        step_pairs = [train_pairs[i] for _, _, indices in taken for i in indices]
+        for micro, (epoch, index, indices) in enumerate(taken):
+            # The first step's second micro-batch is timed (the first also compiles the step).
+            if timed and micro == 1:
+                started = time.perf_counter()
+            elif timed and micro == 2:
+                warn_long_step(time.perf_counter() - started, cfg.grad_accum, steps - state.step, log)
             global_pairs = [train_pairs[i] for i in indices]
             local_pairs = cluster.shard(global_pairs)
             # A rank left without pairs (a short last batch) runs a stand-in that divides its sums by
             # infinite counts: it adds nothing to the loss, the gradients or the metrics.
-            nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size) if local_pairs else (math.inf,) * 2
+            if not local_pairs:
+                nll_tokens, pair_count = math.inf, math.inf
+            elif state.step_groups:
+                nll_tokens, pair_count = shard_counts(step_pairs, cfg, cluster.size * cfg.grad_accum)
+            else:
+                nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size)
             state.window_tokens += sum(p.tokens for p in global_pairs)
             last = index + 1 == batches_per_epoch
             state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, index + 1)
             yield MicroBatch(collate(local_pairs or global_pairs[:1], pad_id, widths), nll_tokens,
                              pair_count)
 
-    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, **order)
+    batches = micro_batches(train_pairs, global_batch, cfg.seed, state.epoch, state.batch_in_epoch, accum, **order)
     bar = _progress_bar(steps, state.step) if progress else None
     if bar is not None:
         log = bar.write  # keep the bar below the report lines
@@ -238,8 +281,18 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
+            position = (state.epoch, state.batch_in_epoch, state.window_tokens)
             step_start = time.perf_counter()
             result = step(step_micro_batches(), stop=lambda: stop.stop)
+            if result.dropped:
+                # The partial step is dropped and its data position not advanced: a resume takes
+                # the same micro-batches again, so it stays the same run.
+                state.epoch, state.batch_in_epoch, state.window_tokens = position
+                if cluster.is_main and state.step > 0:
+                    status("saving")
+                    ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__,
+                                         cfg.keep_checkpoints)
+                break
             if result.applied:
                 for k in METRIC_KEYS:
                     state.window[k] = state.window.get(k, 0.0) + result.metrics[k].item()
@@ -259,32 +312,78 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                     elapsed = time.perf_counter() - window_start
                     record(rundir.TRAIN, _train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
-            if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every):
-                record(rundir.EVAL, {"step": state.step,
-                                     **evaluate(model, eval_pairs, cfg, pad_id, loss, on_batch=eval_progress)})
-            if cluster.is_main and (state.step % cfg.save_every == 0 or done or result.stop_requested):
+            # An evaluation not yet started is skipped once a stop is asked for; one under way is dropped.
+            if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every) \
+                    and not stop.stop:
+                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=lambda: stop.stop,
+                                    on_batch=eval_progress)
+                if held_out is not None:
+                    record(rundir.EVAL, {"step": state.step, **held_out})
+            # Data-parallel ranks stop together, at the next step's agreement; one process stops here.
+            stopping = result.stop_requested or (stop.stop and cluster.size == 1)
+            if cluster.is_main and (state.step % cfg.save_every == 0 or done or stopping):
                 status("saving")
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
-                if not (done or result.stop_requested):
+                if not (done or stopping):
                     status("training", step_seconds=None)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
-            if result.stop_requested:
+            if stopping:
                 break
     if bar is not None:
         bar.close()
     if state.step < steps and cluster.is_main:
-        log(f"stopped at step {state.step}/{steps}; checkpoint saved. Continue with --resume {run_dir}")
+        rundir.write_status(run_dir, "stopped", step=state.step, total_steps=steps)
+        log(stopped_message(run_dir, state.step, steps))
     return state
+
+
+SLOW_STEP_SECONDS = 600  # an optimizer step longer than this gets a warning with its estimated time
+
+
+def warn_long_step(micro_seconds: float, grad_accum: int, steps_left: int, log: Callable[[str], None]) -> None:
+    """Warn when --grad-accum makes one optimizer step take longer than SLOW_STEP_SECONDS, as
+    measured on one micro-batch: progress, reports and checkpoints all wait for whole steps."""
+    per_step = micro_seconds * grad_accum
+    if per_step > SLOW_STEP_SECONDS:
+        log(f"warning: --grad-accum {grad_accum}: one optimizer step takes about {_duration(per_step)} "
+            f"({micro_seconds:.2f} s per micro-batch), the {steps_left} steps left about "
+            f"{_duration(per_step * steps_left)}; nothing is reported or saved in between (a stop keeps only "
+            "whole steps). A smaller --grad-accum with a larger --batch-size gives the same batch sooner.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def stopped_message(run_dir: Path, step: int, steps: int) -> str:
+    """What a stopped run prints last (the app and scripts read its first words)."""
+    saved = "checkpoint saved" if step else "no step had finished, so nothing to save; it starts again from step 0"
+    return f"stopped at step {step}/{steps}; {saved}. Continue with: python -m mlx_orpo.train --resume {run_dir}"
 
 
 def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[str], None]) -> LoopState:
     """Load the newest checkpoint into model and optimizer; return its loop state."""
+    # What a writer killed mid-checkpoint left behind (files.atomic_output's temporaries).
+    for stale in files.remove_stale_temporaries(run_dir / rundir.CHECKPOINTS):
+        log(f"removed {stale.name}, left by a checkpoint write that did not finish")
+    if not ckpt.list_checkpoints(run_dir):
+        # Stopped or killed before its first checkpoint: nothing was kept, so the run starts over.
+        log(f"{run_dir} has no checkpoint yet (the run ended before its first one): starting from step 0")
+        if cluster.is_main:
+            rundir.truncate_records(run_dir, 0)
+        return LoopState(world_size=cluster.size)
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    # A checkpoint from before the largest batch came first resumes in the order it was written in.
-    state = LoopState(**{"largest_first": False, **ckpt.load_checkpoint(found[-1], model, optimizer)})
+    # A checkpoint from before the largest batch came first, or before the pairs were grouped per
+    # optimizer step, resumes in the order and weighting it was written with.
+    state = LoopState(**{"largest_first": False, "step_groups": False,
+                         **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "
                          f"number (this run has {cluster.size}), so every step sees the same global batch")

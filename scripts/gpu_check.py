@@ -15,7 +15,8 @@ A short training run first warms MLX's kernel cache (CUDA compiles kernels on fi
 2. memory: `mlx_orpo.train` at --max-length 1024 x 1 pair with --grad-checkpoint (the largest batch of
    the data runs first), three ways: MLX's defaults; MLX_MAX_OPS_PER_BUFFER=40 and
    MLX_MAX_MB_PER_BUFFER=40, Metal's queue depth on Apple silicon (on an H100 MLX queues up to 100
-   ops or 1,000 MB per graph, ten graphs ahead); and --memory-limit 10GB. Then batch 2 x 512 with and
+   ops or 1,000 MB per graph, ten graphs ahead); and --memory-budget 10GB (MLX's limit). Then 1024 x 2
+   pairs fitted to --memory-budget 12GB (auto-fit turns checkpointing on). Then batch 2 x 512 with and
    without checkpointing;
 3. the planner's prediction for each memory case, and its error against the measured peak.
 
@@ -47,7 +48,9 @@ METAL_QUEUE = {"MLX_MAX_OPS_PER_BUFFER": "40", "MLX_MAX_MB_PER_BUFFER": "40"}
 MEMORY_CASES = [
     ("ckpt", 1024, 1, True, {}, []),
     ("ckpt, Metal's queue depth", 1024, 1, True, METAL_QUEUE, []),
-    ("ckpt, --memory-limit 10GB", 1024, 1, True, {}, ["--memory-limit", "10GB"]),
+    ("ckpt, --memory-budget 10GB", 1024, 1, True, {}, ["--memory-budget", "10GB"]),
+    # auto-fit: batch 2 (given) without checkpointing is planned far over 12 GB; the fit turns it on
+    ("fitted to --memory-budget 12GB", 1024, 2, False, {}, ["--memory-budget", "12GB"]),
     ("", 512, 2, False, {}, []),
     ("ckpt", 512, 2, True, {}, []),
 ]
@@ -137,7 +140,9 @@ def main(argv=None) -> int:
         run_dir = out / "runs" / "".join(c if c.isalnum() else "_" for c in name)
         wall = run(train_cmd(args.model, run_dir, length, pairs, ckpt, iters, extra), out / f"{run_dir.name}.log",
                    env)
-        case = {"case": name, **measured(run_dir), "planner_gb": predicted_gb(args.model, length, pairs, ckpt),
+        saved = json.loads((run_dir / "config.json").read_text())  # the settings auto-fit resolved
+        case = {"case": name, **measured(run_dir),
+                "planner_gb": predicted_gb(args.model, length, saved["batch_size"], saved["grad_checkpoint"]),
                 "wall_s": wall}
         report["memory"].append(case)
         error = case["planner_gb"] / case["peak_gb"] - 1

@@ -47,13 +47,14 @@ def test_every_float_option_refuses_inf_and_nan(name, value):
 def test_yaml_values_of_the_wrong_type_are_named(tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("beta: fast\n")
-    with pytest.raises(ValueError, match=re.escape("--beta must be a number, got 'fast'")):
+    # Named by the YAML key, as written in the file.
+    with pytest.raises(ValueError, match=re.escape("run.yaml: beta must be a number, got 'fast'")):
         resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
     yaml_file.write_text("bits: 3\n")
     with pytest.raises(ValueError, match=re.escape("--bits must be 4 or 8")):
         resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
     yaml_file.write_text("batch_size: 2.5\n")
-    with pytest.raises(ValueError, match=re.escape("--batch-size must be an integer, got 2.5")):
+    with pytest.raises(ValueError, match=re.escape("run.yaml: batch_size must be an integer, got 2.5")):
         resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
 
 

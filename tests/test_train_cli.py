@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,10 @@ def test_stop_kill_and_resume_match_the_uninterrupted_run(reference_run, tmp_pat
     reference_dir, _ = reference_run
     run_dir = tmp_path / "run"
     code, out = interrupt_after(run_dir, 2, signal.SIGTERM, cli(*ARGS, "--output-dir", str(run_dir)))
-    assert code == 0 and f"--resume {run_dir}" in out, out[-2000:]
+    # A stopped run exits 4 (resumable), not 0: `train && export` must not export it.
+    assert code == 4 and f"adapters: {run_dir / 'adapters.safetensors'}" not in out, out[-2000:]
+    assert re.search(rf"stopped at step [2-7]/8; checkpoint saved\. Continue with: python -m mlx_orpo\.train "
+                     rf"--resume {re.escape(str(run_dir))}\n", out), out[-2000:]
     code, out = interrupt_after(run_dir, 4, signal.SIGKILL, cli("--resume", str(run_dir)))
     assert code == -signal.SIGKILL  # (its buffered output may be lost with it; the last resume checks the log)
     done = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=900)

@@ -1,0 +1,198 @@
+"""The checks a run passes before anything is written to its directory.
+
+    check_run(cfg, run_dir, splits, resume=...)   # raises RunCheckError naming the problem
+
+1. The run writes only into its own directory: `--output-dir` is new, empty, or a run of
+   ours (rundir.format_version), and never the model or inside it. A model directory given
+   as the output once had its config.json replaced by the run's settings.
+2. A resume is the same run: the options that shape it are the run's own (config.json), and
+   its data is the data it started with (data.json: sizes and SHA-256 of the files, or of the
+   pairs read from the Hub). A changed fingerprint stops the resume unless the caller allows
+   it (`--allow-changed-data`), which is logged and recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from . import rundir
+from .config import FIELDS, TrainConfig
+from .files import atomic_write_text, overlap
+
+DATA_FINGERPRINT = "data.json"
+# Files a front end may put in a run directory before the trainer starts (the app's log and the
+# config it launches the trainer with).
+_BEFORE_START = {rundir.LOCK, rundir.LOG, rundir.STATUS, rundir.LAUNCH}
+# Options a resume may change: how the run is watched, saved and fitted into memory, never what it
+# computes (a changed grad_checkpoint recomputes the same values).
+RESUMABLE_CHANGES = {"output_dir", "report_every", "save_every", "keep_checkpoints", "dist_timeout",
+                     "memory_limit", "memory_budget", "grad_checkpoint"}
+
+
+class RunCheckError(ValueError):
+    """A run that must not start; the message names the option and what to do."""
+
+
+def check_output_dir(run_dir: Path, model: str | None, *, resume: bool) -> None:
+    """Refuse a run directory that is not new, empty or a run of ours, or that is or holds the model."""
+    from .models import resolve_model
+
+    run_dir = Path(run_dir)
+    flag = "--resume" if resume else "--output-dir"
+    for source in {model, resolve_model(model)} - {None}:  # resolve_model: a missing --model path named
+        problem = overlap(run_dir, source) if Path(source).expanduser().exists() else None
+        if problem in ("is", "lies inside"):
+            raise RunCheckError(f"{flag} {run_dir} {problem} the model {source}; the run would overwrite the "
+                                "model's files: choose a run directory outside it")
+        if problem == "contains":
+            raise RunCheckError(f"{flag} {run_dir} contains the model {source}; choose a new folder for the run")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunCheckError(f"{flag} {run_dir} is a file, not a folder; choose a new folder for the run")
+    is_run = run_dir.is_dir() and rundir.format_version(run_dir) is not None
+    if resume:
+        if not is_run:
+            raise RunCheckError(f"--resume {run_dir}: not a run directory of mlx-orpo (no {rundir.MARKER} or "
+                                f"{rundir.CONFIG}); give the folder a run was started in")
+        return
+    if is_run or (run_dir / rundir.METRICS).exists():
+        raise RunCheckError(f"{run_dir} already holds a run; use --resume {run_dir} (a run stopped before its "
+                            "first checkpoint starts again from step 0) or another --output-dir")
+    if run_dir.is_dir():
+        others = sorted(p.name for p in run_dir.iterdir() if p.name not in _BEFORE_START)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise RunCheckError(f"--output-dir {run_dir} is not empty and not a run directory of mlx-orpo (it "
+                                f"holds {shown}); a run writes config.json and more there: choose a new or "
+                                "empty folder")
+
+
+def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse options that differ from the resumed run's own (config.json), naming the run's values."""
+    saved_path = Path(run_dir) / rundir.CONFIG
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunCheckError(f"{saved_path}: cannot read the run's settings ({exc})") from None
+    if not isinstance(saved, dict):
+        raise RunCheckError(f"{saved_path}: corrupt run config, not a JSON object")
+    saved.setdefault("pad_to", "multiple")  # a run saved before --pad-to padded to plain multiples
+    changed = []
+    for name in sorted(set(saved) & set(FIELDS) - RESUMABLE_CHANGES):
+        ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])
+        if ours != theirs:
+            changed.append(f"--{name.replace('_', '-')} {_show(theirs)} (given: {_show(ours)})")
+    if changed:
+        raise RunCheckError(f"--resume continues {run_dir} as it was started; it was run with "
+                            f"{'; '.join(changed)}. Leave those options out, or start a new run with "
+                            "--output-dir")
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return "(none)" if value is None else str(value)
+
+
+def data_fingerprint(cfg: TrainConfig, splits) -> dict:
+    """What identifies the run's data: per local source its files' sizes and SHA-256; for a Hub
+    dataset the SHA-256 of the pairs read from it (whatever revision they came from)."""
+    from .api import data_source
+    from .data import EXTENSIONS
+
+    train, valid, _ = splits
+    found = {}
+    for key, source in (("data", data_source(cfg)), ("eval_data", cfg.eval_data)):
+        if source is None:
+            continue
+        path = Path(source).expanduser()
+        if path.is_file() or path.is_dir():
+            files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                         if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            # By name: the run's config holds the path, and the shipped demo set moves with the package.
+            found[key] = {"source": str(getattr(cfg, key) or "the shipped demo set"),
+                          "files": {p.name: _file_digest(p) for p in files}}
+        else:
+            digest = hashlib.sha256()
+            for pair in [*train, *valid]:
+                digest.update(json.dumps(dataclasses.asdict(pair), sort_keys=True, default=str).encode())
+            found[key] = {"source": str(getattr(cfg, key)), "hub": True, "pairs": len(train) + len(valid),
+                          "pairs_sha256": digest.hexdigest()}
+    return found
+
+
+def _file_digest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def read_fingerprint(run_dir: Path) -> dict | None:
+    try:
+        found = json.loads((Path(run_dir) / DATA_FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def write_fingerprint(run_dir: Path, fingerprint: dict) -> None:
+    atomic_write_text(Path(run_dir) / DATA_FINGERPRINT, json.dumps(fingerprint, indent=2) + "\n")
+
+
+def data_changes(recorded: dict, now: dict) -> list[str]:
+    """How the data differs from the recorded fingerprint, one phrase per change ([] if the same)."""
+    changes = []
+    for key in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(key, {}), now.get(key, {})
+        if before.get("source") != after.get("source"):
+            changes.append(f"--{key.replace('_', '-')} was {before.get('source')}, now {after.get('source')}")
+            continue
+        if before.get("hub") or after.get("hub"):
+            if before.get("pairs_sha256") != after.get("pairs_sha256"):
+                changes.append(f"the pairs read from {after.get('source')} differ ({before.get('pairs')} pairs "
+                               f"then, {after.get('pairs')} now)")
+            continue
+        old_files, new_files = before.get("files", {}), after.get("files", {})
+        for name in sorted(set(old_files) | set(new_files)):
+            old, new = old_files.get(name), new_files.get(name)
+            if old is None or new is None:
+                changes.append(f"{name} was {'added' if old is None else 'removed'}")
+            elif old != new:
+                changes.append(f"{name} changed ({old['bytes']} bytes then, {new['bytes']} now"
+                               + (", same size, other contents)" if old["bytes"] == new["bytes"] else ")"))
+    return changes
+
+
+def check_run(cfg: TrainConfig, run_dir: Path, splits, *, resume: bool, allow_changed_data: bool = False,
+              log: Callable[[str], None] = print, main: bool = True) -> dict:
+    """Every check before a run (or a resume) writes anything; returns the data's fingerprint to record.
+    `main`: this process writes the run (data-parallel: rank 0). The others leave the folder's checks
+    to it, as it may already have written the run's first files when they look."""
+    if main:
+        check_output_dir(run_dir, cfg.model, resume=resume)
+    fingerprint = data_fingerprint(cfg, splits)
+    if not resume:
+        return fingerprint
+    check_same_run(cfg, run_dir)
+    recorded = read_fingerprint(run_dir)
+    if recorded is None:
+        log(f"{run_dir} has no record of its data ({DATA_FINGERPRINT}); recording the data it resumes with")
+        return fingerprint
+    changes = data_changes(recorded, fingerprint)
+    if changes and not allow_changed_data:
+        raise RunCheckError(f"the data of {run_dir} changed since the run started: {'; '.join(changes)}. A resume "
+                            "continues the same run; put the data back, start a new run, or pass "
+                            "--allow-changed-data to continue on the changed data anyway")
+    if changes:
+        log(f"warning: --allow-changed-data: resuming {run_dir} on changed data ({'; '.join(changes)}); the steps "
+            "from here are not those of the run as started, and the new data is recorded")
+    return fingerprint

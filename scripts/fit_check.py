@@ -1,0 +1,324 @@
+"""Auto-fit (--memory-budget) measured on this machine, in one rerunnable script.
+
+    python scripts/fit_check.py [--out fit-check] [--skip-mistral] [--skip-times]
+
+1. SmolLM2-135M with its default settings (batch 2, max length 1024) on long real data (the shared
+   set beside the repo, else the demo set), under a --memory-budget of half its unfitted plan: the CLI
+   fits it, the run completes, and the measured MLX peak (the trainer's peak_memory_gb) is set against
+   the budget.
+2. The planner's prediction for the fitted settings against the measured peak, per model: SmolLM2-135M
+   at 1024 and at 512 tokens (a budget that takes batch 1 x --grad-accum 2), and a Mistral-7B-shaped 4-bit
+   model (../shared/gpu/make_model.py) with 1 and 2 blocks, extrapolated per block to 32.
+3. The relative time of an optimizer step of each plan auto-fit can pick (as configured; checkpointing;
+   batch 1 x accumulation 2 with checkpointing), SmolLM2-135M at max length 128 on real pairs.
+4. What auto-fit picks for mistral-7b-4bit and llama-2-7b-4bit on 8 to 64 GB Macs: the README's table.
+   Metal figures are the planner's predictions (no Mac here).
+
+Every training run is the real CLI in a subprocess, one at a time (2-core machines: about 15 minutes in
+all; --skip-mistral saves most of it). Prints a report and writes OUT/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import mlx_orpo  # noqa: E402,F401  (fast BLAS before mlx)
+from mlx_orpo.config import TrainConfig  # noqa: E402
+from mlx_orpo.plan import (  # noqa: E402
+    KNOWN_CONFIGS,
+    Budget,
+    DoesNotFit,
+    fit,
+    fit_candidates,
+    format_bytes,
+    load_model_config,
+    mac_working_set,
+    predict_peak,
+)
+
+SHARED = REPO.parent / "shared"
+MAKE_MODEL = SHARED / "gpu" / "make_model.py"
+MACS_GB = (8, 16, 24, 36, 64)
+# Short runs: the peak is the first step's (the largest batch runs first); no held-out set.
+RUN = ["--iters", "2", "--report-every", "1", "--eval-fraction", "0", "--eval-every", "0", "--save-every", "100"]
+
+
+def data_path() -> str:
+    shared = SHARED / "data" / "dpo_en_demo.json"
+    if shared.is_file():
+        return str(shared)
+    from mlx_orpo.demo_data import DEMO_DATA_PATH
+    return str(DEMO_DATA_PATH)
+
+
+REUSE = False  # --reuse: a run whose command, output and records are already under --out is not rerun
+
+
+def train(out: Path, model: str, *flags: str) -> dict:
+    """Run the CLI; return its fit line, the measured peak (the trainer's peak_memory_gb) and wall time."""
+    from mlx_orpo.rundir import read_records
+
+    cmd = [sys.executable, "-m", "mlx_orpo.train", "--model", model, "--data", data_path(), "--output-dir",
+           str(out), *RUN, *flags]
+    saved_run = out.with_name(out.name + ".run.json")
+    if REUSE and saved_run.is_file() and json.loads(saved_run.read_text())["cmd"] == cmd[1:]:
+        stdout, seconds = (json.loads(saved_run.read_text())[k] for k in ("stdout", "seconds"))
+    else:
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600,
+                              env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode:
+            raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+        stdout, seconds = done.stdout, round(time.perf_counter() - start, 1)
+        saved_run.write_text(json.dumps({"cmd": cmd[1:], "stdout": stdout, "seconds": seconds}))
+    records = [r for r in read_records(out) if r.get("kind") == "train"]
+    fit_line = next((line for line in stdout.splitlines() if line.startswith("memory:")), "")
+    saved = json.loads((out / "config.json").read_text())
+    return {"fit_line": fit_line, "peak": max(r["peak_memory_gb"] for r in records) * 1e9,
+            "seconds": seconds, "losses": [r["loss"] for r in records],
+            "settings": {k: saved[k] for k in ("batch_size", "grad_accum", "grad_checkpoint", "max_length")}}
+
+
+def plan_of(cfg: TrainConfig, config: dict) -> int:
+    return predict_peak(cfg, config, on_gpu=False).total
+
+
+def settings(cfg: TrainConfig) -> list[str]:
+    return ["--batch-size", str(cfg.batch_size), "--grad-accum", str(cfg.grad_accum), "--max-length",
+            str(cfg.max_length), "--grad-checkpoint" if cfg.grad_checkpoint else "--no-grad-checkpoint"]
+
+
+def budget_run(out: Path, smol: str, config: dict) -> dict:
+    """Item 1: SmolLM2's defaults under half their unfitted plan."""
+    cfg = TrainConfig(model=smol).validate()
+    planned = plan_of(cfg, config)
+    budget = planned // 2
+    result = train(out / "smollm2-1024", smol, "--memory-budget", str(budget))
+    fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
+    return {"case": "SmolLM2-135M, defaults, 1024", "planned_unfitted": planned, "budget": budget,
+            "predicted": plan_of(fitted, config), **result}
+
+
+def smol_512_run(out: Path, smol: str, config: dict) -> dict:
+    """A budget only batch 1 x --grad-accum 2 with checkpointing fits, at max length 512."""
+    cfg = TrainConfig(model=smol, max_length=512).validate()
+    smallest = fit_candidates(cfg)[-1]
+    budget = int(plan_of(smallest, config) * 1.01)
+    result = train(out / "smollm2-512", smol, "--max-length", "512", "--memory-budget", str(budget))
+    fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
+    return {"case": "SmolLM2-135M, 512", "planned_unfitted": plan_of(cfg, config), "budget": budget,
+            "predicted": plan_of(fitted, config), **result}
+
+
+def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
+    """Mistral-7B-shaped 4-bit models with 1 and 2 blocks, trained one step (the largest batch) with the
+    settings auto-fit picks for the 32-block model under half its unfitted plan (max length 64, on this
+    CPU: 4-bit layers do not use BLAS here, and one step of 2 pairs at 128 tokens took over 13 minutes on
+    a shared 2-core machine); extrapolated per block."""
+    length = 64
+    full = {**load_model_config_from_builder(32)}
+    cfg = TrainConfig(model="mistral-7b-shaped", max_length=length).validate()
+    # Half its unfitted plan is less than its weights on this CPU (float32 scales): the budget is the
+    # checkpointed plan's, the first change auto-fit makes.
+    budget = plan_of(fit_candidates(cfg)[1], full)
+    fitted, predicted_full, changes = fit(cfg, budget, model_config=full, on_gpu=False)
+    rows, measured = [], {}
+    for layers in (1, 2):
+        model_dir = out / f"mistral-shaped-{layers}"
+        if not (model_dir / "config.json").is_file():
+            subprocess.run([sys.executable, str(MAKE_MODEL), "--out", str(model_dir), "--tok",
+                            str(tokenizer_dir(out, smol)), "--layers", str(layers)], check=True, cwd=REPO,
+                           capture_output=True)
+        config = load_model_config(str(model_dir))
+        result = train(out / f"run-mistral-{layers}", str(model_dir), *settings(fitted), "--memory-budget", "off",
+                       "--iters", "1")
+        measured[layers] = result["peak"]
+        rows.append({"case": f"Mistral-7B-shaped 4-bit, {layers} block{'s' if layers > 1 else ''}, {length}",
+                     "predicted": plan_of(fitted, config), **result})
+    per_block = measured[2] - measured[1]
+    extrapolated = {"fitted": [str(c) for c in changes], "per_block": per_block,
+                    "measured_32": measured[1] + 31 * per_block, "predicted_32": predicted_full.total}
+    return rows, extrapolated
+
+
+def tokenizer_dir(out: Path, smol: str) -> Path:
+    """SmolLM2's tokenizer files alone (make_model.py copies every file of --tok but config.json)."""
+    import shutil
+
+    tok = out / "smollm2-tokenizer"
+    tok.mkdir(exist_ok=True)
+    for f in Path(smol).iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(f, tok / f.name)
+    return tok
+
+
+def load_model_config_from_builder(layers: int) -> dict:
+    """The config.json make_model.py writes, without building the model."""
+    return dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=49152,
+                tie_word_embeddings=False, torch_dtype="bfloat16", quantization={"group_size": 64, "bits": 4})
+
+
+def step_times(smol: str, rounds: int = 4, length: int = 128) -> dict:
+    """Seconds per optimizer step of each plan auto-fit can pick (same 2 pairs per step), SmolLM2-135M at
+    max length `length` on the two longest real pairs: the median of `rounds` rounds after a compiling
+    one. Each round times every plan once, in turn, so the load of a shared machine falls on all alike."""
+    import mlx.core as mx
+
+    from mlx_orpo.api import prepare_data
+    from mlx_orpo.batching import Widths, collate
+    from mlx_orpo.models import attach_adapters, load_model
+    from mlx_orpo.step import MicroBatch, OrpoStep, build_optimizer
+    from mlx_orpo.tokenize import ensure_chat_template
+
+    base = TrainConfig(model=smol, data=data_path(), max_length=length, eval_fraction=0.0).validate()
+    plans = {"as configured": (False, 2), "checkpointing": (True, 2),
+             "batch 1 x accumulation 2, checkpointing": (True, 1)}
+    built = {}
+    for name, (checkpoint, batch) in plans.items():
+        cfg = TrainConfig(**{**base.to_dict(), "grad_checkpoint": checkpoint, "batch_size": batch,
+                             "grad_accum": 2 // batch})
+        mx.random.seed(0)
+        model, tokenizer, _, _ = load_model(smol, dtype="auto")
+        ensure_chat_template(tokenizer)
+        pairs = sorted(prepare_data(cfg, tokenizer).train, key=lambda p: -p.length)[:2]
+        attach_adapters(model, cfg)
+        widths = Widths.for_config(cfg)
+        micro = [MicroBatch(collate(pairs[i:i + batch], 0, widths), *_weights(pairs, pairs[i:i + batch]))
+                 for i in range(0, 2, batch)]
+        built[name] = (OrpoStep(model, cfg, build_optimizer(cfg, steps=rounds + 1)), micro)
+    seconds = {name: [] for name in plans}
+    for _ in range(rounds + 1):
+        for name, (step, micro) in built.items():
+            start = time.perf_counter()
+            step(micro)
+            seconds[name].append(time.perf_counter() - start)
+    times = {name: statistics.median(s[1:]) for name, s in seconds.items()}
+    base_time = times["as configured"]
+    return {name: {"seconds": round(t, 2), "relative": round(t / base_time, 2), "max_length": length}
+            for name, t in times.items()}
+
+
+def _weights(step_pairs, micro_pairs):
+    from mlx_orpo.trainer import shard_weights
+    return shard_weights(step_pairs, micro_pairs, TrainConfig(), len(step_pairs) // len(micro_pairs))
+
+
+def mac_table(relative: dict | None) -> list[dict]:
+    """What auto-fit picks on Macs (predictions: Metal, bfloat16/float16 compute, the checkpoint's dtype)."""
+    rows = []
+    names = {(False, 2): "as configured", (True, 2): "checkpointing",
+             (True, 1): "batch 1 x accumulation 2, checkpointing"}
+    for model in ("mistral-7b-4bit", "llama-2-7b-4bit"):
+        cfg = TrainConfig(model=model).validate()
+        for ram_gb in MACS_GB:
+            working_set = mac_working_set(ram_gb * 2**30)
+            budget = Budget(int(0.9 * working_set), f"90% of {format_bytes(working_set)}")
+            try:
+                fitted, prediction, _ = fit(cfg, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
+            except DoesNotFit:
+                choice, predicted, plan = "does not fit at 1024 tokens", None, None
+                for length in (512, 256):
+                    trial = TrainConfig(**{**cfg.to_dict(), "max_length": length})
+                    try:
+                        fitted, prediction, _ = fit(trial, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
+                    except DoesNotFit:
+                        continue
+                    plan = names[(fitted.grad_checkpoint, fitted.batch_size)]
+                    choice += f"; --max-length {length}: {plan}"
+                    predicted = prediction.total
+                    break
+            else:
+                plan = names[(fitted.grad_checkpoint, fitted.batch_size)]
+                choice, predicted = plan, prediction.total
+            rel = relative.get(plan, {}).get("relative") if relative and plan else None
+            rows.append({"model": model, "mac_gb": ram_gb, "budget": budget.bytes, "choice": choice,
+                         "predicted": predicted, "relative_step_time": rel})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="fit-check")
+    parser.add_argument("--skip-mistral", action="store_true", help="leave out the Mistral-7B-shaped runs")
+    parser.add_argument("--skip-times", action="store_true", help="leave out the step-time measurement")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same commands)")
+    parser.add_argument("--times", help="read the step times from this JSON file (step_times' result) instead")
+    args = parser.parse_args(argv)
+    global REUSE
+    REUSE = args.reuse
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    from mlx_orpo.models import resolve_model
+    smol = resolve_model("smollm2-135m")
+    smol_config = load_model_config(smol)
+    report = {"data": data_path()}
+
+    def save():
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    first = budget_run(out, smol, smol_config)
+    print(f"1. {first['case']}: unfitted plan {format_bytes(first['planned_unfitted'])}, budget "
+          f"{format_bytes(first['budget'])}\n   {first['fit_line']}\n   completed {len(first['losses'])} steps in "
+          f"{first['seconds']} s; measured MLX peak {format_bytes(first['peak'])} "
+          f"({'within' if first['peak'] <= first['budget'] else 'OVER'} the budget)", flush=True)
+    report["budget_run"] = first
+    save()
+    rows = [first, smol_512_run(out, smol, smol_config)]
+    report["planner"] = rows
+    save()
+    if not args.skip_mistral:
+        mistral, extrapolated = mistral_runs(out, smol)
+        rows += mistral
+        report["mistral_extrapolated"] = extrapolated
+        save()
+    print("\n2. planner prediction for the fitted settings against the measured peak")
+    print("| case | fitted | predicted | measured | measured / predicted |\n|---|---|---|---|---|")
+    for r in rows:
+        s = r["settings"]
+        print(f"| {r['case']} | batch {s['batch_size']} x {s['grad_accum']}"
+              f"{', ckpt' if s['grad_checkpoint'] else ''} | {format_bytes(r['predicted'])} | "
+              f"{format_bytes(r['peak'])} | {r['peak'] / r['predicted']:.2f} |")
+    over = [r for r in rows if r["peak"] > r["predicted"]]
+    print(f"measured over predicted in {len(over)} of {len(rows)} cases"
+          + (f", by up to {max(r['peak'] / r['predicted'] - 1 for r in over):+.1%}" if over else ""))
+    if not args.skip_mistral:
+        e = report["mistral_extrapolated"]
+        print(f"Mistral-7B-shaped, 32 blocks at 64 tokens ({', '.join(e['fitted']) or 'as configured'}): "
+              f"measured per block {format_bytes(e['per_block'])}, extrapolated {format_bytes(e['measured_32'])}, "
+              f"predicted {format_bytes(e['predicted_32'])} (measured / predicted "
+              f"{e['measured_32'] / e['predicted_32']:.2f})")
+    relative = None
+    if args.times or not args.skip_times:
+        relative = json.loads(Path(args.times).read_text()) if args.times else step_times(smol)
+        report["step_times"] = relative
+        save()
+        print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 128, this CPU")
+        for name, t in relative.items():
+            print(f"   {name}: {t['seconds']} s ({t['relative']:.2f}x)")
+    table = mac_table(relative)
+    report["macs"] = table
+    save()
+    print("\n4. auto-fit on Macs (Metal: predictions)\n| model | Mac | budget | auto-fit picks | predicted peak "
+          "| relative step time (CPU) |\n|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['model']} | {r['mac_gb']} GB | {format_bytes(r['budget'])} | {r['choice']} | "
+              f"{format_bytes(r['predicted']) if r['predicted'] else '-'} | "
+              f"{str(r['relative_step_time']) + 'x' if r['relative_step_time'] else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

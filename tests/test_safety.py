@@ -1,0 +1,456 @@
+"""Issue 20's five classes: a run writes only into its own directory; a resume is the same run or is
+refused; a stop is prompt, honest and resumable; every file read is checked first; a user's mistake
+ends in one `error:` line (exit 2), never a traceback."""
+
+import errno
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from test_app import served  # noqa: F401  (the app's server, for the upload test)
+from test_trainer import cfg_for, make, pairs
+
+import mlx_orpo.trainer as trainer_mod
+from mlx_orpo import checkpoint as ckpt
+from mlx_orpo import runcheck, rundir
+from mlx_orpo.config import TrainConfig, load_yaml
+from mlx_orpo.data import DataError, load_splits
+from mlx_orpo.runlock import RunLock
+
+
+def cli(*args, module="mlx_orpo.train", cwd=None, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=env)
+
+
+def assert_one_error_line(done, *words):
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def fake_model(folder: Path) -> Path:
+    """A model directory as the checks see it (they refuse before anything loads it)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def write_data(path: Path, n=6, start=0) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Good answer {i}.",
+                                        "rejected": f"Bad answer {i}."}) + "\n" for i in range(start, start + n)))
+    return path
+
+
+# -- 1. a run writes only into its own directory --------------------------------------------------------------
+
+def test_output_dir_must_be_new_empty_or_a_run_and_never_the_model(tmp_path):
+    """`--output-dir` the model, inside it, a folder of other files or a file: refused before anything
+    is written (the model's config.json is as it was, no folder or .lock is left behind)."""
+    model = fake_model(tmp_path / "m")
+    config_before = (model / "config.json").read_bytes()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    (tmp_path / "a-file").write_text("x")
+    cases = {"m": "is the model", "m/sub": "lies inside the model", "foreign": "not a run directory",
+             "a-file": "is a file"}
+    for out, words in cases.items():
+        done = cli("--model", "./m", "--output-dir", out, "--iters", "1", cwd=tmp_path)
+        assert_one_error_line(done, words)
+    assert (model / "config.json").read_bytes() == config_before
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
+
+
+def test_a_missing_model_path_is_named_and_leaves_no_run_folder(tmp_path):
+    done = cli("--model", "./nonexistent", "--output-dir", "new-run", "--iters", "1", cwd=tmp_path)
+    assert_one_error_line(done, "nonexistent", "no such model directory")
+    assert not (tmp_path / "new-run").exists()
+
+
+def test_a_folder_holding_only_what_the_app_writes_first_is_empty_enough(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.LOG).write_text("starting\n")
+    runcheck.check_output_dir(run, "smollm2-135m", resume=False)
+    rundir.write_marker(run)
+    with pytest.raises(runcheck.RunCheckError, match="already holds a run; use --resume"):
+        runcheck.check_output_dir(run, "smollm2-135m", resume=False)
+
+
+# -- 2. a resume is the same run, or it is refused ------------------------------------------------------------
+
+def started_run(tmp_path: Path, data: Path) -> Path:
+    """The files a run has once its checks passed (config.json, marker, data fingerprint)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = TrainConfig(data=str(data), output_dir=str(run), iters=4, pad_to="multiple", pad_multiple=32).validate()
+    cfg.save(run / rundir.CONFIG)
+    rundir.write_marker(run)
+    runcheck.write_fingerprint(run, runcheck.data_fingerprint(cfg, load_splits(str(data))))
+    return run
+
+
+def test_resume_refuses_options_that_change_the_run_naming_its_values(tmp_path):
+    run = started_run(tmp_path, write_data(tmp_path / "prefs.jsonl"))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = fake_model(tmp_path / "other")
+    done = cli("--resume", str(run), "--model", str(other), "--lora-rank", "4")
+    line = assert_one_error_line(done, "--model smollm2-135m", f"(given: {other})", "--lora-rank 8 (given: 4)")
+    assert "--resume" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing in RUN was written
+    # How the run is watched and saved may change.
+    cfg = TrainConfig(**{**json.loads((run / rundir.CONFIG).read_text()), "report_every": 3, "save_every": 7})
+    runcheck.check_same_run(cfg, run)
+
+
+def test_resume_on_changed_data_stops_unless_allowed_and_logged(tmp_path):
+    data = write_data(tmp_path / "prefs.jsonl")
+    run = started_run(tmp_path, data)
+    cfg = TrainConfig(**json.loads((run / rundir.CONFIG).read_text()))
+    runcheck.check_run(cfg, run, load_splits(str(data)), resume=True)  # unchanged: passes
+    write_data(data, n=3, start=3)  # half of the pairs removed
+    with pytest.raises(runcheck.RunCheckError, match=r"data of .* changed .*prefs.jsonl changed .*--allow-changed"):
+        runcheck.check_run(cfg, run, load_splits(str(data)), resume=True)
+    logged = []
+    runcheck.check_run(cfg, run, load_splits(str(data)), resume=True, allow_changed_data=True, log=logged.append)
+    assert any("--allow-changed-data" in line and "prefs.jsonl changed" in line for line in logged)
+    done = cli("--resume", str(run))
+    assert_one_error_line(done, "changed since the run started", "--allow-changed-data")
+
+
+def test_hub_data_is_fingerprinted_by_its_pairs():
+    now = {"data": {"source": "o/n", "hub": True, "pairs": 3, "pairs_sha256": "b"}}
+    assert runcheck.data_changes({"data": {**now["data"], "pairs_sha256": "a", "pairs": 4}}, now) == \
+        ["the pairs read from o/n differ (4 pairs then, 3 now)"]
+    assert runcheck.data_changes(now, now) == []
+
+
+# -- 3. stopping is prompt, honest and always resumable ---------------------------------------------------------
+
+def sigterm_at_collate(monkeypatch, n: int):
+    """Send this process SIGTERM as the trainer collates its n-th batch (micro-batch or evaluation)."""
+    calls = []
+    real = trainer_mod.collate
+
+    def collate(*args, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "collate", collate)
+    return calls
+
+
+def train(run, cfg, data, resume=False, log=None):
+    model = make(cfg)
+    return trainer_mod.train(model, data, data[:4], cfg, run, pad_id=0, resume=resume,
+                             log=log or (lambda s: None), progress=False)
+
+
+def test_a_stop_between_micro_batches_drops_the_partial_step_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    data = pairs(16)
+    kw = dict(iters=3, grad_accum=4, batch_size=1, eval_every=0, save_every=10)
+    full = tmp_path / "full"
+    train(full, cfg_for(full, **kw), data)
+    cut = tmp_path / "cut"
+    calls = sigterm_at_collate(monkeypatch, 6)  # step 2's second micro-batch
+    logged = []
+    state = train(cut, cfg_for(cut, **kw), data, log=logged.append)
+    assert len(calls) == 6  # it did not wait for the step's other two micro-batches
+    assert (state.step, state.epoch, state.batch_in_epoch) == (1, 0, 4)  # step 2's data not consumed
+    assert [p.name for p in ckpt.list_checkpoints(cut)] == ["step-000001"]
+    assert rundir.read_status(cut)["phase"] == "stopped" and rundir.read_status(cut)["step"] == 1
+    assert logged[-1] == f"stopped at step 1/3; checkpoint saved. Continue with: python -m mlx_orpo.train " \
+                         f"--resume {cut}"
+    monkeypatch.undo()
+    train(cut, cfg_for(cut, **kw), data, resume=True)
+    a, b = read_train(full), read_train(cut)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+
+
+def read_train(run):
+    return [r for r in rundir.read_records(run) if r["kind"] == rundir.TRAIN]
+
+
+def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(tmp_path, monkeypatch):
+    data = pairs(16)
+    cfg = cfg_for(tmp_path, iters=4, batch_size=1, eval_every=2, eval_max_pairs=4, save_every=10)
+    calls = []
+    real = trainer_mod.collate
+
+    def collate(*args, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # step 2's evaluation, its second batch: two signals, as an impatient user sends
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "collate", collate)
+    state = train(tmp_path, cfg, data)
+    assert state.step == 2 and len(calls) == 4
+    assert [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL] == []  # partial: not recorded
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):
+    data = pairs(8)
+    cfg = cfg_for(tmp_path, iters=3, eval_every=0, save_every=10, grad_accum=2, batch_size=1)
+    sigterm_at_collate(monkeypatch, 2)
+    logged = []
+    state = train(tmp_path, cfg, data, log=logged.append)
+    assert state.step == 0 and ckpt.list_checkpoints(tmp_path) == []
+    assert "nothing to save; it starts again from step 0" in logged[-1]
+    monkeypatch.undo()
+    logged = []
+    state = train(tmp_path, cfg, data, resume=True, log=logged.append)
+    assert state.step == 3 and any("starting from step 0" in line for line in logged)
+
+
+def test_a_long_step_is_warned_about_with_its_estimated_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "SLOW_STEP_SECONDS", 0)
+    logged = []
+    train(tmp_path, cfg_for(tmp_path, iters=1, grad_accum=3, batch_size=1, eval_every=0), pairs(8),
+          log=logged.append)
+    warnings = [line for line in logged if line.startswith("warning: --grad-accum 3: one optimizer step takes")]
+    assert len(warnings) == 1 and "per micro-batch" in warnings[0]
+
+
+# -- 4. every file we read is checked before it can hurt us ---------------------------------------------------
+
+def test_a_crafted_or_false_gguf_is_refused_before_mlx_reads_it(tmp_path):
+    from mlx_orpo.gguf_import import GGUFImportError, check_gguf
+    from mlx_orpo.models import offline_smollm2_gguf
+
+    text = tmp_path / "notes.gguf"
+    text.write_text("this is a text file\n" * 4)
+    crafted = tmp_path / "crafted.gguf"
+    crafted.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 0) + bytes(64))
+    with pytest.raises(GGUFImportError, match="not a GGUF file"):
+        check_gguf(text)
+    with pytest.raises(GGUFImportError, match="claims 1099511627776 tensors"):
+        check_gguf(crafted)
+    done = cli("--model", str(crafted), "--output-dir", str(tmp_path / "run"))
+    assert_one_error_line(done, "crafted.gguf", "damaged or not a GGUF file")
+    assert not (tmp_path / "run").exists()
+    if (real := offline_smollm2_gguf()) is not None:
+        check_gguf(real)
+        cut = tmp_path / "cut.gguf"
+        cut.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+        with pytest.raises(GGUFImportError, match="lies outside the"):
+            check_gguf(cut)
+
+
+def adapter_dir(tmp_path: Path, rank=8, **config) -> Path:
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    key = "model.layers.0.self_attn.q_proj"
+    mx.save_safetensors(str(folder / "adapters.safetensors"),
+                        {f"{key}.lora_a": mx.zeros((16, rank)), f"{key}.lora_b": mx.zeros((rank, 16))})
+    cfg = {"fine_tune_type": "lora", "num_layers": -1, "model": "smollm2-135m",
+           "lora_parameters": {"rank": rank, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}}
+    cfg["lora_parameters"].update(config)
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_an_adapter_config_that_does_not_match_its_tensors_is_refused(tmp_path):
+    from mlx_orpo.fuse import check_adapter_dir
+
+    folder = adapter_dir(tmp_path, rank=8)
+    check_adapter_dir(folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["lora_parameters"]["rank"] = -5
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    done = cli("--adapters", str(folder), "--format", "peft", "--out", str(tmp_path / "peft"),
+               module="mlx_orpo.export")
+    assert_one_error_line(done, "adapter_config.json", "rank -5")
+    assert not (tmp_path / "peft").exists()
+    cfg["lora_parameters"]["rank"] = 4
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="rank 4, but the adapters' tensors have rank 8"):
+        check_adapter_dir(folder)
+
+
+def test_a_checkpoint_state_with_junk_is_damaged_and_passed_over(tmp_path):
+    data = pairs(8)
+    cfg = cfg_for(tmp_path, iters=4, save_every=2, eval_every=0)
+    train(tmp_path, cfg, data)
+    newest = ckpt.list_checkpoints(tmp_path)[-1]
+    state = json.loads((newest / "state.json").read_text())
+    for junk in ({"window_steps": "x" * 100}, {"junk": list(range(10))}, {"step": -1}):
+        (newest / "state.json").write_text(json.dumps({**state, **junk}))
+        manifest = json.loads((newest / ckpt.MANIFEST).read_text())  # the manifest matching it
+        manifest["state.json"] = ckpt._fingerprint(newest / "state.json")
+        (newest / ckpt.MANIFEST).write_text(json.dumps(manifest))
+        warned = []
+        assert ckpt.intact_checkpoints(tmp_path, warn=warned.append)[-1].name == "step-000002"
+        assert "corrupt checkpoint state" in warned[0] and "falling back to step-000002" in warned[0]
+    (newest / "state.json").write_text(json.dumps(state) + " " * (2 << 20))
+    with pytest.raises(ckpt.CorruptFileError, match="a loop state takes a few hundred"):
+        ckpt.verify_checkpoint(newest)
+
+
+def test_a_deeply_nested_row_is_a_bad_row_named_by_line(tmp_path):
+    data = write_data(tmp_path / "prefs.jsonl")
+    with open(data, "a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"prefs.jsonl, line 7: JSON nested too deeply"):
+        load_splits(str(data))
+    train_pairs, valid, report = load_splits(str(data), skip_bad_rows=True)
+    assert len(report.skipped) == 1 and len(train_pairs) + len(valid) == 6
+
+
+def test_the_app_deletes_a_refused_deeply_nested_upload(served, tmp_path, monkeypatch):  # noqa: F811
+    from gradio_client import Client
+    from gradio_client.client import Endpoint
+    from test_app_safety import MAX_LEN, MODEL, file_data, upload_raw
+
+    monkeypatch.setattr(Endpoint, "_upload_file", lambda self, f, data_index: f)
+    url, runs = served
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    stored_by_gradio = upload_raw(url, nested)
+    report = Client(url, verbose=False).predict(file_data(stored_by_gradio, "nested.jsonl"), MODEL, MAX_LEN,
+                                                api_name="/upload_data")[0]
+    assert "nested too deeply" in report and "The file was not kept." in report, report
+    assert not (runs / "uploads" / "nested.jsonl").exists() and not Path(stored_by_gradio).exists()
+
+
+# -- 5. no traceback for a user's mistake ------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KB file system (a tmpfs; skipped where this machine cannot mount one)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_is_an_os_error_and_leaves_no_temporary(tiny_disk):
+    from mlx_orpo.step import build_optimizer
+
+    cfg = cfg_for(tiny_disk, iters=1, lora_rank=64)
+    model = make(cfg)
+    with pytest.raises(OSError) as caught:
+        ckpt.save_checkpoint(tiny_disk, 1, model, build_optimizer(cfg, 1), {"step": 1}, keep=2)
+    assert caught.value.errno == errno.ENOSPC
+    assert [p.name for p in (tiny_disk / rundir.CHECKPOINTS).iterdir()] == []
+    # What a killed writer leaves is removed when the run resumes.
+    stale = tiny_disk / rundir.CHECKPOINTS / ".tmp-123-step-000001"
+    stale.mkdir()
+    logged = []
+    trainer_mod._resume(tiny_disk, model, build_optimizer(cfg, 1), trainer_mod.Cluster(), logged.append)
+    assert not stale.exists() and any(".tmp-123-step-000001" in line for line in logged)
+
+
+def test_a_disk_filling_up_during_an_hf_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys):
+    """The free-space check passes (the disk fills while writing): one error line, no partial output."""
+    import mlx_orpo.output as output
+    from mlx_orpo import export
+
+    monkeypatch.setattr(output, "check_free_space", lambda *a: None)
+    assert export.main(["--model", str(smollm2_dir), "--format", "hf", "--out", str(tiny_disk / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "No space left on device" in err and "free some disk space" in err
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_a_read_only_output_dir_is_one_error_line(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        done = cli("--output-dir", str(folder / "run"), "--iters", "1")
+        assert_one_error_line(done, str(folder / "run"), "Read-only file system", "writable")
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("learning_rate: 5e-5", {"learning_rate": 5e-5}),
+    ('dora: "false"\nskip_bad_rows: "no"', {"dora": False, "skip_bad_rows": False}),
+    ("iters: 1e3\nlora_targets: q_proj v_proj", {"iters": 1000, "lora_targets": ["q_proj", "v_proj"]}),
+])
+def test_yaml_numbers_and_booleans_are_read_as_meant(tmp_path, text, expected):
+    (tmp_path / "run.yaml").write_text(text)
+    assert load_yaml(tmp_path / "run.yaml") == expected
+
+
+@pytest.mark.parametrize("text, words", [
+    ("lora_targets: 5", ["lora_targets must be a list of names", "5"]),
+    ("dora: maybe", ["dora must be true or false", "maybe"]),
+    ("iters: 2.5", ["iters must be an integer", "2.5"]),
+])
+def test_ambiguous_yaml_values_are_refused_by_name(tmp_path, text, words):
+    (tmp_path / "run.yaml").write_text(text)
+    done = cli("--config", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert all(w in done.stderr for w in words), done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_smaller_mistakes_are_named(tmp_path):
+    from test_loss import tiny_model
+
+    from mlx_orpo.models import ModelNotFoundError, attach_adapters, resolve_model
+
+    with pytest.raises(ValueError, match="--lora-layers 1000: the model has 2 transformer blocks"):
+        attach_adapters(tiny_model(), TrainConfig(lora_layers=1000))
+    with pytest.raises(ValueError, match="--max-length 1 leaves no room|--max-length must be >= 2"):
+        TrainConfig(max_length=1).validate()
+    with pytest.raises(ValueError, match="--max-length 4 leaves no room for a response"):
+        TrainConfig(max_length=4).validate()
+    with pytest.raises(ModelNotFoundError, match="no such model directory"):
+        resolve_model(str(tmp_path / "deleted-base"))
+    data = write_data(tmp_path / "prefs.jsonl")
+    with open(data, "a") as f:
+        f.write(data.read_text().splitlines()[0] + "\n")
+    assert load_splits(str(data)).__getitem__(2).duplicates == 1
+
+
+def test_exporting_a_run_still_training_says_so(tmp_path):
+    folder = adapter_dir(tmp_path)
+    with RunLock(folder):
+        done = cli("--adapters", str(folder), "--format", "peft", "--out", str(tmp_path / "peft"),
+                   module="mlx_orpo.export")
+    assert_one_error_line(done, "still being trained", "checkpoints/step-N")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_exporting_a_run_whose_base_was_deleted_names_the_missing_path(tmp_path):
+    folder = adapter_dir(tmp_path)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["model"] = str(tmp_path / "gone-model")
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    done = cli("--adapters", str(folder), "--format", "hf", "--out", str(tmp_path / "hf"), module="mlx_orpo.export")
+    assert_one_error_line(done, "gone-model", "no such model directory")
+
+
+def test_the_stop_exit_code_is_documented():
+    from mlx_orpo.train import EXIT_STOPPED
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"exits with code {EXIT_STOPPED}" in readme
