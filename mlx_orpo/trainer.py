@@ -276,7 +276,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         status("evaluating", eval_done=done, eval_total=total,
                eval_seconds=round(time.perf_counter() - eval_started[0], 3))
 
-    first_step = True  # its time includes compiling the step: not a measure of the rest
+    compiling = True  # the first step of a process compiles it: its time is not a measure of the rest
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
@@ -301,8 +301,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.step += 1
-            status("training", step_seconds=None if first_step else round(time.perf_counter() - step_start, 3))
-            first_step = False
+            status("training", step_seconds=None if compiling else round(time.perf_counter() - step_start, 3))
+            compiling = False
             watchdog.beat()
             if bar is not None:
                 bar.update(1)

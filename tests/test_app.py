@@ -118,7 +118,7 @@ def test_bad_file_gives_a_readable_report(client, served, tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text("this is not json\nneither is this\n")
     report, bad, *_ = client.predict(handle_file(str(path)), "smollm2-135m", 1024, api_name="/upload_data")
-    assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl:")
+    assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl")
     assert "not valid JSON" in report or "cannot detect the format" in report
     assert str(served[1]) not in report  # paths are shown relative to the runs dir
     assert not bad["data"] or bad["data"] == [["", ""]]
