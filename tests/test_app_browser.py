@@ -229,14 +229,15 @@ def journey(app_url, browser, tmp_path_factory):
     a.get_by_role("tab", name="Train").click()
     seen["data_line_before"] = text(a, "#train-data")
     seen["buttons_idle"] = (enabled(a, "train-start"), enabled(a, "train-stop"))
-    # Steps of 8 short pairs (batch 4, two micro-batches): a few seconds each, longer than the page's
-    # 1.5 s refresh, so the page shows every step and a Stop lands mid-run.
+    # Steps of 4 short pairs: seconds each, longer than the page's 1.5 s refresh, so the page shows
+    # every step and a Stop lands mid-run.
     for elem_id, value in (("train-iters", ITERS), ("train-max_length", 64), ("train-batch_size", 4),
-                           ("train-grad_accum", 2), ("train-report_every", 1), ("train-eval_every", EVAL_EVERY),
+                           ("train-report_every", 1), ("train-eval_every", EVAL_EVERY),
                            ("train-warmup_steps", 10 + ITERS)):
         set_number(a, elem_id, value)
     a.locator("#train-run-name textarea, #train-run-name input").first.fill("browser")
-    a.wait_for_function("() => document.querySelector('#train-estimate').innerText.includes('longer than the run')")
+    a.wait_for_function(f"() => document.querySelector('#train-estimate').innerText"
+                        f".includes('warmup ({10 + ITERS} steps) is longer than the run')")
     seen["estimate"] = text(a, "#train-estimate")
     set_number(a, "train-warmup_steps", 0)
     a.locator("#train-start").click()
