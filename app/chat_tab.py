@@ -24,8 +24,11 @@ from .paths import PathError
 from .session import Context
 
 EXAMPLES = 8
-COLLAPSE_CHARS = 160   # prompts longer than this show their start (SUMMARY_CHARS) and a "show more"
-SUMMARY_CHARS = 90
+# A prompt of more than CLAMP_LINES lines or CLAMP_CHARS characters shows its first CLAMP_LINES
+# rendered lines (CSS line clamp, so the height is bounded whatever the script and column width)
+# and a "show more".
+CLAMP_LINES = 3
+CLAMP_CHARS = 80
 EXAMPLE_CHARS = 140    # shown of each example prompt in the list
 BASE, TUNED = 0, 1
 
@@ -81,12 +84,27 @@ def edited(prompt: str, pair: dict | None):
 
 
 def prompt_html(prompt: str) -> str:
-    """The user bubble: a long prompt collapses to its start with a "show more"."""
-    if len(prompt) <= COLLAPSE_CHARS:
+    """The user bubble: a long prompt collapses to its first lines as rendered, with a "show more"."""
+    if len(prompt) <= CLAMP_CHARS and prompt.count("\n") < CLAMP_LINES:
         return prompt
-    head = html.escape(_short(prompt, SUMMARY_CHARS))
-    return (f'<details class="orpo-prompt"><summary>{head} <b>show more</b></summary>\n\n'
-            f"{html.escape(prompt)}</details>")
+    text = html.escape(prompt)
+    return (f'<details class="orpo-prompt"><summary><span class="orpo-clamp">{text}</span> <b>show more</b>'
+            f"</summary>\n\n{text}</details>")
+
+
+STOPPED_MARK = "⏹ *stopped*"
+
+
+def cut_mark(tokens: int) -> str:
+    return f"✂️ *cut at {tokens} tokens (Max new tokens)*"
+
+
+def busy_buttons():
+    return gr.Button(interactive=False), gr.Button(interactive=True)
+
+
+def idle_buttons():
+    return gr.Button(interactive=True), gr.Button(interactive=False)
 
 
 def _turn(prompt: str, answer: str) -> list[dict]:
@@ -121,7 +139,7 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
     from mlx_orpo.api import generate, score_pair
     from mlx_orpo.data import PreferencePair
 
-    streams, models, texts = {}, {}, {BASE: "", TUNED: ""}
+    streams, models, texts, counts = {}, {}, {BASE: "", TUNED: ""}, {BASE: 0, TUNED: 0}
     ctx.models.generation.acquire()
     try:
         for slot, path in ((BASE, None), (TUNED, adapter)):
@@ -133,21 +151,26 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
                 streams[slot] = generate(*models[slot], messages, stream=True, **sampling)
                 if slot == BASE:  # the base's first token before the tuned model loads
                     texts[BASE] = next(streams[BASE], texts[BASE])
+                    counts[BASE] += 1
                     out.put((BASE, texts[BASE]))
             except Exception as exc:  # model not found, out of memory, ...
                 out.put(("error", slot, f"⚠️ {type(exc).__name__}: {exc}"))
+                out.put(("end", slot, 0))
                 streams.pop(slot, None)
         while streams and not stop.is_set():
             for slot in list(streams):
                 try:
                     texts[slot] = next(streams[slot])
+                    counts[slot] += 1
                     out.put((slot, texts[slot]))
                 except StopIteration:
                     del streams[slot]
                     out.put((slot, texts[slot] or "(empty answer)"))
+                    out.put(("end", slot, counts[slot]))
                 except Exception as exc:
                     del streams[slot]
                     out.put(("error", slot, f"⚠️ {type(exc).__name__}: {exc}"))
+                    out.put(("end", slot, 0))
         if pair is not None and not stop.is_set():
             preference = PreferencePair(prompt=tuple(pair["prompt"]), chosen=pair["chosen"], rejected=pair["rejected"])
             scores = {}
@@ -166,8 +189,10 @@ def _work(ctx: Context, spec: str, adapter, messages, sampling: dict, pair, cfg,
 
 
 def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int, temperature: float,
-         top_p: float, seed: int, pair: dict | None = None):
-    """Yields (base chat, adapter chat, scores Markdown) as both answers stream."""
+         top_p: float, seed: int, pair: dict | None = None, session: str = ""):
+    """Yields (base chat, adapter chat, scores Markdown) as both answers stream; an answer the token
+    limit cut says so. Stop (`session` in ctx.chat_stops) ends the chat here, with each unfinished
+    answer marked: the last update is this generator's own, so no streamed token can land after it."""
     prompt = (prompt or "").strip()
     if not prompt:
         raise gr.Error("Type a prompt first.")
@@ -191,6 +216,8 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
     texts = {BASE: "…loading the base model", TUNED: f"…waiting for the base model's first token, then "
              f"loading base + adapters ({label})"}
     scores = "Scoring the pair's chosen and rejected answers after both outputs…" if pair else ""
+    ended: list[int] = []
+    ctx.chat_stops.discard(session)  # a Stop that came after the last chat ended
     yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
 
     out, stop = queue.Queue(), threading.Event()
@@ -201,7 +228,17 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
     try:
         done = False
         while not done:
-            items = [out.get()]
+            if session in ctx.chat_stops:
+                for slot in (BASE, TUNED):
+                    if slot not in ended:
+                        text = texts[slot]
+                        texts[slot] = STOPPED_MARK if text.startswith("…") else f"{text}\n\n{STOPPED_MARK}"
+                yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
+                return
+            try:
+                items = [out.get(timeout=0.2)]  # wakes to look for a Stop while a model loads
+            except queue.Empty:
+                continue
             while not out.empty():  # one update for everything that arrived since the last one
                 items.append(out.get_nowait())
             for item in items:
@@ -209,6 +246,10 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
                     done = True
                 elif item[0] in ("error", "status"):
                     texts[item[1]] = item[2]
+                elif item[0] == "end":
+                    ended = [*ended, item[1]]
+                    if item[2] >= sampling["max_tokens"]:  # the stream ran to the limit (its last piece is a flush)
+                        texts[item[1]] += "\n\n" + cut_mark(sampling["max_tokens"])
                 elif item[0] == "scores":
                     scores = _score_line(item[1])
                 elif item[0] == "note":
@@ -223,6 +264,7 @@ def chat(ctx: Context, name: str, checkpoint: str, prompt: str, max_tokens: int,
                     started[slot] = True
             yield _turn(prompt, texts[BASE]), _turn(prompt, texts[TUNED]), scores
     finally:
+        ctx.chat_stops.discard(session)
         stop.set()  # a chat cut off (Stop, a closed tab): the worker ends after its current token
 
 
@@ -247,15 +289,17 @@ def build(ctx: Context) -> dict:
                                 "and rejected answers beside the outputs)", elem_id="chat-examples")
     with gr.Row():
         send = gr.Button("Send to both", variant="primary", elem_id="chat-send", scale=3)
-        halt = gr.Button("Stop", variant="stop", elem_id="chat-stop", scale=1)
+        halt = gr.Button("Stop", variant="stop", elem_id="chat-stop", scale=1, interactive=False)
+    # The two answers get the whole width (about 680 px each at 1400 px); a held-out pair's own
+    # answers stand in a row of their own below, not beside them.
     with gr.Row(equal_height=True):
         base = gr.Chatbot(label="Base model", height=420, elem_id="chat-base")
         tuned = gr.Chatbot(label="Base + adapters", height=420, elem_id="chat-tuned")
-        with gr.Column(visible=False, scale=2) as pair_col, gr.Row():
-            chosen = gr.Textbox(label="Chosen answer (the data's)", lines=16, max_lines=16, interactive=False,
-                                elem_id="chat-chosen")
-            rejected = gr.Textbox(label="Rejected answer (the data's)", lines=16, max_lines=16,
-                                  interactive=False, elem_id="chat-rejected")
+    with gr.Column(visible=False) as pair_col, gr.Row():
+        chosen = gr.Textbox(label="Chosen answer (the data's)", lines=8, max_lines=16, interactive=False,
+                            elem_id="chat-chosen")
+        rejected = gr.Textbox(label="Rejected answer (the data's)", lines=8, max_lines=16,
+                              interactive=False, elem_id="chat-rejected")
     scores = gr.Markdown(elem_id="chat-scores")
 
     def refreshed():
@@ -269,9 +313,21 @@ def build(ctx: Context) -> dict:
     prompt.input(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
     inputs = [run, checkpoint, prompt, max_tokens, temperature, top_p, seed, chosen_pair]
     outputs = [base, tuned, scores]
+    glue = dict(queue=False, api_visibility="private")
+
+    def answer(name, ckpt, text, n, temp, p, seed_, pair, request: gr.Request):
+        yield from chat(ctx, name, ckpt, text, n, temp, p, seed_, pair, session=request.session_hash or "")
+
+    def halt_chat(request: gr.Request):
+        ctx.chat_stops.add(request.session_hash or "")
+        return gr.Button(interactive=False)
+
+    # Send is off and Stop on while the models answer; Enter in the prompt box does what Send does.
     # A free prompt (typed, or an example edited) has no pair beside it.
-    send.click(edited, [prompt, chosen_pair], [chosen_pair, pair_col], queue=False, api_visibility="private")
-    sent = [send.click(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_name="chat"),
-            prompt.submit(lambda *a: (yield from chat(ctx, *a)), inputs, outputs, api_visibility="private")]
-    halt.click(None, None, None, cancels=sent, queue=False, api_visibility="private")
+    begun = gr.on([send.click, prompt.submit], edited, [prompt, chosen_pair], [chosen_pair, pair_col], **glue)
+    begun = begun.then(busy_buttons, None, [send, halt], **glue)
+    answering = begun.then(answer, inputs, outputs, api_name="chat")
+    answering.then(idle_buttons, None, [send, halt], **glue)
+    # Stop asks the chat to end itself (marking what it cut), rather than cancelling it from outside.
+    halt.click(halt_chat, None, halt, **glue)
     return {"run": run, "checkpoint": checkpoint, "examples": examples, "pairs": pairs}

@@ -3,6 +3,8 @@ with the model's chat template, and see token lengths against the max length."""
 
 from __future__ import annotations
 
+import html
+import math
 import re
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pandas as pd
 
 from mlx_orpo.config import FIELDS, TrainConfig
 from mlx_orpo.data import DataError, load_pairs
-from mlx_orpo.tokenize import encode_pairs, fit_to_length, render_prompt
+from mlx_orpo.tokenize import encode_pairs, fit_pairs, render_prompt
 
 from .paths import PathError, discard, received_upload, relative, store_upload
 from .session import Context, Session
@@ -24,9 +26,14 @@ PREVIEW_PAIRS = 3
 # such file in the app's working directory, and was once shown quoting a creds.csv.
 _HUB = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
-EMPTY_PREVIEW = pd.DataFrame(columns=["prompt (chat template)", "chosen", "rejected"])
+PREVIEW_COLUMNS = ["prompt (chat template)", "chosen", "rejected"]
+EMPTY_PREVIEW = ""
 FITS_COLOURS = {"≤ max length": "#3b82f6", "over max length": "#ef4444"}
 EMPTY_HIST = None  # (an empty frame as a BarPlot's first value stops later bars from drawing in Gradio 6)
+
+
+def _has_replacement(pair) -> bool:
+    return any("\ufffd" in m["content"] for m in pair.prompt) or "\ufffd" in pair.chosen + pair.rejected
 
 
 def _load(ctx: Context, session: Session, source: str, label: str) -> str:
@@ -34,9 +41,19 @@ def _load(ctx: Context, session: Session, source: str, label: str) -> str:
     pairs, report = load_pairs(source, skip_bad_rows=True)
     session.data, session.data_label = source, label
     session.pairs, session.skipped, session.encoded, session.encoded_model = pairs, report.skipped, [], None
+    session.system_rows = sum(1 for p in pairs if p.prompt and p.prompt[0]["role"] == "system")
+    session.replacement_rows = sum(1 for p in pairs if _has_replacement(p))
     skipped = len(report.skipped)
+    notes = []
+    if session.system_rows:
+        notes.append(f"**{session.system_rows} pairs carry their own system prompt** (kept as written; "
+                     "a --system prompt applies only to the others).")
+    if session.replacement_rows:
+        notes.append(f"**{session.replacement_rows} pairs contain U+FFFD (�)**, the mark of text lost to a "
+                     "wrong encoding before this file was written; they train as they are.")
     return (f"**{label}** — format `{report.format}`: {report.rows} rows read, **{report.pairs} pairs** kept"
             + (f", **{skipped} bad rows** (listed below; training skips them)." if skipped else ", no bad rows.")
+            + "".join(f"  \n{n}" for n in notes)
             + "\n\nThe Train tab will use this data.")
 
 
@@ -51,12 +68,20 @@ def bad_rows(ctx: Context, session: Session) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["row", "problem"])
 
 
-def preview(ctx: Context, session: Session, model: str) -> pd.DataFrame:
+def _preview_html(rows: list[tuple[str, str, str]]) -> str:
+    """A table whose cells keep their line breaks (a chat template is checked line by line)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in PREVIEW_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td><pre>{html.escape(cell)}</pre></td>" for cell in row) + "</tr>"
+                   for row in rows)
+    return f'<table class="orpo-preview"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def preview(ctx: Context, session: Session, model: str) -> str:
     if not session.pairs:
         return EMPTY_PREVIEW
     tok = ctx.models.tokenizer(model)
-    return pd.DataFrame([(render_prompt(tok, p.prompt), p.chosen, p.rejected)
-                         for p in session.pairs[:PREVIEW_PAIRS]], columns=list(EMPTY_PREVIEW.columns))
+    return _preview_html([(render_prompt(tok, p.prompt), p.chosen, p.rejected)
+                          for p in session.pairs[:PREVIEW_PAIRS]])
 
 
 def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> tuple[pd.DataFrame, str]:
@@ -69,14 +94,12 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
         session.encoded, _ = encode_pairs(ctx.models.tokenizer(model), session.pairs[:STATS_PAIRS],
                                           max_length=huge, max_prompt_length=huge - 1, min_response_length=1)
         session.encoded_model = model
-    prompt_keep = TrainConfig(max_length=max_length).prompt_budget  # the trainer's truncation rule
-    truncated = dropped = 0
-    for pair in session.encoded:
-        fitted, cut = fit_to_length(pair, max_length, prompt_keep, DEFAULTS.min_response_length)
-        dropped += fitted is None
-        truncated += cut and fitted is not None
+    cfg = TrainConfig(max_length=max_length)  # the trainer's truncation rule, as the trainer applies it
+    _, fit = fit_pairs(session.encoded, max_length=max_length, max_prompt_length=cfg.prompt_budget,
+                       min_response_length=cfg.min_response_length)
+    truncated, dropped = fit.truncated, fit.dropped
     lengths = pd.Series([p.length for p in session.encoded])
-    width = _nice_width(int(lengths.max()) / 20)
+    width = bin_width(int(lengths.max()), max_length)
     # A numeric axis: bins keep their numeric order and empty ones stay as gaps. Each row is a bin
     # start (a multiple of width, so the plot's bins of `width` hold exactly one row per colour).
     fits = (lengths <= max_length).map({True: "≤ max length", False: "over max length"})
@@ -92,15 +115,16 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
     return gr.BarPlot(hist, x_bin=width, color_map=colours), text
 
 
-def _nice_width(raw: float) -> int:
-    """Bin width 1, 2, 5, 10, 20, 50, ... at least `raw`."""
-    width = 1
-    while width < raw:
-        for step in (2, 2.5, 2):
-            width = int(width * step)
-            if width >= raw:
-                break
-    return width
+def bin_width(longest: int, max_length: int, bins: int = 20) -> int:
+    """A bin width that divides max_length (or is a multiple of it), so that one bin edge is the max
+    length and no bin holds pairs on both sides of it; about `bins` bins up to the longest pair."""
+    raw = max(longest / bins, 1)
+    if raw >= max_length:
+        return max_length * math.ceil(raw / max_length)
+    parts = max(int(max_length // raw), 1)
+    while max_length % parts:
+        parts -= 1
+    return max_length // parts
 
 
 def _analyse(ctx, session, model, max_length, load):
@@ -182,9 +206,9 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                 demo_btn = gr.Button("Use demo set")
     report = gr.Markdown("No data chosen yet: training will use the shipped demo set.", elem_id="data-report")
     bad = gr.Dataframe(EMPTY_BAD, label="Bad rows (skipped)", wrap=True, max_height=240, interactive=False)
-    table = gr.Dataframe(EMPTY_PREVIEW, label=f"Preview: the first {PREVIEW_PAIRS} pairs, prompt rendered with "
-                         "the model's chat template", wrap=True, interactive=False, elem_id="data-preview",
-                         column_widths=["40%", "30%", "30%"])
+    gr.Markdown(f"**Preview:** the first {PREVIEW_PAIRS} pairs, the prompt rendered with the model's chat "
+                "template (line breaks as the model sees them).")
+    table = gr.HTML(EMPTY_PREVIEW, elem_id="data-preview")
     with gr.Row():
         hist = gr.BarPlot(None, x="tokens", y="pairs", color="fits", title="Token lengths of pairs",
                           x_title="tokens (prompt + longer answer)", y_title="pairs", height=260, sort=None,

@@ -1,41 +1,46 @@
 """Training runs as `python -m mlx_orpo.train` subprocesses, so the UI never blocks.
 
-SIGTERM asks the trainer to write a checkpoint and exit (resumable with --resume).
+The job belongs to the server, not to a browser tab: `Jobs` (one per app, in `Context`) holds
+the one training process, so every tab and every reload shows it, and a second Start is refused
+while it runs. A trainer this server did not start (the CLI, or an app that was restarted) is
+found by the lock it holds on its run directory (runlock.py) and shown the same way.
+
+SIGTERM asks the trainer to stop at the next micro-batch, write a checkpoint and exit with code 4
+(resumable with --resume).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from mlx_orpo.config import FIELDS, TrainConfig
+import yaml
 
-from .runfiles import LOG_NAME
+from mlx_orpo import rundir
+from mlx_orpo.config import TrainConfig
+from mlx_orpo.runlock import holder
+
+from .runfiles import Rate
+
+STOPPED_EXIT = 4      # the trainer's exit code for a stopped, resumable run
 
 
-def cli_args(cfg: TrainConfig) -> list[str]:
-    """Flags for the options that differ from TrainConfig's defaults (data and output dir excluded)."""
-    args = []
-    for name, f in FIELDS.items():
-        value = getattr(cfg, name)
-        if isinstance(value, (list, tuple)) and list(value) == list(f.default):
-            continue
-        if name in ("data", "output_dir") or value == f.default or value is None:
-            continue
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):
-            args.append(flag if value else f"--no-{name.replace('_', '-')}")
-        elif isinstance(value, (list, tuple)):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
+def write_launch_config(run_dir: Path, data: str | None, cfg: TrainConfig) -> Path:
+    """The resolved config as the YAML file `train.py --config` reads (every field, output dir and data
+    included), so what the app asked for is on disk beside the run."""
+    values = dict(cfg.to_dict(), output_dir=str(run_dir), data=data)
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    path = run_dir / rundir.LAUNCH
+    path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
+    return path
 
 
 def _stop_at_exit(proc: subprocess.Popen) -> None:
@@ -49,38 +54,87 @@ def _stop_at_exit(proc: subprocess.Popen) -> None:
 
 @dataclasses.dataclass
 class Job:
-    """One training subprocess of this session."""
+    """One training process: started by this server (`proc`), or found by its run's lock (`pid` only)."""
     run_dir: Path
-    proc: subprocess.Popen
+    pid: int
     started: float
-    stop_requested: bool = False
+    proc: subprocess.Popen | None = None
+    resume: bool = False
+    data_label: str = ""
+    stop_requested: float | None = None   # when Stop was clicked
+    stopped_seen: float | None = None     # when the app first saw the trainer stopped
+    rate: Rate = dataclasses.field(default_factory=Rate)
 
     @property
     def running(self) -> bool:
-        return self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return holder(self.run_dir) is not None
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.poll()
+        """The exit code (None while running, or for a trainer this server did not start)."""
+        return self.proc.poll() if self.proc is not None else None
 
     def stop(self) -> None:
-        if self.running:
-            self.stop_requested = True
-            self.proc.send_signal(signal.SIGTERM)
+        if self.running and self.stop_requested is None:
+            self.stop_requested = time.time()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
 
 
-def launch(run_dir: Path, data: str | None, cfg: TrainConfig, *, resume: bool = False) -> Job:
-    """Start the CLI on run_dir; stdout and stderr go to run_dir/train.log."""
-    cmd = [sys.executable, "-m", "mlx_orpo.train"]
-    if resume:
-        cmd += ["--resume", str(run_dir)]
-    else:
-        cmd += ["--output-dir", str(run_dir)] + (["--data", data] if data else []) + cli_args(cfg)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(run_dir / LOG_NAME, "a") as log:
-        log.write(("resuming" if resume else "starting") + ": " + " ".join(cmd[1:]) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=run_dir.parent)
-    atexit.register(_stop_at_exit, proc)
-    return Job(run_dir, proc, time.time())
+class Jobs:
+    """The server's one training job: the last one started here, or a trainer found holding a run's lock."""
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = runs_dir
+        self.job: Job | None = None
+        self._lock = threading.Lock()  # two Starts from two tabs at once: one wins, the other is refused
+
+    def current(self) -> Job | None:
+        """The running job, else the last one this server started (its outcome stays on show)."""
+        if self.job is not None and self.job.running:
+            return self.job
+        found = self._find_running()
+        if found is not None:
+            self.job = found
+        return self.job
+
+    def running(self) -> Job | None:
+        job = self.current()
+        return job if job is not None and job.running else None
+
+    def _find_running(self) -> Job | None:
+        """A trainer holding the lock of a run under runs_dir (started before this server, or by the CLI)."""
+        if not self.runs_dir.is_dir():
+            return None
+        for run in self.runs_dir.iterdir():
+            if (run / rundir.LOCK).is_file() and (pid := holder(run)) is not None and pid.isdigit():
+                status = rundir.read_status(run)
+                return Job(run, int(pid), status.get("time", time.time()), data_label="(started elsewhere)")
+        return None
+
+    def launch(self, run_dir: Path, data: str | None, cfg: TrainConfig | None, *, resume: bool = False,
+               data_label: str = "") -> Job:
+        """Start the CLI on run_dir (stdout and stderr to run_dir/train.log); RuntimeError naming the
+        running job if there is one."""
+        with self._lock:
+            if (busy := self.running()) is not None:
+                raise RuntimeError(f"{busy.run_dir.name} is training (pid {busy.pid}); stop it first")
+            cmd = [sys.executable, "-m", "mlx_orpo.train"]
+            if resume:
+                cmd += ["--resume", str(run_dir)]
+            else:
+                cmd += ["--config", str(write_launch_config(run_dir, data, cfg))]
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            with open(run_dir / rundir.LOG, "a") as log:
+                log.write(("resuming" if resume else "starting") + ": " + " ".join(cmd[1:]) + "\n")
+                log.flush()
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, cwd=run_dir.parent)
+            atexit.register(_stop_at_exit, proc)
+            job = Job(run_dir, proc.pid, time.time(), proc, resume=resume, data_label=data_label)
+            if resume and self.job is not None and self.job.run_dir == run_dir:
+                job.rate = self.job.rate.carried()  # the same run's steps: the ETA needs no new measurement
+            self.job = job
+            return job

@@ -1,38 +1,36 @@
-"""The six training-curve plots, shared by the Train and Runs tabs."""
+"""The six training-curve plots, shared by the Train and Runs tabs.
+
+Each plot is a whole Vega-Lite chart (Altair) drawn anew at every update: Gradio's LinePlot fixes
+its colour domain when it first draws, so a series renamed or added later (an overlaid run, the
+first evaluation) got no colour and drew nothing, and it draws lines only, so a series with one
+point (an evaluation at the end of a run) was invisible. Here every series is named in the colour
+scale, and each point has a marker as well as the line through it.
+"""
 
 from __future__ import annotations
 
+import altair as alt
 import gradio as gr
 import pandas as pd
 
 from .runfiles import CURVES, curve_frames
 
-# No data is None, never an empty frame: a LinePlot that once showed an empty frame keeps an
-# empty colour domain in Gradio 6 and draws every later line without a stroke (invisible).
-EMPTY = None
-# Gradio 6 fixes a plot's colour domain when it builds the chart and later only swaps the data, so a
-# series that appears later (the first eval record) would get no colour and no legend entry. Every
-# update therefore names its series in color_map: a new series changes the map, which rebuilds the chart.
 PALETTE = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777",
            "#4b5563", "#65a30d"]
-# Up to this many distinct steps the step axis is categorical (one tick per reported step); beyond
-# it the numeric axis has room for at least one tick per step, so its ticks are integers anyway.
-CATEGORICAL_STEPS = 20
+WIDTH, HEIGHT = 520, 220   # two plots side by side fit a 1400 px window
+# SVG, so the marks are elements the browser test can find; no export menu over the chart.
+EMBED = {"embedOptions": {"renderer": "svg", "actions": False}}
+FEW_STEPS = 20
 
 
-def make_plots(prefix: str) -> list[gr.LinePlot]:
+def make_plots(prefix: str) -> list[gr.Plot]:
     """Two plots per row; elem_id = f"{prefix}-{plot key}" (the browser test looks for them)."""
     plots, keys = [], list(CURVES)
     for i in range(0, len(keys), 2):
         with gr.Row():
             for key in keys[i:i + 2]:
-                title, y_title, _ = CURVES[key]
-                # Without data the title is the block label (a chart title shows only with data); with
-                # data it is the chart's own title, since the block label would push the legend out of view.
-                plots.append(gr.LinePlot(EMPTY, x="step", y="value", color="series", height=280,
-                                         x_title="optimizer step", y_title=y_title, color_title="",
-                                         label=title, show_label=True, elem_id=f"{prefix}-{key}",
-                                         elem_classes=["orpo-plot"]))
+                plots.append(gr.Plot(None, label=CURVES[key][0], show_label=True, elem_id=f"{prefix}-{key}",
+                                     elem_classes=["orpo-plot"]))
     return plots
 
 
@@ -43,25 +41,37 @@ def series_names(key: str, runs: list[str]) -> list[str]:
             for split in ("train", "eval")]
 
 
-def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
-    if not len(frame):
-        return gr.LinePlot(EMPTY, show_label=True)
+def chart(key: str, frame: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
+    """Lines with point markers, one colour per series (legend below), integer step ticks and
+    values with at most four significant digits."""
+    title, y_title, _ = CURVES[key]
     present = set(frame["series"])
     names = [name for name in series_names(key, runs) if name in present]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series_names(key, runs))}
-    steps = sorted(set(frame["step"]))
-    if len(steps) <= CATEGORICAL_STEPS:
-        frame = frame.assign(step=frame["step"].astype(int).astype(str))
-        order = [str(int(s)) for s in steps]
-    else:
-        order = None
-    return gr.LinePlot(frame, color_map={name: colours[name] for name in names}, sort=order, title=CURVES[key][0],
-                       show_label=False)
+    steps = sorted({int(step) for step in frame["step"]})
+    # Up to FEW_STEPS reported steps, one tick each; beyond, Vega's own ticks, whole numbers only
+    # (its automatic ticks at 1.5, 2.5 ... would read "2", "3" twice when formatted as integers).
+    ticks = alt.Axis(format="d", values=steps) if len(steps) <= FEW_STEPS else alt.Axis(format="d", tickMinStep=1)
+    base = alt.Chart(frame).encode(
+        x=alt.X("step:Q", title="optimizer step", axis=ticks),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".4~g")),
+        color=alt.Color("series:N", scale=alt.Scale(domain=names, range=[colours[n] for n in names]),
+                        legend=alt.Legend(title=None, orient="bottom", columns=2, labelLimit=300)),
+        tooltip=["series:N", "step:Q", alt.Tooltip("value:Q", format=".4~g")],
+    )
+    return (base.mark_line() + base.mark_point(filled=True, size=45, opacity=1)).properties(
+        title=title, width=WIDTH, height=HEIGHT, usermeta=EMBED)
+
+
+def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
+    if not len(frame):
+        return gr.Plot(None, show_label=True)
+    return gr.Plot(chart(key, frame, runs), show_label=False)
 
 
 def plot_values(runs: list[tuple[str, list[dict]]]) -> list:
     if not runs:
-        return [gr.LinePlot(EMPTY, show_label=True) for _ in CURVES]
+        return [gr.Plot(None, show_label=True) for _ in CURVES]
     frames = curve_frames(runs)
     names = [name for name, _ in runs]
     return [plot_update(key, frames[key], names) for key in CURVES]

@@ -16,7 +16,7 @@ import pandas as pd
 from mlx_orpo import rundir
 from mlx_orpo.checkpoint import list_checkpoints
 
-from .paths import EXPORTS, UPLOADS, child
+from .paths import EXPORTS, UPLOADS, child, relative
 
 # plot key: (title, y-axis title, [(metric key, label)]); train and eval of each key share the axes.
 CURVES = {
@@ -30,7 +30,7 @@ CURVES = {
     "tokens": ("Throughput (tokens/s)", "tokens / s", [("tokens_per_sec", "tokens/s")]),
     "memory": ("Peak memory (GB)", "GB", [("peak_memory_gb", "peak memory GB")]),
 }
-LOG_NAME = "train.log"
+LOG_NAME = rundir.LOG
 
 
 def list_runs(runs_dir: Path) -> list[str]:
@@ -45,6 +45,14 @@ def list_runs(runs_dir: Path) -> list[str]:
 
 def run_dir(runs_dir: Path, name: str) -> Path:
     return child(runs_dir, name)
+
+
+def data_label(runs_dir: Path, data: str | None) -> str:
+    """A run's data as the user knows it: the demo set, an upload (relative to the runs directory)
+    or a Hub name."""
+    if not data:
+        return "the shipped demo set"
+    return relative(runs_dir, data) if Path(data).is_absolute() else data
 
 
 def read_config(run: Path) -> dict:
@@ -116,49 +124,52 @@ class Progress:
     step: int = 0
     total: int | None = None
     phase: str = "idle"
+    eval_done: int | None = None     # while evaluating: held-out pairs done of eval_total
+    eval_total: int | None = None
 
     @property
     def fraction(self) -> float:
         return min(self.step / self.total, 1.0) if self.total else 0.0
 
+    @property
+    def label(self) -> str:
+        if self.phase == EVALUATING and self.eval_total:
+            return f"evaluating: {self.eval_done or 0} of {self.eval_total} held-out pairs"
+        return self.phase
 
-# What a running trainer is doing, as far as its files tell (the metrics records are the contract).
-LOADING, COMPILING, TRAINING, EVALUATING, SAVING = (
-    "loading the model and data", "compiling and running the first steps", "training",
-    "evaluating on the held-out pairs", "saving the adapters")
+
+# What a running trainer is doing: its status.json (rundir.write_status) once written, else loading.
+LOADING, RESUMING, COMPILING, TRAINING, EVALUATING, SAVING = (
+    "loading the model and data", "resuming: loading the model and checkpoint", "compiling the first step",
+    "training", "evaluating", "saving a checkpoint")
+# "loading" is written once the model and data are in: the first step (which compiles) is under way.
+_PHASES = {"loading": COMPILING, "training": TRAINING, "evaluating": EVALUATING, "saving": SAVING}
 
 
-def progress(run: Path, recs: list[dict] | None = None, running: bool = False) -> Progress:
-    """Steps done and planned (metrics records, else --iters from config.json) and, while the
-    trainer runs, its phase: loading (no config.json yet: the trainer writes it once the model is
-    loaded), compiling (no record yet), training, evaluating (a train record whose evaluation is due
-    and not yet written) or saving (the last step's records are all in)."""
+def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *, since: float = 0.0,
+             resume: bool = False) -> Progress:
+    """Steps done and planned, and, while the trainer runs, its phase. The trainer's status.json says
+    what it does now; a status older than `since` (the launch) is a previous process's, so the new one
+    is still loading (or resuming). Without a status, steps come from the metrics records."""
     recs = records(run) if recs is None else recs
-    cfg = read_config(run)
+    status = rundir.read_status(run)
     step = max((r["step"] for r in recs), default=0)
-    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) or cfg.get("iters")
+    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) \
+        or read_config(run).get("iters")
+    fresh = status.get("time", 0) >= since
+    if status and fresh:
+        step, total = status.get("step", step), status.get("total_steps") or total
     if not running:
         return Progress(step, total, "idle")
-    if not cfg:
-        return Progress(step, total, LOADING)
-    trained = [r for r in recs if r["kind"] == rundir.TRAIN]
-    if not trained:
-        return Progress(step, total, COMPILING)
-    last = trained[-1]["step"]
-    evaluated = any(r["kind"] == rundir.EVAL and r["step"] == last for r in recs)
-    has_eval = any(r["kind"] == rundir.EVAL for r in recs) or cfg.get("eval_fraction", 0) > 0 or cfg.get("eval_data")
-    if has_eval and rundir.eval_due(last, total, cfg.get("eval_every") or 0) and not evaluated:
-        phase = EVALUATING
-    elif total and last >= total:
-        phase = SAVING
-    else:
-        phase = TRAINING
-    return Progress(step, total, phase)
+    if not fresh or not status:
+        return Progress(step, total, RESUMING if resume else LOADING)
+    return Progress(step, total, _PHASES.get(status.get("phase"), LOADING), status.get("eval_done"),
+                    status.get("eval_total"))
 
 
 def eta_text(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
+        return "estimating…"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -167,57 +178,79 @@ def eta_text(seconds: float | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+# Until an evaluation has been timed, a held-out pair is taken to cost a third of a trained pair
+# (a forward pass without the backward): about what SmolLM2-135M measured on the CPU (0.3-0.4).
+EVAL_PAIR_SHARE = 1 / 3
+
+
 class Rate:
-    """Step and evaluation times as the UI measures them: when each new train (and eval) record
-    was first seen. The first record's time includes loading and compiling, so it only starts
-    the clock; the ETA needs two train records."""
+    """Step and evaluation times as the trainer measured them (its status.json): the median step
+    (the first step of a process, which compiles, is not a measure) and seconds per held-out pair."""
 
     def __init__(self):
-        self.train: list[tuple[int, float]] = []   # (step, first seen) of each train record
-        self.eval_s: list[float] = []              # seconds from a train record to its eval record
-        self._seen_eval: set[int] = set()
+        self.step_times: dict[int, float] = {}   # step -> its seconds
+        self.eval_pair_s: dict[int, float] = {}  # evaluation at step -> seconds per pair so far
+        self.status: dict = {}                   # the newest status seen
 
-    def observe(self, recs: list[dict], now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        seen = {step for step, _ in self.train}
-        for r in recs:
-            if r["kind"] == rundir.TRAIN and r["step"] not in seen:
-                self.train.append((r["step"], now))
-                seen.add(r["step"])
-            elif r["kind"] == rundir.EVAL and r["step"] not in self._seen_eval:
-                self._seen_eval.add(r["step"])
-                at = dict(self.train).get(r["step"])
-                if at is not None and len(self.train) > 1:  # the first train record's eval ran after compiling
-                    self.eval_s.append(now - at)
+    def observe(self, status: dict) -> None:
+        if not status or status.get("time", 0) < self.status.get("time", 0):
+            return
+        self.status = status
+        if status.get("phase") == "training" and status.get("step_seconds"):
+            self.step_times[status["step"]] = status["step_seconds"]
+        elif status.get("phase") == "evaluating" and status.get("eval_done"):
+            self.eval_pair_s[status["step"]] = status["eval_seconds"] / status["eval_done"]
+
+    def carried(self) -> Rate:
+        """The measurements, for the same run resumed (its status starts afresh)."""
+        rate = Rate()
+        rate.step_times, rate.eval_pair_s = dict(self.step_times), dict(self.eval_pair_s)
+        return rate
 
     @property
     def step_s(self) -> float | None:
-        """Measured seconds per optimizer step (excluding the first report: it includes compiling)."""
-        if len(self.train) < 2:
+        """Measured seconds per optimizer step (None until one has been measured)."""
+        times = sorted(self.step_times.values())
+        return times[len(times) // 2] if times else None
+
+    def pair_s(self, cfg: dict) -> float | None:
+        """Seconds per held-out pair: measured, else estimated from the step time."""
+        if self.eval_pair_s:
+            return list(self.eval_pair_s.values())[-1]
+        if self.step_s is None:
             return None
-        (s0, t0), (s1, t1) = self.train[0], self.train[-1]
-        return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+        pairs_per_step = (cfg.get("batch_size") or 1) * (cfg.get("grad_accum") or 1)
+        return self.step_s / pairs_per_step * EVAL_PAIR_SHARE
 
-    def eta(self, p: Progress, cfg: dict) -> float | None:
-        """Seconds left: remaining steps at the measured step time, plus the evaluations still due
-        at the measured evaluation time (when one was measured)."""
-        if not p.total or self.step_s is None:
+    def eta(self, p: Progress, cfg: dict, now: float | None = None) -> float | None:
+        """Seconds left: the steps still to run at the measured step time, plus the evaluations still
+        due (and what is left of the current one) at the time per held-out pair; counted down from the
+        status's time, but never below what certainly remains after the step or batch under way."""
+        if not p.total or self.step_s is None or p.phase not in (TRAINING, EVALUATING, SAVING):
             return None
-        left = self.step_s * max(p.total - p.step, 0)
-        if self.eval_s:
-            every = cfg.get("eval_every") or 0
-            due = sum(1 for s in range(p.step + 1, p.total + 1) if rundir.eval_due(s, p.total, every))
-            if p.phase == EVALUATING:
-                due += 1
-            left += due * sum(self.eval_s) / len(self.eval_s)
-        return left
+        pair_s = self.pair_s(cfg) or 0.0
+        n_eval = self.status.get("eval_pairs") or 0
+        every = cfg.get("eval_every") or 0
+        due = sum(1 for s in range(p.step + 1, p.total + 1) if rundir.eval_due(s, p.total, every)) if n_eval else 0
+        steps_left = max(p.total - p.step, 0)
+        after = steps_left * self.step_s + due * n_eval * pair_s
+        current = 0.0
+        if p.phase == EVALUATING and p.eval_total:
+            current = (p.eval_total - (p.eval_done or 0)) * pair_s
+        left = after + current
+        # The item under way: the next step (training), the rest of this evaluation, or the save.
+        floor = after - (self.step_s if p.phase == TRAINING and steps_left else 0.0)
+        elapsed = max((time.time() if now is None else now) - self.status.get("time", 0), 0.0)
+        return max(left - elapsed, floor, 0.0)
 
 
-def progress_html(p: Progress, status: str, eta: float | None) -> str:
+def progress_html(p: Progress, status: str, eta: float | None, run: str | None = None) -> str:
     pct = round(100 * p.fraction)
     total = p.total if p.total else "?"
-    eta_part = "" if status in ("idle",) or status.startswith(("finished", "failed", "stopped")) \
-        else f" · ETA {eta_text(eta)}"
+    running = status in (LOADING, RESUMING, COMPILING, TRAINING, EVALUATING, SAVING) or status.startswith(
+        "evaluating")
+    eta_part = f" · ETA {eta_text(eta)}" if running else ""
     return (f'<div class="orpo-progress"><div class="orpo-bar"><div style="width:{pct}%"></div></div>'
-            f'<div class="orpo-progress-text">{html.escape(status)} · step {p.step}/{total} · {pct}%'
+            f'<div class="orpo-progress-text">{f"<b>{html.escape(run)}</b>: " if run else ""}'
+            f'{html.escape(status)} · step {p.step}/{total} · {pct}%'
             f'{eta_part}</div></div>')

@@ -19,6 +19,12 @@ def choices(ctx: Context):
     return gr.Dropdown(choices=runs), gr.Dropdown(choices=[NONE, *runs])
 
 
+def overlay_choices(ctx: Context, current: str | None):
+    """Fresh "Overlay with" choices, keeping the current pick (runs made since the page was built included)."""
+    runs = [NONE, *runfiles.list_runs(ctx.runs_dir)]
+    return gr.Dropdown(choices=runs, value=current if current in runs else NONE)
+
+
 def summary(ctx: Context, name: str) -> tuple[dict, str]:
     run = runfiles.run_dir(ctx.runs_dir, name)
     cfg = runfiles.read_config(run)
@@ -58,7 +64,8 @@ def build(ctx: Context) -> dict:
     with gr.Row():
         run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2, allow_custom_value=True,
                           elem_id="runs-run")
-        other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True)
+        other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True,
+                            elem_id="runs-other")
         refresh = gr.Button("Refresh list", scale=1)
     text = gr.Markdown()
     plots = make_plots("runs")

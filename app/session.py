@@ -6,17 +6,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import Models
-from .jobs import Job
-from .runfiles import Rate
+from .jobs import Jobs
 
 
 @dataclass
 class Context:
-    """What every handler may touch: the runs directory and the shared model cache."""
+    """What every handler may touch: the runs directory, the shared model cache and the server's
+    training job (one for every tab: the job belongs to the server, not to a browser session)."""
     runs_dir: Path
     max_upload_bytes: int
     models: Models
     uploaded: set = field(default_factory=set)  # paths Gradio's upload route handed out (build_app links it)
+    jobs: Jobs | None = None
+    chat_stops: set = field(default_factory=set)  # sessions whose chat Stop was pressed (chat_tab.chat ends it)
+
+    def __post_init__(self):
+        if self.jobs is None:
+            self.jobs = Jobs(self.runs_dir)
 
 
 @dataclass
@@ -27,7 +33,7 @@ class Session:
     skipped: list = field(default_factory=list)    # the loader's messages for bad rows
     encoded: list = field(default_factory=list)    # the same pairs tokenized, untruncated
     encoded_model: str | None = None
-    job: Job | None = None
-    rate: Rate = field(default_factory=Rate)
-    last_seen: tuple = ()            # (config, metrics and log sizes, running) at the last refresh
-    shown: tuple = ()                # (progress, status, eta, when) last drawn, for the ETA countdown
+    system_rows: int = 0             # pairs that carry their own system prompt
+    replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
+    last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)
+    shown_job: tuple = ()            # the job whose settings this tab's form shows

@@ -1,70 +1,105 @@
 """Train tab: hyperparameters from TrainConfig, a memory estimate, Start / Stop / Resume,
-and live curves, progress and log tail read from the run directory every ~1.5 s."""
+and the server's training job (progress, phase, ETA, curves and log tail) read from its run
+directory every ~1.5 s, in every tab and after any reload."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 
 import gradio as gr
 
-from mlx_orpo.config import FIELDS, TrainConfig
+from mlx_orpo import rundir
+from mlx_orpo.config import FIELD_SPECS, TrainConfig
+from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
 
 from . import runfiles
 from .estimate import estimate_markdown, fit_markdown
-from .jobs import launch
+from .jobs import STOPPED_EXIT, Job
 from .paths import PathError, child, new_run_dir
-from .plots import make_plots, plot_values
+from .plots import plot_values
 from .session import Context, Session
 
 REFRESH_S = 1.5
-BITS = [("none (full precision)", "none"), ("4-bit (QLoRA)", "4"), ("8-bit (QLoRA)", "8")]
-# (field, label): the widgets shown, in order; defaults and help text come from TrainConfig.
+# (field, label): the widgets shown, in order. Types, bounds of choice, defaults and help text come
+# from TrainConfig's field table (config.FIELD_SPECS), as the CLI's flags do.
 NUMBERS = [
     ("beta", "λ (beta): odds-ratio weight"), ("learning_rate", "Learning rate"),
-    ("epochs", "Epochs"), ("iters", "Iterations (0: use epochs)"),
+    ("epochs", "Epochs"), ("iters", "Iterations"),
     ("batch_size", "Batch size (pairs)"), ("grad_accum", "Gradient accumulation"),
     ("max_length", "Max length (tokens)"), ("lora_rank", "LoRA rank r"), ("lora_alpha", "LoRA alpha"),
     ("warmup_steps", "Warmup steps"), ("report_every", "Report every (steps)"),
     ("eval_every", "Evaluate every (steps)"), ("save_every", "Checkpoint every (steps)"), ("seed", "Seed"),
 ]
-INTEGER = {"iters", "batch_size", "grad_accum", "max_length", "lora_rank", "warmup_steps", "report_every",
-           "eval_every", "save_every", "seed"}
-FORM = [name for name, _ in NUMBERS] + ["bits", "grad_checkpoint"]
+CHOICES = [("bits", "Quantise base (bits)")]
+SWITCHES = [("grad_checkpoint", "Gradient checkpointing")]
+FORM = [name for name, _ in NUMBERS + CHOICES + SWITCHES]
+NONE_CHOICE = "none"
+N_PLOTS = len(runfiles.CURVES)
 
 
 def help_text(name: str) -> str:
-    return FIELDS[name].metadata["help"]
+    spec = FIELD_SPECS[name]
+    blank = spec.optional and spec.kind in (int, float) and not spec.choices
+    return spec.help + (" Blank: the default (None)." if blank else "")
+
+
+def choice_options(name: str) -> list[tuple[str, str]]:
+    spec = FIELD_SPECS[name]
+    options = [(f"{c}-bit (QLoRA)" if name == "bits" else str(c), str(c)) for c in spec.choices]
+    return ([("none (full precision)" if name == "bits" else "none", NONE_CHOICE)] if spec.optional else []) + options
+
+
+def _form_value(name: str, value):
+    """A widget's value -> the field's value, by the field's type (ValueError when it cannot be)."""
+    spec, label = FIELD_SPECS[name], name.replace("_", " ")
+    if spec.kind is bool:
+        return bool(value)
+    if value is None or value == "" or (spec.choices and value == NONE_CHOICE):
+        if spec.optional:
+            return None
+        raise ValueError(f"{label}: a value is needed")
+    if spec.kind is int:
+        number = float(value)
+        if number != int(number):
+            raise ValueError(f"{label}: a whole number is needed, got {value}")
+        return int(number)
+    return spec.kind(value)
 
 
 def config_from_form(model: str, values: list) -> TrainConfig:
     """TrainConfig from the widgets' values (in FORM order); TrainConfig.validate() has the last word."""
-    form = dict(zip(FORM, values))
-    kwargs = {"model": (model or "").strip() or FIELDS["model"].default}
-    for name in FORM:
-        value = form[name]
-        if name == "bits":
-            kwargs["bits"] = None if value in (None, "", "none") else int(value)
-        elif name == "grad_checkpoint":
-            kwargs[name] = bool(value)
-        elif value is None or value == "":
-            if name != "iters":
-                raise ValueError(f"{name.replace('_', ' ')}: a value is needed")
-            kwargs[name] = None
-        else:
-            kwargs[name] = int(value) if name in INTEGER else float(value)
-    if kwargs.get("iters") == 0:
-        kwargs["iters"] = None
+    kwargs = {"model": (model or "").strip() or FIELD_SPECS["model"].default}
+    kwargs.update({name: _form_value(name, value) for name, value in zip(FORM, values)})
     return TrainConfig(**kwargs).validate()
 
 
+def form_values(cfg: dict) -> list:
+    """The widgets' values for a saved config (config.json), in FORM order."""
+    values = []
+    for name in FORM:
+        value = cfg.get(name, FIELD_SPECS[name].default)
+        values.append((NONE_CHOICE if value is None else str(value)) if FIELD_SPECS[name].choices else value)
+    return values
+
+
+def warnings(cfg: TrainConfig) -> list[str]:
+    if cfg.iters and cfg.warmup_steps > cfg.iters:
+        return [f"warmup ({cfg.warmup_steps} steps) is longer than the run ({cfg.iters} steps): the learning "
+                f"rate never reaches its peak of {cfg.learning_rate:g}"]
+    return []
+
+
 def memory(model: str, *values, fit: bool = True) -> str:
+    """The estimate, what "Fit to memory" would do, and warnings about the settings."""
     try:
         cfg = config_from_form(model, list(values))
-        return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}"
     except ValueError as exc:
         return f"**Memory estimate:** unavailable ({exc})"
+    return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}" + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
 
 
 def resumable(ctx: Context) -> list[str]:
@@ -72,132 +107,196 @@ def resumable(ctx: Context) -> list[str]:
             if runfiles.checkpoints(ctx.runs_dir / name)]
 
 
-def _busy(session: Session) -> str | None:
-    if session.job is not None and session.job.running:
-        return f"A run is already going ({session.job.run_dir.name}); stop it first."
-    return None
+RESUME_INFO = "Runs with a checkpoint. A run is resumable once it has saved one (every --save-every steps, at Stop)."
 
 
-def data_line(session: Session) -> str:
-    """Said beside the Start button: each browser tab has its own data choice."""
+def resume_dropdown(ctx: Context, value: str | None = None, keep: bool = True):
+    """The resumable runs, and which runs are left out and why (keep: leave the choice as it is)."""
+    names = resumable(ctx)
+    running = ctx.jobs.running()
+    missing = [name for name in runfiles.list_runs(ctx.runs_dir)
+               if name not in names and not (running and running.run_dir.name == name)]
+    info = RESUME_INFO + (f" Not listed (no checkpoint yet): {', '.join(missing[:5])}"
+                          + (" …" if len(missing) > 5 else "") + "." if missing else "")
+    return gr.Dropdown(choices=names, info=info) if keep else gr.Dropdown(choices=names, info=info, value=value)
+
+
+def data_line(ctx: Context, session: Session) -> str:
+    """Said beside the Start button: what Start would train on, or the job that runs now."""
+    if (job := ctx.jobs.running()) is not None:
+        return f"**{job.run_dir.name}** is training on {job.data_label}; Start and Resume wait for it to end."
     hint = "" if session.data else " (choose other data on the Data tab)"
     return f"Start trains on **{session.data_label}**{hint}."
 
 
 def buttons(running: bool, stopping: bool = False) -> tuple:
-    """(Start, Stop, Resume) as the run's state allows."""
+    """(Start, Stop, Resume) as the server's job allows."""
     return (gr.Button(interactive=not running), gr.Button(interactive=running and not stopping),
             gr.Button(interactive=not running))
 
 
-def _cleared(phase: str) -> tuple:
-    """(progress, log, *plots) of a run that has not written anything yet."""
-    return (runfiles.progress_html(runfiles.Progress(phase=phase), phase, None), "",
-            *plot_values([]))
+def _busy_message(job: Job, verb: str) -> str:
+    return (f"⚠️ **Cannot {verb}:** {job.run_dir.name} is training (pid {job.pid}), started from this or "
+            "another tab; it is shown below. Stop it first.")
 
 
 def start(ctx: Context, session: Session, run_name: str, model: str, *values, fit: bool = True):
-    """Start a fresh run: (session, status, timer, resume choices, progress, log, *plots, *buttons).
+    """Start a fresh run: (session, status message, *buttons). The timer draws the job.
     `fit`: the "Fit to memory" switch; off trains as typed (--memory-budget off)."""
-    if (busy := _busy(session)) is not None:
-        return (session, f"⚠️ {busy}", gr.Timer(active=True), gr.skip(), *[gr.skip()] * (2 + N_PLOTS),
-                *buttons(True))
+    if (job := ctx.jobs.running()) is not None:
+        return session, _busy_message(job, "start"), *buttons(True)
     try:
         cfg = config_from_form(model, list(values))
         resolve_model(cfg.model)  # an unknown alias or a missing path fails here, not in the subprocess
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
-        session.job = None  # nothing runs: the bar, curves and log no longer show the previous run
-        return (session, f"⚠️ **Cannot start:** {exc}", gr.Timer(active=False), gr.skip(), *_cleared("idle"),
-                *buttons(False))
+        return session, f"⚠️ **Cannot start:** {exc}", *buttons(False)
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
     if not fit:
         cfg.memory_budget = "off"
-    session.job = launch(run, session.data, cfg)
-    session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
+    try:
+        ctx.jobs.launch(run, session.data, cfg, data_label=session.data_label)
+    except RuntimeError as exc:  # another tab started one a moment ago
+        with contextlib.suppress(OSError):
+            run.rmdir()
+        return session, f"⚠️ **Cannot start:** {exc}", *buttons(True)
+    session.last_seen = ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
-    started = f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`). Loading the model…"
-    return session, started, gr.Timer(active=True), gr.skip(), *_cleared(runfiles.LOADING), *buttons(True)
+    notes = "".join(f"  \n⚠️ {w}" for w in warnings(cfg))
+    return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`).{notes}",
+            *buttons(True))
 
 
-def stop(session: Session):
-    if session.job is None or not session.job.running:
-        return session, "No run of this session is going.", *buttons(False)
-    session.job.stop()
-    return (session, f"Stopping **{session.job.run_dir.name}**: writing a checkpoint, then it can be resumed.",
-            *buttons(True, stopping=True))
+def stop(ctx: Context):
+    job = ctx.jobs.running()
+    if job is None:
+        return "No run is training.", *buttons(False)
+    job.stop()
+    return (f"Stopping **{job.run_dir.name}**: it stops after the step under way (an evaluation not yet "
+            "started is skipped), saves a checkpoint, and can then be resumed.", *buttons(True, stopping=True))
 
 
 def resume(ctx: Context, session: Session, name: str):
-    if (busy := _busy(session)) is not None:
-        return session, f"⚠️ {busy}", gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(True)
+    if (job := ctx.jobs.running()) is not None:
+        return session, _busy_message(job, "resume"), *buttons(True)
     try:
         run = child(ctx.runs_dir, name or "")
     except PathError as exc:
-        return session, f"⚠️ **Cannot resume:** {exc}", gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(False)
+        return session, f"⚠️ **Cannot resume:** {exc}", *buttons(False)
     if not runfiles.checkpoints(run):
-        return (session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint.", gr.skip(),
-                *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
+        return session, f"⚠️ **Cannot resume:** {run.name} has no checkpoint yet; start it again.", *buttons(False)
     if (pid := run_holder(run)) is not None:  # the trainer would refuse too; say so here, not in its log
         return (session, (f"⚠️ **Cannot resume:** {run.name} is still being trained by another process "
-                          f"(pid {pid}); stop it first."), gr.skip(), *[gr.skip()] * (2 + N_PLOTS), *buttons(False))
-    session.job = launch(run, None, TrainConfig(), resume=True)
-    session.rate, session.last_seen, session.shown = runfiles.Rate(), (), ()
-    return (session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", gr.Timer(active=True),
-            *_cleared(runfiles.LOADING), *buttons(True))
+                          f"(pid {pid}); stop it first."), *buttons(False))
+    cfg = runfiles.read_config(run)
+    label = runfiles.data_label(ctx.runs_dir, cfg.get("data"))
+    try:
+        ctx.jobs.launch(run, None, None, resume=True, data_label=label)
+    except RuntimeError as exc:
+        return session, f"⚠️ **Cannot resume:** {exc}", *buttons(True)
+    session.last_seen = ()
+    return session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", *buttons(True)
 
 
-def _status(session: Session, phase: str) -> str:
-    job = session.job
-    if job.running:
-        return "stopping" if job.stop_requested else phase
-    if job.stop_requested:  # a stop before the training loop starts ends the process without a checkpoint
-        return "stopped (resumable)" if runfiles.checkpoints(job.run_dir) else "stopped before the first checkpoint"
-    return "finished" if job.returncode == 0 else f"failed (exit {job.returncode})"
+def outcome(job: Job, p: runfiles.Progress) -> str:
+    """How a job that no longer runs ended: stopped (by Stop, SIGTERM or Ctrl-C), finished or failed."""
+    status = rundir.read_status(job.run_dir)
+    fresh = status.get("time", 0) >= job.started
+    code = job.returncode
+    completed = code == 0 and bool(p.total) and p.step >= p.total
+    if (fresh and status.get("phase") == "stopped") or code == STOPPED_EXIT or (job.stop_requested and not completed):
+        ckpts = runfiles.checkpoints(job.run_dir)
+        if not ckpts:
+            return "stopped before the first checkpoint"
+        step = status.get("step") if fresh and status.get("phase") == "stopped" else int(ckpts[0].split("-")[-1])
+        return f"stopped at step {step}; checkpoint saved"
+    if code == 0 or (fresh and status.get("phase") == "finished"):
+        return "finished"
+    if code is None:
+        return "ended"  # a trainer started elsewhere: its exit code is not ours to read
+    return f"failed (exit {code})"
 
 
-N_PLOTS = len(runfiles.CURVES)
+def adopt_data(ctx: Context, session: Session, cfg: dict) -> None:
+    """A tab that has chosen no data of its own (a new tab, a reload) takes the shown run's, so that
+    its settings and its data are shown together and Start would train on the same again."""
+    source = cfg.get("data")
+    if session.data is not None or session.pairs or not source:
+        return
+    if Path(source).is_file():  # an upload: read it as the Data tab did, for its bad-row count
+        try:
+            session.pairs, report = load_pairs(source, skip_bad_rows=True)
+        except (DataError, OSError, ValueError):
+            return
+        session.skipped = report.skipped
+    session.data, session.data_label = source, runfiles.data_label(ctx.runs_dir, source)
+
+
+def _message(job: Job, status: str, log: str) -> str:
+    name = job.run_dir.name
+    if status.startswith("failed"):
+        last = [line for line in log.splitlines() if line.strip()]
+        return f"⚠️ **{name} failed** (exit {job.returncode}): {last[-1] if last else 'no output'}"
+    if status.startswith("stopped at"):
+        took = f" ({job.stopped_seen - job.stop_requested:.1f} s after Stop)" if job.stop_requested else ""
+        return f"**{name}**: {status}{took}. Resume continues it from there."
+    if status == "finished":
+        return f"**{name}**: finished. Compare it with the base model on the Chat tab, or export it."
+    if job.running and job.stop_requested:
+        return f"**{name}**: stopping after the step under way…"
+    return f"**{name}**: {status} (on {job.data_label})."
 
 
 def refresh(ctx: Context, session: Session):
-    """Timer tick: (session, progress, log, status, timer, resume choices, *plots, start, stop, resume);
-    skips what has not changed."""
-    if session.job is None:
-        return (session, *[gr.skip()] * 3, gr.Timer(active=False), *[gr.skip()] * (1 + N_PLOTS),
-                *buttons(False))
-    run, running = session.job.run_dir, session.job.running
+    """Timer tick: (session, progress, log, message, resume choices, data line, run name, *plots,
+    *buttons, *form); draws the server's job, skips what has not changed, counts the ETA down."""
+    skip_rest = [gr.skip()] * (N_PLOTS + 3 + len(FORM))
+    job = ctx.jobs.current()
+    if job is None:
+        if session.last_seen == ("none",):
+            return session, *[gr.skip()] * 6, *skip_rest
+        session.last_seen = ("none",)
+        return (session, runfiles.progress_html(runfiles.Progress(), "idle", None), gr.skip(), gr.skip(),
+                gr.skip(), data_line(ctx, session), gr.skip(), *[gr.skip()] * N_PLOTS, *buttons(False),
+                *[gr.skip()] * len(FORM))
+    run, running = job.run_dir, job.running
+    status_now = rundir.read_status(run)
+    if status_now.get("time", 0) >= job.started:
+        job.rate.observe(status_now)
+    p = runfiles.progress(run, None, running, since=job.started, resume=job.resume)
+    if running:
+        label = "stopping" if job.stop_requested else p.label
+    else:
+        if job.stop_requested and job.stopped_seen is None:
+            job.stopped_seen = time.time()
+        label = outcome(job, p)
+    eta = job.rate.eta(p, runfiles.read_config(run)) if running and not job.stop_requested else None
+    bar = runfiles.progress_html(p, label, eta, run.name)
     sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0
-                  for f in ("config.json", "metrics.jsonl", "train.log"))
-    seen = (*sizes, running)
+                  for f in (rundir.CONFIG, rundir.METRICS, rundir.LOG))
+    seen = (str(run), job.started, *sizes, status_now.get("time"), running, job.stop_requested)
     if seen == session.last_seen:
-        if not (running and session.shown and session.shown[2] is not None):
-            return (session, *[gr.skip()] * (5 + N_PLOTS + 3))
-        p, status, eta, when = session.shown  # nothing new: count the ETA down
-        html = runfiles.progress_html(p, status, max(eta - (time.time() - when), 0.0))
-        return (session, html, *[gr.skip()] * (4 + N_PLOTS + 3))
+        return session, bar, *[gr.skip()] * 5, *skip_rest
     session.last_seen = seen
-    recs = runfiles.records(run)
-    p = runfiles.progress(run, recs, running)
-    session.rate.observe(recs)
-    status = _status(session, p.phase)
     log = runfiles.log_tail(run)
-    message = f"**{run.name}**: {status}."
-    if status.startswith("failed"):
-        last = [line for line in log.splitlines() if line.strip()]
-        message = f"⚠️ **{run.name} failed** (exit {session.job.returncode}): {last[-1] if last else 'no output'}"
-    elif status == "stopped (resumable)":
-        message += " Resume continues it from its newest checkpoint."
-    elif status == "finished":
-        message += " Compare it with the base model on the Chat tab, or export it."
-    eta = session.rate.eta(p, runfiles.read_config(run)) if running else None
-    session.shown = (p, status, eta, time.time())
-    timer = gr.Timer(active=running)
-    choices = resumable(ctx)
-    resume_choice = gr.skip() if running else gr.Dropdown(choices=choices,
-                                                          value=run.name if run.name in choices else None)
-    return (session, runfiles.progress_html(p, status, eta), log, message, timer, resume_choice,
-            *plot_values([(run.name, recs)]), *buttons(running, session.job.stop_requested))
+    key = (str(run), job.started)
+    form = [gr.skip()] * len(FORM)
+    name_box = gr.skip()
+    if session.shown_job != key:  # this tab first sees the job: show its settings and data
+        session.shown_job = key
+        cfg = runfiles.read_config(run)
+        if cfg:
+            form = form_values(cfg)
+            name_box = run.name
+            adopt_data(ctx, session, cfg)
+        else:
+            session.shown_job = ()  # config.json comes once the trainer has loaded; try again then
+    resume_choice = gr.skip() if running else resume_dropdown(
+        ctx, run.name if run.name in resumable(ctx) else None, keep=False)
+    return (session, bar, log, _message(job, label, log), resume_choice, data_line(ctx, session), name_box,
+            *plot_values([(run.name, runfiles.records(run))]), *buttons(running, job.stop_requested is not None),
+            *form)
 
 
 def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
@@ -207,51 +306,58 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
         for i in range(0, len(NUMBERS), 5):
             with gr.Row():
                 for name, label in NUMBERS[i:i + 5]:
-                    value = getattr(defaults, name)
-                    widgets.append(gr.Number(value, label=label, info=help_text(name), minimum=0,
-                                             precision=0 if name in INTEGER else None,
-                                             step=1 if name in INTEGER else None, elem_id=f"train-{name}"))
+                    spec = FIELD_SPECS[name]
+                    integer = spec.kind is int
+                    widgets.append(gr.Number(getattr(defaults, name), label=label, info=help_text(name), minimum=0,
+                                             precision=0 if integer else None, step=1 if integer else None,
+                                             elem_id=f"train-{name}"))
         with gr.Row():
-            widgets.append(gr.Dropdown(BITS, value="none", label="Quantise base (bits)", info=help_text("bits")))
-            widgets.append(gr.Checkbox(defaults.grad_checkpoint, label="Gradient checkpointing",
-                                       info=help_text("grad_checkpoint")))
+            for name, label in CHOICES:
+                value = getattr(defaults, name)
+                widgets.append(gr.Dropdown(choice_options(name), value=NONE_CHOICE if value is None else str(value),
+                                           label=label, info=help_text(name), elem_id=f"train-{name}"))
+            for name, label in SWITCHES:
+                widgets.append(gr.Checkbox(getattr(defaults, name), label=label, info=help_text(name),
+                                           elem_id=f"train-{name}"))
             run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                   elem_id="train-run-name")
     fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
                           info="Before Start, change the settings you left at their defaults to the fastest plan "
                                "predicted to fit the memory budget: " + help_text("memory_budget"))
-    estimate = gr.Markdown(memory(defaults.model, *[getattr(defaults, n) if n != "bits" else "none"
-                                                    for n in FORM]), elem_id="train-estimate")
+    estimate = gr.Markdown(memory(defaults.model, *form_values(defaults.to_dict())), elem_id="train-estimate")
     with gr.Row(equal_height=True):
         start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
         stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False, scale=1)
-        data_info = gr.Markdown(data_line(Session()), elem_id="train-data")
+        data_info = gr.Markdown(data_line(ctx, Session()), elem_id="train-data")
         resume_run = gr.Dropdown(resumable(ctx), value=None, label="Run to resume", allow_custom_value=True,
-                                 scale=2)
+                                 info=RESUME_INFO, scale=2, elem_id="train-resume-run")
         resume_btn = gr.Button("Resume", elem_id="train-resume", scale=1)
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(runfiles.progress_html(runfiles.Progress(), "idle", None), elem_id="train-progress")
+    from .plots import make_plots
+
     plots = make_plots("train")
     log = gr.Textbox(label="Log (tail of train.log)", lines=8, max_lines=16, autoscroll=True, interactive=False,
                      elem_id="train-log")
-    timer = gr.Timer(REFRESH_S, active=False)
+    # Always on: the job may be started, stopped or finished from any tab, or by the CLI.
+    timer = gr.Timer(REFRESH_S, active=True)
     button_row = [start_btn, stop_btn, resume_btn]
 
-    # The switch comes last, so the API's callers that leave it out get its default (on).
-    for w in [model, *widgets, fit_box]:
-        w.change(lambda m, *v: memory(m, *v[:-1], fit=v[-1]), [model, *widgets, fit_box], estimate,
-                 show_progress="hidden", queue=False, api_visibility="private")
-    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]), [state, run_name, model, *widgets,
-                                                                                 fit_box],
-                    [state, status, timer, resume_run, progress, log, *plots, *button_row],
+    # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
+    # and an estimate from before the last edit could land last. The switch comes last, so the API's
+    # callers that leave it out get its default (on).
+    gr.on([w.change for w in [model, *widgets, fit_box]], lambda m, *v: memory(m, *v[:-1], fit=v[-1]),
+          [model, *widgets, fit_box], estimate, show_progress="hidden", trigger_mode="always_last",
+          api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]),
+                    [state, run_name, model, *widgets, fit_box], [state, status, *button_row],
                     api_name="start_training")
-    stop_btn.click(stop, state, [state, status, *button_row], api_name="stop_training")
-    resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run],
-                     [state, status, timer, progress, log, *plots, *button_row], api_name="resume_training")
+    stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")
+    resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, *button_row],
+                     api_name="resume_training")
     timer.tick(lambda s: refresh(ctx, s), state,
-               [state, progress, log, status, timer, resume_run, *plots, *button_row],
+               [state, progress, log, status, resume_run, data_info, run_name, *plots, *button_row, *widgets],
                api_name="refresh_training", show_progress="hidden")
-    resume_run.focus(lambda: gr.Dropdown(choices=resumable(ctx)), None, resume_run, queue=False,
-                     api_visibility="private")
-    return {"data_info": data_info, "max_length": widgets[[n for n, _ in NUMBERS].index("max_length")],
-            "status": status}
+    resume_run.focus(lambda: resume_dropdown(ctx), None, resume_run, queue=False, api_visibility="private")
+    return {"data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
+            "progress": progress}

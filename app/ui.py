@@ -18,6 +18,13 @@ CSS = """
 .orpo-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
 .orpo-bar > div { height: 100%; background: var(--color-accent); transition: width .5s; }
 .orpo-progress-text { font-size: 0.9em; margin-top: 4px; }
+.orpo-clamp { display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+.orpo-prompt[open] .orpo-clamp { display: none; }
+.orpo-preview { width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.85em; }
+.orpo-preview th, .orpo-preview td { border: 1px solid var(--border-color-primary); padding: 4px; vertical-align: top; }
+.orpo-preview th:first-child { width: 40%; }
+.orpo-preview pre { white-space: pre-wrap; word-break: break-word; margin: 0; font-size: 1em; max-height: 18em;
+                    overflow: auto; }
 """
 
 
@@ -48,10 +55,11 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         data["max_length"].input(lambda n: n, data["max_length"], train["max_length"], **GLUE)
         train["max_length"].input(lambda n: n, train["max_length"], data["max_length"], **GLUE)
         for event in data["loaded"]:
-            event.then(train_tab.data_line, state, train["data_info"], **GLUE)
+            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
+        runs_tab_.select(lambda v: runs_tab.overlay_choices(ctx, v), past["other"], past["other"], **GLUE)
         demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"],
                                                                          chat["pairs"]], **GLUE)
         demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)

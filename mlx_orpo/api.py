@@ -26,7 +26,7 @@ from .files import atomic_write_text
 from .models import attach_adapters, load_model
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
-from .trainer import train
+from .trainer import total_steps, train
 
 
 @dataclass
@@ -152,8 +152,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
             run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
                               allow_changed_data=allow_changed_data, explicit=explicit)
             with memory_limit(budget_bytes(cfg), log):
-                train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id, resume=resume,
-                      on_record=on_record, log=log, progress=progress, cluster=cluster)
+                state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
+                              resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
+            if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
+                rundir.write_status(run_dir, "finished", step=state.step, total_steps=state.step)
     except BaseException:
         if created and cluster.is_main:
             _remove_if_only_lock(run_dir)
@@ -222,6 +224,8 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         cfg.save(run_dir / rundir.CONFIG)
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
+        # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
+        rundir.write_status(run_dir, "loading", resume=resume)
     return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
 
 

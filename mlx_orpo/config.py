@@ -174,6 +174,36 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
+@dataclass(frozen=True)
+class FieldSpec:
+    """One option as every front end needs it: the CLI's flags and the app's widgets are built from these."""
+    name: str
+    kind: type            # bool, int, float, str, or list (of str)
+    optional: bool        # None is a value (the help text says what None means)
+    default: object
+    help: str
+    choices: tuple | None
+    nargs: str | None
+    aliases: tuple
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name.replace('_', '-')}"
+
+
+def _spec(f: dataclasses.Field) -> FieldSpec:
+    hint = _HINTS[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    inner = args[0] if optional and args else hint
+    kind = list if typing.get_origin(inner) is list else inner
+    return FieldSpec(f.name, kind, optional, f.default, f.metadata["help"], f.metadata.get("choices"),
+                     f.metadata.get("nargs"), tuple(f.metadata.get("aliases", ())))
+
+
+FIELD_SPECS = {name: _spec(f) for name, f in FIELDS.items()}
+
+
 def parse_bytes(text: str) -> int:
     """'16GB', '16 GiB', '800MB', '1.5e9' -> bytes (GB = 1e9, GiB = 2**30)."""
     match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]i?b?)?\s*", str(text).lower())

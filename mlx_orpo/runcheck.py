@@ -24,8 +24,9 @@ from .config import FIELDS, TrainConfig
 from .files import atomic_write_text, overlap
 
 DATA_FINGERPRINT = "data.json"
-# Files a front end may put in a run directory before the trainer starts (the app's log).
-_BEFORE_START = {rundir.LOCK, rundir.LOG, rundir.STATUS}
+# Files a front end may put in a run directory before the trainer starts (the app's log and the
+# config it launches the trainer with).
+_BEFORE_START = {rundir.LOCK, rundir.LOG, rundir.STATUS, rundir.LAUNCH}
 # Options a resume may change: how the run is watched, saved and fitted into memory, never what it
 # computes (a changed grad_checkpoint recomputes the same values).
 RESUMABLE_CHANGES = {"output_dir", "report_every", "save_every", "keep_checkpoints", "dist_timeout",

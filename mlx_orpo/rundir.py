@@ -10,6 +10,7 @@
       status.json               what the trainer is doing now (phase, evaluation progress), for the app
       .lock                     held by the one trainer writing here (runlock.py)
       train.log                 the trainer's output, when the app launched it
+      launch.yaml               the resolved config the app launched the trainer with (--config)
 
 The trainer, the checkpoints, the app and the scripts read and write a run through
 this module. Runs are read by their format version: version 1 (before run.json)
@@ -36,6 +37,7 @@ CHECKPOINTS = "checkpoints"
 STATUS = "status.json"
 LOCK = ".lock"
 LOG = "train.log"
+LAUNCH = "launch.yaml"
 
 TRAIN, EVAL = "train", "eval"
 

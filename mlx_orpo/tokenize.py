@@ -119,14 +119,13 @@ def fit_to_length(pair: EncodedPair, max_length: int, max_prompt_length: int, mi
     return EncodedPair(prompt, pair.chosen[:budget], pair.rejected[:budget], pair.origin), True
 
 
-def encode_pairs(tokenizer, pairs, *, max_length: int, max_prompt_length: int, min_response_length: int):
-    """Encode and fit every pair; return (encoded pairs, stats)."""
-    ensure_chat_template(tokenizer)
+def fit_pairs(encoded, *, max_length: int, max_prompt_length: int, min_response_length: int):
+    """Fit already-encoded pairs to the length limits; return (fitted pairs, stats). The app's Data tab
+    counts truncation with this at each max length without tokenizing again."""
     stats = EncodeStats()
     out = []
-    for pair in pairs:
-        fitted, truncated = fit_to_length(encode_pair(tokenizer, pair), max_length, max_prompt_length,
-                                          min_response_length)
+    for pair in encoded:
+        fitted, truncated = fit_to_length(pair, max_length, max_prompt_length, min_response_length)
         stats.truncated += truncated and fitted is not None
         if fitted is None:
             stats.dropped += 1
@@ -134,3 +133,10 @@ def encode_pairs(tokenizer, pairs, *, max_length: int, max_prompt_length: int, m
             out.append(fitted)
     stats.pairs = len(out)
     return out, stats
+
+
+def encode_pairs(tokenizer, pairs, *, max_length: int, max_prompt_length: int, min_response_length: int):
+    """Encode and fit every pair; return (encoded pairs, stats)."""
+    ensure_chat_template(tokenizer)
+    return fit_pairs((encode_pair(tokenizer, pair) for pair in pairs), max_length=max_length,
+                     max_prompt_length=max_prompt_length, min_response_length=min_response_length)

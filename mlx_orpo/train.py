@@ -11,23 +11,15 @@ import shlex
 import signal
 import sys
 import time
-import typing
 from pathlib import Path
 
-from .config import FIELDS, TrainConfig, from_dict, load_yaml
+from .config import FIELD_SPECS, FIELDS, TrainConfig, from_dict, load_yaml
 
 DESCRIPTION = """\
 ORPO (Hong et al., 2024): preference-tune a model's LoRA/DoRA adapters in one stage,
 with no reference model: L = L_NLL(chosen) + λ · -log σ(log odds(chosen)/odds(rejected)),
 odds(y) = P(y|x) / (1 - P(y|x)), P the mean per-token likelihood of the response.
 With no --model/--data it trains SmolLM2-135M-Instruct on the shipped demo set."""
-
-
-def _arg_type(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is list or (args and typing.get_origin(args[0]) is list):
-        return str
-    return args[0] if args else hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,21 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="With --resume: continue although the data files differ from those the run started "
                              "with (logged; the resumed steps are then not those of the run as started).")
-    hints = typing.get_type_hints(TrainConfig)
-    for name, f in FIELDS.items():
-        flags = [f"--{name.replace('_', '-')}", *f.metadata.get("aliases", ())]
+    for name, spec in FIELD_SPECS.items():
+        f = FIELDS[name]
+        flags = [spec.flag, *spec.aliases]
         # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
         default = "" if f.default is None else f" (default: {f.default})"  # None's help says what happens
         help_text = f"{f.metadata['help']}{default}".replace("%", "%%")
         kwargs = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
-        if hints[name] is bool:
+        if spec.kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if "nargs" in f.metadata:
             kwargs["nargs"] = f.metadata["nargs"]
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(*flags, type=_arg_type(hints[name]), **kwargs)
+        parser.add_argument(*flags, type=str if spec.kind is list else spec.kind, **kwargs)
     return parser
 
 

@@ -91,11 +91,15 @@ def shard_counts(global_pairs, cfg: TrainConfig, world: int) -> tuple[float, flo
 
 
 def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
-                loss: Callable | None = None, stop: Callable[[], bool] | None = None) -> LossParts | None:
+                loss: Callable | None = None, stop: Callable[[], bool] | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> LossParts | None:
     """The objective's parts of `pairs` (in their order) under the model in eval mode, forward only:
     batches of cfg.batch_size pairs of similar length, each evaluated as it is done (a sync point).
-    None when `stop()`, asked between batches, says to stop."""
+    None when `stop()`, asked between batches, says to stop. `on_batch(done, total)` hears the
+    pairs scored so far, before the first batch and after each."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    if on_batch:
+        on_batch(0, len(pairs))
     widths = Widths.for_config(cfg)
     chunks = []
     model.eval()
@@ -106,6 +110,8 @@ def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
         chunk = [pairs[i] for i in order[start:start + cfg.batch_size]]
         chunks.append((loss or batch_loss)(model, collate(chunk, pad_id, widths), cfg.prompt_in_nll))
         mx.eval(chunks[-1])
+        if on_batch:
+            on_batch(start + len(chunk), len(pairs))
     model.train()
     parts = LossParts.concatenate(chunks)
     back = mx.argsort(mx.array(order))
@@ -113,15 +119,17 @@ def score_pairs(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int,
 
 
 def evaluate(model, pairs: list[EncodedPair], cfg: TrainConfig, pad_id: int, loss: Callable | None = None,
-             stop: Callable[[], bool] | None = None) -> dict | None:
+             stop: Callable[[], bool] | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> dict | None:
     """Held-out metrics (same keys, `eval_` prefix) over the whole held-out set: the NLL a token
     mean and the rest pair means over all evaluated pairs, whatever the batch size. None when
-    `stop()`, asked between batches, says to stop: a partial evaluation is no evaluation."""
+    `stop()`, asked between batches, says to stop: a partial evaluation is no evaluation.
+    `on_batch(done, total)` hears the pairs evaluated so far, before the first batch and after each."""
     if cfg.eval_max_pairs:
         pairs = pairs[: cfg.eval_max_pairs]
     if not pairs:
         return {}
-    parts = score_pairs(model, pairs, cfg, pad_id, loss, stop=stop)
+    parts = score_pairs(model, pairs, cfg, pad_id, loss, stop=stop, on_batch=on_batch)
     if parts is None:
         return None
     _, metrics = orpo_loss(parts, cfg.beta)
@@ -252,17 +260,36 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     mx.reset_peak_memory()
     window_start = time.perf_counter()
     last_saved = lambda: f"The last checkpoint in {run_dir} is intact; continue with --resume."
+    eval_pairs_used = len(eval_pairs[: cfg.eval_max_pairs or None])
+
+    def status(phase: str, **details):
+        """What the loop is doing now, for the app (rundir.write_status); rank 0 only."""
+        if cluster.is_main:
+            rundir.write_status(run_dir, phase, step=state.step, total_steps=steps, eval_pairs=eval_pairs_used,
+                                **details)
+
+    eval_started = [0.0]
+
+    def eval_progress(done: int, total: int):
+        if done == 0:
+            eval_started[0] = time.perf_counter()
+        status("evaluating", eval_done=done, eval_total=total,
+               eval_seconds=round(time.perf_counter() - eval_started[0], 3))
+
+    compiling = True  # the first step of a process compiles it: its time is not a measure of the rest
     with _StopFlag() as stop, Watchdog(cluster, cfg.dist_timeout, last_saved) as watchdog:
         while state.step < steps:
             # Dropout noise depends only on (seed, step), so a resumed run replays it exactly.
             mx.random.seed(cfg.seed * 1_000_003 + state.step)
             position = (state.epoch, state.batch_in_epoch, state.window_tokens)
+            step_start = time.perf_counter()
             result = step(step_micro_batches(), stop=lambda: stop.stop)
             if result.dropped:
                 # The partial step is dropped and its data position not advanced: a resume takes
                 # the same micro-batches again, so it stays the same run.
                 state.epoch, state.batch_in_epoch, state.window_tokens = position
                 if cluster.is_main and state.step > 0:
+                    status("saving")
                     ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__,
                                          cfg.keep_checkpoints)
                 break
@@ -274,6 +301,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.step += 1
+            status("training", step_seconds=None if compiling else round(time.perf_counter() - step_start, 3))
+            compiling = False
             watchdog.beat()
             if bar is not None:
                 bar.update(1)
@@ -286,13 +315,17 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             # An evaluation not yet started is skipped once a stop is asked for; one under way is dropped.
             if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every) \
                     and not stop.stop:
-                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=lambda: stop.stop)
+                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=lambda: stop.stop,
+                                    on_batch=eval_progress)
                 if held_out is not None:
                     record(rundir.EVAL, {"step": state.step, **held_out})
             # Data-parallel ranks stop together, at the next step's agreement; one process stops here.
             stopping = result.stop_requested or (stop.stop and cluster.size == 1)
             if cluster.is_main and (state.step % cfg.save_every == 0 or done or stopping):
+                status("saving")
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
+                if not (done or stopping):
+                    status("training", step_seconds=None)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
             if stopping:

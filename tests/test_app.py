@@ -7,6 +7,7 @@ The training test runs the real CLI on SmolLM2-135M for three tiny steps.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
-from app.train_tab import FORM, config_from_form  # noqa: E402
+from app.train_tab import FORM, choice_options, config_from_form, form_values, memory  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 
 GOOD_ROWS = [
@@ -44,15 +45,24 @@ def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
 
 
 def rows(plot) -> list:
-    """A plot's data rows, whether the handler returned a frame or a component update around one."""
+    """A bar plot's data rows, whether the handler returned a frame or a component update around one."""
     return (plot.get("value") or plot)["data"] if plot.get("__type__") == "update" else plot["data"]
+
+
+def points(plot) -> list[dict]:
+    """The data points ({step, value, series}) of a curve plot (an Altair chart sent as Vega-Lite JSON)."""
+    value = plot.get("value") if plot.get("__type__") == "update" else plot
+    if not value:
+        return []
+    spec = json.loads(value["plot"])
+    return [row for rows_ in spec.get("datasets", {}).values() for row in rows_]
 
 
 def form(**overrides) -> list:
     """The Train tab's widget values in FORM order: TrainConfig defaults plus overrides."""
     cfg = TrainConfig()
     values = {name: getattr(cfg, name) for name in FORM}
-    values.update(bits="none", iters=0)
+    values.update(bits="none")
     values.update(overrides)
     return [values[name] for name in FORM]
 
@@ -86,9 +96,10 @@ def test_upload_good_file_reports_pairs_bad_rows_preview_and_lengths(client, ser
     assert [row[0] for row in bad["data"]] == ["uploads/my_prefs.jsonl, line 5", "uploads/my_prefs.jsonl, line 6"]
     assert "missing key 'chosen'" in bad["data"][0][1] and "not valid JSON" in bad["data"][1][1]
     assert (runs / "uploads" / "my_prefs.jsonl").is_file()  # stored under the runs dir, name sanitised
-    prompt, chosen, rejected = preview["data"][0]
-    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
-    assert chosen.startswith("4.") and rejected == "five"
+    # The preview keeps the template's line breaks (a <pre> per cell), escaped.
+    assert "&lt;|im_start|&gt;user\nWhat is 2+2?&lt;|im_end|&gt;" in preview
+    assert "&lt;|im_start|&gt;assistant\n</pre>" in preview
+    assert "<pre>4.\n- Two plus two." in preview and "<pre>five</pre>" in preview
     assert sum(row[1] for row in rows(hist)) == 4
     assert [row[0] for row in rows(hist)] == sorted(row[0] for row in rows(hist))  # numeric bin starts
     assert "0 of 4 pairs will be truncated" in stats
@@ -107,7 +118,7 @@ def test_bad_file_gives_a_readable_report(client, served, tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text("this is not json\nneither is this\n")
     report, bad, *_ = client.predict(handle_file(str(path)), "smollm2-135m", 1024, api_name="/upload_data")
-    assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl:")
+    assert report.startswith("⚠️ **Not usable:** uploads/broken.jsonl")
     assert "not valid JSON" in report or "cannot detect the format" in report
     assert str(served[1]) not in report  # paths are shown relative to the runs dir
     assert not bad["data"] or bad["data"] == [["", ""]]
@@ -142,7 +153,7 @@ def test_no_request_reaches_outside_the_runs_dir(client, served):
             client.predict(bad, "(none)", api_name="/show_run")
         with pytest.raises(AppError, match="not a valid name|does not exist"):
             client.predict(bad, "final", "hi", 8, 0.0, 1.0, 0, api_name="/chat")
-    assert "Cannot resume" in client.predict("../..", api_name="/resume_training")[0]
+    assert "Cannot resume" in client.predict("../..", api_name="/resume_training")
     import httpx
 
     (runs / "secret.txt").write_text("x")
@@ -157,7 +168,12 @@ def test_path_helpers_sanitise_and_confine(tmp_path):
     upload.write_text("{}\n")
     stored = paths.store_upload(tmp_path, str(upload), "../../evil.jsonl", max_bytes=100)
     assert stored.parent == tmp_path / "uploads" and stored.name == "evil.jsonl"
-    assert paths.store_upload(tmp_path, str(upload), "evil.jsonl", max_bytes=100).name == "evil-2.jsonl"
+    # The same content again is the file already stored, under any name; other content gets a new name.
+    assert paths.store_upload(tmp_path, str(upload), "again.jsonl", max_bytes=100) == stored
+    other = tmp_path / "other.jsonl"
+    other.write_text("[]\n")
+    assert paths.store_upload(tmp_path, str(other), "evil.jsonl", max_bytes=100).name == "evil-2.jsonl"
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["evil-2.jsonl", "evil.jsonl"]
     with pytest.raises(paths.PathError, match="over the upload limit"):
         paths.store_upload(tmp_path, str(upload), "big.jsonl", max_bytes=1)
     (tmp_path / "link").symlink_to("/etc")
@@ -174,9 +190,72 @@ def test_train_form_maps_onto_train_config():
     cfg = config_from_form("smollm2-135m", form(iters=2, max_length=128, beta=0.2, bits="4"))
     assert (cfg.iters, cfg.max_length, cfg.beta, cfg.bits) == (2, 128, 0.2, 4)
     assert cfg.prompt_budget < 128
-    assert config_from_form("", form()).iters is None  # 0 iterations: train for epochs
+    assert config_from_form("", form(iters=None)).iters is None  # blank iterations: train for epochs
     with pytest.raises(ValueError, match="learning-rate"):
         config_from_form("smollm2-135m", form(learning_rate=0))
+    with pytest.raises(ValueError, match="batch size: a whole number"):  # an int field, from its type hint
+        config_from_form("smollm2-135m", form(batch_size=2.5))
+    with pytest.raises(ValueError, match="seed: a value is needed"):  # not optional
+        config_from_form("smollm2-135m", form(seed=None))
+    assert form_values(cfg.to_dict())[FORM.index("bits")] == "4"  # a saved config fills the form back
+
+
+def test_form_and_cli_share_the_field_table():
+    """The app's widgets and the CLI's flags come from config.FIELD_SPECS: same kinds, same choices."""
+    from mlx_orpo.config import FIELD_SPECS
+    from mlx_orpo.train import build_parser
+
+    actions = {a.dest: a for a in build_parser()._actions}
+    for name in FORM:
+        spec = FIELD_SPECS[name]
+        if spec.kind is not bool:
+            assert actions[name].type is spec.kind, name
+    assert [value for _, value in choice_options("bits")] == ["none"] + [str(c) for c in actions["bits"].choices]
+
+
+def test_the_app_launches_the_cli_with_its_resolved_config_as_yaml(tmp_path):
+    from app.jobs import write_launch_config
+    from mlx_orpo.train import build_parser, resolve_config
+
+    cfg = config_from_form("smollm2-135m", form(iters=3, learning_rate=5e-5, bits="8", grad_checkpoint=True))
+    path = write_launch_config(tmp_path, "/data/p.jsonl", cfg)
+    again = resolve_config(build_parser().parse_args(["--config", str(path)]))
+    assert again.to_dict() == {**cfg.to_dict(), "output_dir": str(tmp_path), "data": "/data/p.jsonl"}
+
+
+def test_warmup_longer_than_the_run_is_flagged():
+    assert "longer than the run" in memory("smollm2-135m", *form(iters=6, warmup_steps=10))
+    assert "longer than the run" not in memory("smollm2-135m", *form(iters=20, warmup_steps=10))
+
+
+def test_histogram_bins_meet_the_max_length():
+    from app.data_tab import bin_width
+
+    for longest, max_length in ((5000, 1024), (300, 1024), (90, 128), (40000, 1024), (700, 1000)):
+        width = bin_width(longest, max_length)
+        assert max_length % width == 0 or width % max_length == 0, (longest, max_length, width)
+        assert 5 <= longest / width <= 40 or width >= max_length  # about 20 bins
+
+
+def test_long_prompts_clamp_to_their_first_rendered_lines():
+    from app.chat_tab import CLAMP_CHARS, prompt_html
+
+    assert prompt_html("short") == "short"
+    long = "请详细介绍长城的历史。" * 14  # 154 characters: under the old 160-character limit
+    assert len(long) > CLAMP_CHARS and 'class="orpo-clamp"' in prompt_html(long) and "show more" in prompt_html(long)
+
+
+def test_curve_charts_draw_points_and_give_every_series_a_colour():
+    from app.plots import PALETTE, chart
+
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7}]
+    frames = runfiles.curve_frames([("a", records), ("b", records)])
+    spec = chart("loss", frames["loss"], ["a", "b"]).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line", "point"]  # one eval point shows
+    scale = spec["layer"][0]["encoding"]["color"]["scale"] if "encoding" in spec["layer"][0] else \
+        spec["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["a · loss (train)", "a · loss (eval)", "b · loss (train)", "b · loss (eval)"]
+    assert len(set(scale["range"])) == 4 and set(scale["range"]) <= set(PALETTE)
 
 
 def test_memory_estimate_grows_with_batch_and_shrinks_with_bits(smollm2_dir):
@@ -199,63 +278,61 @@ def test_curve_frames_put_train_and_eval_on_the_same_axes():
     assert {"a · loss (train)", "b · loss (train)"} <= set(overlay["loss"]["series"])
 
 
-def test_progress_names_the_trainer_phase_from_its_files(tmp_path):
+def test_progress_reads_the_trainer_status(tmp_path):
+    from mlx_orpo import rundir
+
     run = tmp_path / "r"
     run.mkdir()
-    phase = lambda: runfiles.progress(run, running=True).phase
-    assert phase() == runfiles.LOADING  # no config.json: the model is loading
-    (run / "config.json").write_text(json.dumps({"iters": 4, "eval_every": 2, "eval_fraction": 0.05}))
-    assert phase() == runfiles.COMPILING  # no record yet
-    metrics = run / "metrics.jsonl"
-
-    def add(record):
-        with open(metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    add({"step": 1, "total_steps": 4, "loss": 1.0})
-    assert phase() == runfiles.TRAINING
-    add({"step": 2, "total_steps": 4, "loss": 1.0})
-    assert phase() == runfiles.EVALUATING  # eval due at step 2, not written yet
-    add({"step": 2, "eval_loss": 1.0})
-    assert phase() == runfiles.TRAINING
-    add({"step": 4, "total_steps": 4, "loss": 1.0})
-    assert phase() == runfiles.EVALUATING
-    add({"step": 4, "eval_loss": 1.0})
-    p = runfiles.progress(run, running=True)
-    assert (p.phase, p.step, p.total) == (runfiles.SAVING, 4, 4)
+    launched = 1000.0
+    phase = lambda **kw: runfiles.progress(run, running=True, since=launched, **kw)
+    assert phase().phase == runfiles.LOADING  # no status yet: the model is loading
+    assert phase(resume=True).phase == runfiles.RESUMING
+    (run / "status.json").write_text(json.dumps({"phase": "stopped", "step": 2, "time": launched - 50}))
+    assert phase(resume=True).phase == runfiles.RESUMING  # the previous process's status, not this one's
+    rundir.write_status(run, "loading")
+    assert phase().phase == runfiles.COMPILING
+    rundir.write_status(run, "training", step=3, total_steps=6, eval_pairs=4, step_seconds=2.0)
+    assert (phase().phase, phase().step, phase().total) == (runfiles.TRAINING, 3, 6)
+    rundir.write_status(run, "evaluating", step=3, total_steps=6, eval_done=2, eval_total=4, eval_seconds=1.0)
+    assert phase().label == "evaluating: 2 of 4 held-out pairs"
     assert runfiles.progress(run, running=False).phase == "idle"
 
 
-def test_eta_comes_from_measured_step_and_eval_times():
+def test_eta_includes_the_evaluations_still_due():
     rate = runfiles.Rate()
-    cfg = {"eval_every": 5}
-    recs = [{"kind": "train", "step": 1, "loss": 1.0}]
-    rate.observe(recs, now=100.0)  # the first report includes loading and compiling: it only starts the clock
-    assert rate.eta(runfiles.Progress(1, 20, runfiles.TRAINING), cfg) is None
-    recs.append({"kind": "train", "step": 3, "loss": 1.0})
-    rate.observe(recs, now=104.0)  # 2 s per step
-    assert rate.eta(runfiles.Progress(3, 20, runfiles.TRAINING), cfg) == pytest.approx(34.0)
-    recs.append({"kind": "train", "step": 5, "loss": 1.0})
-    rate.observe(recs, now=108.0)
-    recs.append({"kind": "eval", "step": 5, "eval_loss": 1.0})
-    rate.observe(recs, now=111.0)  # an evaluation took 3 s; three more are due (steps 10, 15, 20)
-    assert rate.eta(runfiles.Progress(5, 20, runfiles.TRAINING), cfg) == pytest.approx(15 * 2.0 + 3 * 3.0)
+    cfg = {"eval_every": 5, "batch_size": 2, "grad_accum": 1}
+    t = 1000.0
+    p = lambda step, phase, **kw: runfiles.Progress(step, 20, phase, **kw)
+    rate.observe({"phase": "training", "step": 1, "step_seconds": None, "eval_pairs": 8, "time": t})
+    assert rate.eta(p(1, runfiles.TRAINING), cfg, now=t) is None  # the first step compiles: no measure yet
+    assert runfiles.eta_text(None) == "estimating…"
+    rate.observe({"phase": "training", "step": 2, "step_seconds": 3.0, "eval_pairs": 8, "time": t + 3})
+    # 18 steps at 3 s, and evaluations due at 5, 10, 15, 20 of 8 pairs, each estimated at a third of a
+    # trained pair (3 s / 2 pairs / 3 = 0.5 s) until one is timed.
+    assert rate.eta(p(2, runfiles.TRAINING), cfg, now=t + 3) == pytest.approx(18 * 3.0 + 4 * 8 * 0.5)
+    rate.observe({"phase": "evaluating", "step": 5, "eval_done": 4, "eval_total": 8, "eval_seconds": 8.0,
+                  "eval_pairs": 8, "time": t + 20})  # measured: 2 s per pair
+    left = rate.eta(p(5, runfiles.EVALUATING, eval_done=4, eval_total=8), cfg, now=t + 20)
+    assert left == pytest.approx(4 * 2.0 + 15 * 3.0 + 3 * 8 * 2.0)
+    # Counting down between status writes, never below what is certainly left after the current batch.
+    later = rate.eta(p(5, runfiles.EVALUATING, eval_done=4, eval_total=8), cfg, now=t + 1000)
+    assert later == pytest.approx(15 * 3.0 + 3 * 8 * 2.0)
 
 
 def test_unknown_model_and_crashed_run_are_reported(client, monkeypatch):
-    started = client.predict("", "no-such-model", *form(iters=1), api_name="/start_training")[0]
+    started = client.predict("", "no-such-model", *form(iters=1), api_name="/start_training")
     assert "Cannot start" in started and "not an alias" in started
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the run below must fail fast, offline
     started = client.predict("crash", "nobody-xyz/no-such-repo", *form(iters=1, max_length=128),
-                             api_name="/start_training")[0]
+                             api_name="/start_training")
     assert "Started **crash**" in started
     out = _refresh_until(client, lambda out: "failed" in out[2] or "finished" in out[2], timeout=120)
     assert out[2].startswith("⚠️ **crash failed** (exit"), out[2]
     assert "nobody-xyz/no-such-repo" in out[2] or "error" in out[2].lower()
 
 
-def test_sessions_are_separate(client, served):
-    other = Client(served[0], verbose=False)
-    assert "No run of this session" in other.predict(api_name="/stop_training")
+def test_stop_with_no_job_says_so(client):
+    assert "No run is training" in client.predict(api_name="/stop_training")
 
 
 # -- a real run: start, stop, resume, curves, chat ---------------------------------------
@@ -280,30 +357,37 @@ def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", GOOD_ROWS * 3, ["not json"])
     client.predict(handle_file(str(data)), "smollm2-135m", 128, api_name="/upload_data")
     values = form(iters=3, max_length=128, report_every=1, eval_every=1, save_every=1, warmup_steps=0)
-    started = client.predict("app test", "smollm2-135m", *values, api_name="/start_training")[0]
+    started = client.predict("app test", "smollm2-135m", *values, api_name="/start_training")
     assert "Started **app_test**" in started and "p.jsonl, skipping its 1 bad rows" in started
     run = runs / "app_test"
+    assert (run / "launch.yaml").is_file()  # the CLI was given the resolved config as a file
+
+    # The job is the server's: another session (a second tab) sees it, and cannot start a second one.
+    other = Client(served[0], verbose=False)
+    refused = other.predict("second", "smollm2-135m", *values, api_name="/start_training")
+    assert "Cannot start" in refused and "app_test is training" in refused, refused
+    assert not (runs / "second").exists()
+    assert "app_test" in _refresh_until(other, lambda out: "app_test" in out[0])[0]
 
     _refresh_until(client, lambda out: runfiles.records(run))  # first record written
-    assert "Stopping" in client.predict(api_name="/stop_training")
+    assert "Stopping" in other.predict(api_name="/stop_training")  # Stop from the other tab
     out = _refresh_until(client, lambda out: "stopped" in out[2] or "failed" in out[2])
-    assert "stopped (resumable)" in out[2], out[1]
+    assert re.search(r"stopped at step \d; checkpoint saved", out[2]), out[2]
     assert runfiles.checkpoints(run)
 
-    assert "Resuming **app_test**" in client.predict("app_test", api_name="/resume_training")[0]
+    assert "Resuming **app_test**" in client.predict("app_test", api_name="/resume_training")
     out = _refresh_until(client, lambda out: "finished" in out[2] or "failed" in out[2])
     assert "finished" in out[2], out[1]
     assert "step 3/3" in out[0] and "100%" in out[0]
     assert "train step 3/3" in out[1]  # log tail
 
-    loss, log_odds = out[5], out[6]
-    series = {row[2] for row in rows(loss)}
-    assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= series
-    assert {row[0] for row in rows(log_odds)} == {"1", "2", "3"}  # a short run: one category per step
+    loss, log_odds = out[6], out[7]
+    assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= {r["series"] for r in points(loss)}
+    assert {r["step"] for r in points(log_odds)} == {1, 2, 3}
 
     config, summary, *plots = client.predict("app_test", "(none)", api_name="/show_run")
     assert config["iters"] == 3 and config["data"].endswith("uploads/p.jsonl")
-    assert "step 3/3" in summary and len(rows(plots[0])) == len(rows(loss))
+    assert "step 3/3" in summary and len(points(plots[0])) == len(points(loss))
     assert "app_test" in json.dumps(client.predict(api_name="/list_runs"))
 
     ckpt, examples = client.predict("app_test", api_name="/chat_run")
