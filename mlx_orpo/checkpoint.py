@@ -12,7 +12,6 @@ and a damaged one is named and passed over for the newest intact one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import typing
@@ -21,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .files import atomic_output
+from .files import atomic_output, file_digest
 from .rundir import ADAPTER_CONFIG, ADAPTERS, CHECKPOINTS
 
 _PREFIX = "step-"
@@ -51,7 +50,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
         mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2))
-        (tmp / MANIFEST).write_text(json.dumps({name: _fingerprint(tmp / name) for name in _VERIFIED}, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in _VERIFIED}, indent=2))
         if (run_dir / ADAPTER_CONFIG).is_file():  # so a checkpoint loads like a run directory
             shutil.copy(run_dir / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
     save_adapters(run_dir, model)
@@ -67,14 +66,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: p.name)
-
-
-def _fingerprint(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def check_safetensors(path: Path) -> dict:
@@ -127,7 +118,7 @@ def verify_checkpoint(path: Path) -> None:
         file = path / name
         if not file.is_file():
             raise CorruptFileError(f"{file}: missing")
-        expected, found = manifest.get(name, {}), _fingerprint(file)
+        expected, found = manifest.get(name, {}), file_digest(file)
         if found["bytes"] != expected.get("bytes"):
             raise CorruptFileError(f"{file}: corrupt or truncated ({found['bytes']} bytes, "
                                    f"{expected.get('bytes')} were written)")

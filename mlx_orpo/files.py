@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -139,3 +140,13 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     for p in stale:
         remove(p)
     return stale
+
+
+def file_digest(path: Path) -> dict:
+    """{"bytes", "sha256"} of a file, read in 1 MiB blocks: what checkpoint manifests and data
+    fingerprints compare."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}

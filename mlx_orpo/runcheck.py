@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import FIELDS, TrainConfig
-from .files import atomic_write_text, overlap
+from .files import atomic_write_text, file_digest, overlap
 
 DATA_FINGERPRINT = "data.json"
 # Files a front end may put in a run directory before the trainer starts (the app's log and the
@@ -118,7 +118,7 @@ def data_fingerprint(cfg: TrainConfig, splits) -> dict:
                                                          if p.is_file() and p.suffix.lower() in EXTENSIONS)
             # By name: the run's config holds the path, and the shipped demo set moves with the package.
             found[key] = {"source": str(getattr(cfg, key) or "the shipped demo set"),
-                          "files": {p.name: _file_digest(p) for p in files}}
+                          "files": {p.name: file_digest(p) for p in files}}
         else:
             digest = hashlib.sha256()
             for pair in [*train, *valid]:
@@ -126,14 +126,6 @@ def data_fingerprint(cfg: TrainConfig, splits) -> dict:
             found[key] = {"source": str(getattr(cfg, key)), "hub": True, "pairs": len(train) + len(valid),
                           "pairs_sha256": digest.hexdigest()}
     return found
-
-
-def _file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def read_fingerprint(run_dir: Path) -> dict | None:

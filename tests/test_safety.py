@@ -21,6 +21,7 @@ from mlx_orpo import checkpoint as ckpt
 from mlx_orpo import runcheck, rundir
 from mlx_orpo.config import TrainConfig, load_yaml
 from mlx_orpo.data import DataError, load_splits
+from mlx_orpo.files import file_digest
 from mlx_orpo.runlock import RunLock
 
 
@@ -297,7 +298,7 @@ def test_a_checkpoint_state_with_junk_is_damaged_and_passed_over(tmp_path):
     for junk in ({"window_steps": "x" * 100}, {"junk": list(range(10))}, {"step": -1}):
         (newest / "state.json").write_text(json.dumps({**state, **junk}))
         manifest = json.loads((newest / ckpt.MANIFEST).read_text())  # the manifest matching it
-        manifest["state.json"] = ckpt._fingerprint(newest / "state.json")
+        manifest["state.json"] = file_digest(newest / "state.json")
         (newest / ckpt.MANIFEST).write_text(json.dumps(manifest))
         warned = []
         assert ckpt.intact_checkpoints(tmp_path, warn=warned.append)[-1].name == "step-000002"
