@@ -145,7 +145,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         raise runcheck.RunCheckError(f"rank 0 refused the run in {run_dir} (its error says why)")
     if refusal is not None:
         raise refusal
-    created = not run_dir.exists()
+    # The folders this run creates (the run directory and any missing parents, such as runs/).
+    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
     try:
         # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
         with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
@@ -158,7 +159,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
                 rundir.write_status(run_dir, "finished", step=state.step, total_steps=state.step)
     except BaseException:
         if created and cluster.is_main:
-            _remove_if_only_lock(run_dir)
+            _remove_if_only_lock(run_dir, created)
         raise
     return run_dir
 
@@ -170,13 +171,14 @@ def stopped(run_dir: Path, since: float = 0.0) -> bool:
     return status.get("phase") == "stopped" and float(status.get("time", 0.0)) >= since
 
 
-def _remove_if_only_lock(run_dir: Path) -> None:
-    """Remove a run folder this process created when it holds nothing but the lock (the run failed
-    before writing any of its files)."""
+def _remove_if_only_lock(run_dir: Path, created: list[Path]) -> None:
+    """Remove the run folder, and the parents this run created, when it holds nothing but the lock
+    (the run failed before writing any of its files)."""
     with contextlib.suppress(OSError):
         if {p.name for p in run_dir.iterdir()} <= {rundir.LOCK}:
             (run_dir / rundir.LOCK).unlink(missing_ok=True)
-            run_dir.rmdir()
+            for folder in created:  # innermost first; rmdir leaves a folder that is not empty
+                folder.rmdir()
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,

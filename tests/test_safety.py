@@ -80,6 +80,14 @@ def test_a_missing_model_path_is_named_and_leaves_no_run_folder(tmp_path):
     done = cli("--model", "./nonexistent", "--output-dir", "new-run", "--iters", "1", cwd=tmp_path)
     assert_one_error_line(done, "nonexistent", "no such model directory")
     assert not (tmp_path / "new-run").exists()
+    # A model that fails only when it loads (after the lock made the default runs/orpo-<time>/): the
+    # folders the run created go again, a runs/ that was there stays.
+    done = cli("--model", "nobody-xyz/no-such-repo", "--iters", "1", cwd=tmp_path)
+    assert_one_error_line(done, "nobody-xyz/no-such-repo")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()
+    assert cli("--model", "nobody-xyz/no-such-repo", "--iters", "1", cwd=tmp_path).returncode == 2
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_a_folder_holding_only_what_the_app_writes_first_is_empty_enough(tmp_path):
