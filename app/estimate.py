@@ -45,7 +45,7 @@ def estimate_markdown(cfg: TrainConfig) -> str:
 
 def explicit_fields(cfg: TrainConfig) -> set[str]:
     """The settings the app's run gives the trainer explicitly: the ones that differ from TrainConfig's
-    defaults, which `jobs.cli_args` passes as flags (auto-fit keeps those as given)."""
+    defaults, which `jobs.write_launch_config` writes (auto-fit keeps those as given)."""
     from mlx_orpo.config import FIELDS
 
     return {name for name, f in FIELDS.items()

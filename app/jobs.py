@@ -26,20 +26,22 @@ import yaml
 
 from mlx_orpo import rundir
 from mlx_orpo.config import TrainConfig
+from mlx_orpo.files import atomic_write_text
 from mlx_orpo.runlock import holder
 
+from .estimate import explicit_fields
 from .runfiles import Rate
-
-STOPPED_EXIT = 4      # the trainer's exit code for a stopped, resumable run
 
 
 def write_launch_config(run_dir: Path, data: str | None, cfg: TrainConfig) -> Path:
-    """The resolved config as the YAML file `train.py --config` reads (every field, output dir and data
-    included), so what the app asked for is on disk beside the run."""
-    values = dict(cfg.to_dict(), output_dir=str(run_dir), data=data)
+    """The YAML file `train.py --config` reads: the settings the form changed from their defaults (the
+    trainer's auto-fit keeps every setting a YAML file names, as the app's memory preview does), the output
+    dir and the data. The trainer then saves the whole resolved config in config.json."""
+    values = {name: getattr(cfg, name) for name in explicit_fields(cfg)} | {"output_dir": str(run_dir),
+                                                                            "data": data}
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     path = run_dir / rundir.LAUNCH
-    path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
     return path
 
 

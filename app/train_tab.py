@@ -15,10 +15,11 @@ from mlx_orpo.config import FIELD_SPECS, TrainConfig
 from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
+from mlx_orpo.train import EXIT_STOPPED
 
 from . import runfiles
 from .estimate import estimate_markdown, fit_markdown
-from .jobs import STOPPED_EXIT, Job
+from .jobs import Job
 from .paths import PathError, child, new_run_dir
 from .plots import plot_values
 from .session import Context, Session
@@ -205,7 +206,7 @@ def outcome(job: Job, p: runfiles.Progress) -> str:
     fresh = status.get("time", 0) >= job.started
     code = job.returncode
     completed = code == 0 and bool(p.total) and p.step >= p.total
-    if (fresh and status.get("phase") == "stopped") or code == STOPPED_EXIT or (job.stop_requested and not completed):
+    if (fresh and status.get("phase") == "stopped") or code == EXIT_STOPPED or (job.stop_requested and not completed):
         ckpts = runfiles.checkpoints(job.run_dir)
         if not ckpts:
             return "stopped before the first checkpoint"

@@ -219,8 +219,14 @@ def test_the_app_launches_the_cli_with_its_resolved_config_as_yaml(tmp_path):
 
     cfg = config_from_form("smollm2-135m", form(iters=3, learning_rate=5e-5, bits="8", grad_checkpoint=True))
     path = write_launch_config(tmp_path, "/data/p.jsonl", cfg)
-    again = resolve_config(build_parser().parse_args(["--config", str(path)]))
+    args = build_parser().parse_args(["--config", str(path)])
+    again = resolve_config(args)
     assert again.to_dict() == {**cfg.to_dict(), "output_dir": str(tmp_path), "data": "/data/p.jsonl"}
+    # Only what the form changed is explicit, so the trainer's auto-fit may still change the rest
+    # (batch, accumulation, checkpointing), as the app's memory preview shows it will.
+    from mlx_orpo.train import explicit_settings
+
+    assert explicit_settings(args) == {"iters", "learning_rate", "bits", "grad_checkpoint", "output_dir", "data"}
 
 
 def test_warmup_longer_than_the_run_is_flagged():
