@@ -307,7 +307,7 @@ def _yaml_value(name: str, value, path: Path):
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             number = float(value.strip().replace("_", ""))
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            if kinds & {str}:  # a number or a word (--memory-limit 16GB)
+            if kinds & {str}:  # a number or a word
                 return value
             raise ValueError(f"{where} must be {'an integer' if integer else 'a number'}, got {value!r}")
         if integer:
@@ -323,6 +323,8 @@ def _yaml_value(name: str, value, path: Path):
         raise ValueError(f"{where} must be a list of names (e.g. [q_proj, v_proj]), got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. a memory size or a model name that happens to be a number
+    if value is False and name == "memory_budget":
+        return "off"  # YAML 1.1 reads the documented `memory_budget: off` as false
     if not isinstance(value, str):
         raise ValueError(f"{where} must be text, got {value!r}")
     return value

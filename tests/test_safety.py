@@ -402,6 +402,8 @@ def test_a_read_only_output_dir_is_one_error_line(tmp_path):
     ("learning_rate: 5e-5", {"learning_rate": 5e-5}),
     ('dora: "false"\nskip_bad_rows: "no"', {"dora": False, "skip_bad_rows": False}),
     ("iters: 1e3\nlora_targets: q_proj v_proj", {"iters": 1000, "lora_targets": ["q_proj", "v_proj"]}),
+    ("memory_budget: off", {"memory_budget": "off"}),  # YAML 1.1's false, the documented word
+    ("memory_budget: 12GB", {"memory_budget": "12GB"}),
 ])
 def test_yaml_numbers_and_booleans_are_read_as_meant(tmp_path, text, expected):
     (tmp_path / "run.yaml").write_text(text)
