@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import mlx_orpo  # noqa: E402,F401  (fast BLAS before mlx)
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.plan import (  # noqa: E402
+    AUTO_GPU_SHARE,
     KNOWN_CONFIGS,
     Budget,
     DoesNotFit,
@@ -212,8 +213,9 @@ def step_times(smol: str, rounds: int = 4, length: int = 128) -> dict:
 
 
 def _weights(step_pairs, micro_pairs):
-    from mlx_orpo.trainer import shard_weights
-    return shard_weights(step_pairs, micro_pairs, TrainConfig(), len(step_pairs) // len(micro_pairs))
+    """The counts a micro-batch divides its sums by, as the trainer weights a step's micro-batches."""
+    from mlx_orpo.trainer import shard_counts
+    return shard_counts(step_pairs, TrainConfig(), len(step_pairs) // len(micro_pairs))
 
 
 def mac_table(relative: dict | None) -> list[dict]:
@@ -225,7 +227,7 @@ def mac_table(relative: dict | None) -> list[dict]:
         cfg = TrainConfig(model=model).validate()
         for ram_gb in MACS_GB:
             working_set = mac_working_set(ram_gb * 2**30)
-            budget = Budget(int(0.9 * working_set), f"90% of {format_bytes(working_set)}")
+            budget = Budget(int(AUTO_GPU_SHARE * working_set), f"{AUTO_GPU_SHARE:.0%} of {format_bytes(working_set)}")
             try:
                 fitted, prediction, _ = fit(cfg, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
             except DoesNotFit:
