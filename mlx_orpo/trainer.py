@@ -312,10 +312,12 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                     elapsed = time.perf_counter() - window_start
                     record(rundir.TRAIN, _train_record(state, steps, batches_per_epoch, optimizer, elapsed))
                 state.window, state.window_steps, state.window_tokens = {}, 0, 0
-            # An evaluation not yet started is skipped once a stop is asked for; one under way is dropped.
+            # An evaluation not yet started is skipped once a stop is asked for, and one under way is
+            # dropped: a resume runs none of them again. The final one is the exception: the run is
+            # complete, and it is the only evaluation it would never get.
             if cluster.is_main and eval_pairs and rundir.eval_due(state.step, steps, cfg.eval_every) \
-                    and not stop.stop:
-                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=lambda: stop.stop,
+                    and (done or not stop.stop):
+                held_out = evaluate(model, eval_pairs, cfg, pad_id, loss, stop=None if done else lambda: stop.stop,
                                     on_batch=eval_progress)
                 if held_out is not None:
                     record(rundir.EVAL, {"step": state.step, **held_out})

@@ -218,6 +218,17 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002"]
 
 
+def test_a_stop_during_the_last_step_still_gets_the_final_evaluation(tmp_path, monkeypatch):
+    data = pairs(16)
+    cfg = cfg_for(tmp_path, iters=2, batch_size=1, eval_every=0, eval_max_pairs=4, save_every=10)
+    calls = sigterm_at_collate(monkeypatch, 2)  # the last step's only micro-batch
+    state = train(tmp_path, cfg, data)
+    assert state.step == 2 and len(calls) == 2 + 4  # the step, then all four evaluation batches
+    evals = [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL]
+    assert [r["step"] for r in evals] == [2]  # a complete run, with the evaluation a resume would never run
+    assert rundir.read_status(tmp_path).get("phase") != "stopped"
+
+
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):
     data = pairs(8)
     cfg = cfg_for(tmp_path, iters=3, eval_every=0, save_every=10, grad_accum=2, batch_size=1)
