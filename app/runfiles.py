@@ -139,11 +139,13 @@ class Progress:
 
 
 # What a running trainer is doing: its status.json (rundir.write_status) once written, else loading.
-LOADING, RESUMING, COMPILING, TRAINING, EVALUATING, SAVING = (
+LOADING, RESUMING, COMPILING, TRAINING, EVALUATING, SAVING, STOPPING, FINISHING = (
     "loading the model and data", "resuming: loading the model and checkpoint", "compiling the first step",
-    "training", "evaluating", "saving a checkpoint")
+    "training", "evaluating", "saving a checkpoint", "stopping", "finishing")
 # "loading" is written once the model and data are in: the first step (which compiles) is under way.
-_PHASES = {"loading": COMPILING, "training": TRAINING, "evaluating": EVALUATING, "saving": SAVING}
+# "stopped" and "finished" are the trainer's last words; the process is exiting.
+_PHASES = {"loading": COMPILING, "training": TRAINING, "evaluating": EVALUATING, "saving": SAVING,
+           "stopped": STOPPING, "finished": FINISHING}
 
 
 def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *, since: float = 0.0,
