@@ -7,11 +7,12 @@ names) are checked here; nothing else in `app/` joins user text onto a path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import shutil
 import time
 from pathlib import Path
+
+from mlx_orpo.files import file_digest
 
 UPLOADS = "uploads"
 EXPORTS = "exports"
@@ -77,14 +78,6 @@ def discard(*files: Path) -> None:
             file.unlink(missing_ok=True)
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: int) -> Path:
     """Copy an uploaded file into runs_dir/uploads/ under a sanitised, unique name; the same content
     uploaded again (under any name with the same extension) is the file already stored."""
@@ -101,8 +94,8 @@ def store_upload(runs_dir: Path, temp_path: str, original_name: str, max_bytes: 
     same_size = [p for p in sorted(folder.iterdir()) if p.suffix.lower() == suffix.lower() and p.is_file()
                  and not p.is_symlink() and p.stat().st_size == size]
     if same_size:
-        digest = _digest(source)
-        if (found := next((p for p in same_size if _digest(p) == digest), None)) is not None:
+        digest = file_digest(source)["sha256"]
+        if (found := next((p for p in same_size if file_digest(p)["sha256"] == digest), None)) is not None:
             return found
     target, n = folder / name, 1
     while target.exists():

@@ -2,9 +2,9 @@
 
 Each plot is a whole Vega-Lite chart (Altair) drawn anew at every update: Gradio's LinePlot fixes
 its colour domain when it first draws, so a series renamed or added later (an overlaid run, the
-first evaluation) got no colour and drew nothing, and it draws lines only, so a series with one
-point (an evaluation at the end of a run) was invisible. Here every series is named in the colour
-scale, and each point has a marker as well as the line through it.
+first evaluation) would get no colour and draw nothing, and it draws lines only, so a series with
+one point (an evaluation at the end of a run) would be invisible. Here every series is named in the
+colour scale, and each point has a marker as well as the line through it.
 """
 
 from __future__ import annotations

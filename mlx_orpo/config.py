@@ -239,7 +239,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 def _check_kinds(cfg: TrainConfig) -> None:
     """Every switch is a bool, every list a list of names, every text option text (a hand-edited
-    config.json or a Python caller can give anything; `lora_targets: 5` once ended in a TypeError)."""
+    config.json or a Python caller can give anything, and `lora_targets: 5` would fail deep in the run)."""
     for name, hint in _HINTS.items():
         value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
         if typing.get_origin(hint) is list:

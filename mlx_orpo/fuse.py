@@ -80,8 +80,8 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
 
 def check_adapter_config(path: Path, header: dict) -> dict:
     """The adapter config at `path`, checked against the adapters' tensors (`header`: their
-    safetensors header); ValueError naming the file and field otherwise. A `"rank": -5` beside
-    rank-8 tensors once became a PEFT export with `r: -5`."""
+    safetensors header); ValueError naming the file and field otherwise: a `"rank": -5` beside
+    rank-8 tensors would otherwise be exported to PEFT as `r: -5`."""
     def bad(detail: str) -> ValueError:
         return ValueError(f"{path}: {detail}; the adapter config does not match the adapters beside it "
                           "(restore it from a checkpoint's copy, e.g. checkpoints/step-N/adapter_config.json)")

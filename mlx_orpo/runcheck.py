@@ -3,10 +3,10 @@
     check_run(cfg, run_dir, splits, resume=...)   # raises RunCheckError naming the problem
 
 1. The run writes only into its own directory: `--output-dir` is new, empty, or a run of
-   ours (rundir.format_version), and never the model or inside it. A model directory given
-   as the output once had its config.json replaced by the run's settings.
+   ours (rundir.format_version), and never the model or inside it: a run writes its own
+   config.json, which would replace a model's.
 2. A resume is the same run: the options that shape it are the run's own (config.json), and
-   its data is the data it started with (data.json: sizes and SHA-256 of the files, or of the
+   its data is the data it started with (rundir.DATA: sizes and SHA-256 of the files, or of the
    pairs read from the Hub). A changed fingerprint stops the resume unless the caller allows
    it (`--allow-changed-data`), which is logged and recorded.
 """
@@ -23,14 +23,13 @@ from . import rundir
 from .config import FIELDS, TrainConfig
 from .files import atomic_write_text, file_digest, overlap
 
-DATA_FINGERPRINT = "data.json"
 # Files a front end may put in a run directory before the trainer starts (the app's log and the
 # config it launches the trainer with).
 _BEFORE_START = {rundir.LOCK, rundir.LOG, rundir.STATUS, rundir.LAUNCH}
 # Options a resume may change: how the run is watched, saved and fitted into memory, never what it
 # computes (a changed grad_checkpoint recomputes the same values).
 RESUMABLE_CHANGES = {"output_dir", "report_every", "save_every", "keep_checkpoints", "dist_timeout",
-                     "memory_limit", "memory_budget", "grad_checkpoint"}
+                     "memory_budget", "grad_checkpoint"}
 
 
 class RunCheckError(ValueError):
@@ -130,14 +129,14 @@ def data_fingerprint(cfg: TrainConfig, splits) -> dict:
 
 def read_fingerprint(run_dir: Path) -> dict | None:
     try:
-        found = json.loads((Path(run_dir) / DATA_FINGERPRINT).read_text())
+        found = json.loads((Path(run_dir) / rundir.DATA).read_text())
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
 
 
 def write_fingerprint(run_dir: Path, fingerprint: dict) -> None:
-    atomic_write_text(Path(run_dir) / DATA_FINGERPRINT, json.dumps(fingerprint, indent=2) + "\n")
+    atomic_write_text(Path(run_dir) / rundir.DATA, json.dumps(fingerprint, indent=2) + "\n")
 
 
 def data_changes(recorded: dict, now: dict) -> list[str]:
@@ -177,7 +176,7 @@ def check_run(cfg: TrainConfig, run_dir: Path, splits, *, resume: bool, allow_ch
     check_same_run(cfg, run_dir)
     recorded = read_fingerprint(run_dir)
     if recorded is None:
-        log(f"{run_dir} has no record of its data ({DATA_FINGERPRINT}); recording the data it resumes with")
+        log(f"{run_dir} has no record of its data ({rundir.DATA}); recording the data it resumes with")
         return fingerprint
     changes = data_changes(recorded, fingerprint)
     if changes and not allow_changed_data:

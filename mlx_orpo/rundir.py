@@ -7,6 +7,7 @@
       adapters.safetensors      the newest adapters
       metrics.jsonl             one record per report ("kind": "train") and per evaluation ("kind": "eval")
       checkpoints/step-NNNNNN/  see checkpoint.py
+      data.json                 the data's fingerprint (file sizes and SHA-256), checked on resume
       status.json               what the trainer is doing now (phase, evaluation progress), for the app
       .lock                     held by the one trainer writing here (runlock.py)
       train.log                 the trainer's output, when the app launched it
@@ -34,6 +35,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTERS = "adapters.safetensors"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+DATA = "data.json"
 STATUS = "status.json"
 LOCK = ".lock"
 LOG = "train.log"

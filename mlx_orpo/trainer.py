@@ -288,7 +288,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 # The partial step is dropped and its data position not advanced: a resume takes
                 # the same micro-batches again, so it stays the same run.
                 state.epoch, state.batch_in_epoch, state.window_tokens = position
-                if cluster.is_main and state.step > 0:
+                # (A step that was just checkpointed keeps the checkpoint it has.)
+                if cluster.is_main and state.step > 0 and state.step % cfg.save_every != 0:
                     status("saving")
                     ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__,
                                          cfg.keep_checkpoints)
