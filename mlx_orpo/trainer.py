@@ -56,24 +56,27 @@ def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
 
 
 def step_order(pairs: list[EncodedPair], global_batch: int, accum: int, seed: int, epoch: int,
-               **order) -> list[list[int]]:
-    """The micro-batches of one epoch: epoch_batches of the pairs of an optimizer step (global_batch x
-    accum), each cut into `accum` micro-batches of global_batch pairs. So the pairs of every step, and
-    the order of the steps, do not depend on how a step is cut: batch 2 and batch 1 x --grad-accum 2
-    (what auto-fit turns the one into) train on the same pairs at each step. `order`: epoch_batches'
-    keyword arguments."""
+               **order) -> list[list[list[int]]]:
+    """The optimizer steps of one epoch, each the list of its micro-batches (pair indices):
+    epoch_batches of the pairs of a step (global_batch x accum), each cut into micro-batches of
+    global_batch pairs. So the pairs of every step, and the order of the steps, do not depend on how
+    a step is cut: batch 2 and batch 1 x --grad-accum 2 (what auto-fit turns the one into) train on
+    the same pairs at each step, the epoch's short step included. `order`: epoch_batches' keyword
+    arguments."""
     groups = epoch_batches(pairs, global_batch * accum, seed, epoch, **order)
-    return [group[i:i + global_batch] for group in groups for i in range(0, len(group), global_batch)]
+    return [[group[i:i + global_batch] for i in range(0, len(group), global_batch)] for group in groups]
 
 
 def micro_batches(pairs: list[EncodedPair], global_batch: int, seed: int, epoch: int, start: int,
                   accum: int = 1, **order):
-    """Yield (epoch, index_in_epoch, pair indices of a global batch) forever, from a saved position.
-    `accum` and `order`: step_order's arguments."""
+    """Yield (epoch, index_in_epoch, pair indices of a global batch, whether it ends its step) forever,
+    from a saved position. `accum` and `order`: step_order's arguments."""
     while True:
-        batches = step_order(pairs, global_batch, accum, seed, epoch, **order)
+        batches = [(batch, k + 1 == len(step))
+                   for step in step_order(pairs, global_batch, accum, seed, epoch, **order)
+                   for k, batch in enumerate(step)]
         for i in range(start, len(batches)):
-            yield epoch, i, batches[i]
+            yield epoch, i, *batches[i]
         epoch, start = epoch + 1, 0
 
 
@@ -207,7 +210,8 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     widths = Widths.for_config(cfg)
     order = dict(widths=widths, shared_prompt=step.shared_prompt, largest_first=state.largest_first)
     accum = cfg.grad_accum if state.step_groups else 1  # a checkpoint's own order, see LoopState
-    first_epoch = step_order(train_pairs, global_batch, accum, cfg.seed, state.epoch, **order)
+    first_epoch = [batch for step in step_order(train_pairs, global_batch, accum, cfg.seed, state.epoch, **order)
+                   for batch in step]
     shapes = {batch_shape(cluster.shard([train_pairs[i] for i in b]) or [train_pairs[b[0]]], widths,
                           step.shared_prompt) for b in first_epoch}  # this rank's, as step_micro_batches
     log(f"batches: {len(first_epoch)} per epoch in {len(shapes)} shapes (widths: "
@@ -228,7 +232,12 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
         Each is weighted to its share of the step's pairs, as a rank is to its share of a global batch,
         so the step's loss and gradient are those of one batch of all its pairs."""
         timed, first_step[0] = first_step[0], False
-        taken = [next(batches) for _ in range(cfg.grad_accum)]
+        taken = []
+        for epoch, index, indices, ends_step in batches:
+            taken.append((epoch, index, indices))
+            # (A checkpoint from before step groups takes --grad-accum micro-batches, whatever their step.)
+            if len(taken) == cfg.grad_accum or (ends_step and state.step_groups):
+                break
         step_pairs = [train_pairs[i] for _, _, indices in taken for i in indices]
         for micro, (epoch, index, indices) in enumerate(taken):
             # The first step's second micro-batch is timed (the first also compiles the step).
@@ -243,7 +252,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             if not local_pairs:
                 nll_tokens, pair_count = math.inf, math.inf
             elif state.step_groups:
-                nll_tokens, pair_count = shard_counts(step_pairs, cfg, cluster.size * cfg.grad_accum)
+                nll_tokens, pair_count = shard_counts(step_pairs, cfg, cluster.size * len(taken))
             else:
                 nll_tokens, pair_count = shard_counts(global_pairs, cfg, cluster.size)
             state.window_tokens += sum(p.tokens for p in global_pairs)
