@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -76,7 +77,7 @@ def default_run_dir(cluster: Cluster) -> Path:
 
 
 def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozenset(),
-                  log: Callable[[str], None] = print) -> None:
+                  log: Callable[[str], None] = print, cluster: Cluster | None = None) -> None:
     """Fit cfg, in place, to its --memory-budget before the model loads (plan.fit: one log line says
     what changed). Raises plan.DoesNotFit (a ValueError) when nothing allowed fits. With
     --memory-budget off, only the planner's warning when the run is predicted not to fit this machine.
@@ -84,6 +85,11 @@ def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozen
     from .plan import fit, fit_line, fits_warning, load_model_config, predict_peak, resolve_budget
 
     budget = resolve_budget(cfg)
+    if budget is not None and cluster is not None and cluster.size > 1:
+        # Every rank must train with the same settings: all fit to rank 0's budget (`auto` differs
+        # between hosts with different memory).
+        budget = dataclasses.replace(budget, bytes=cluster.agree_on(budget.bytes),
+                                     source=f"{budget.source} on rank 0")
     try:
         model_config = load_model_config(cfg.model)
     except (ValueError, OSError, KeyError) as exc:
@@ -195,7 +201,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
                                      log=log, main=cluster.is_main)
     cfg.output_dir = str(run_dir)
     if not resume:
-        fit_to_memory(cfg, explicit, log)
+        fit_to_memory(cfg, explicit, log, cluster)
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
         + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)
