@@ -140,15 +140,15 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
     # Checked before the lock creates the folder: a refused run leaves nothing behind.
     splits = read_data(cfg)
-    refusal = None
+    refusal, fingerprint = None, None
     try:
-        runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                           log=lambda _: None, main=cluster.is_main)
+        fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
+                                         log=log, main=cluster.is_main)
     except (ValueError, OSError) as exc:
         refusal = exc
-    # Data-parallel: every rank stops when rank 0 refuses (rank 0 alone checks the folder).
-    if cluster.size > 1 and cluster.agree_on(int(refusal is not None)) and refusal is None:
-        raise runcheck.RunCheckError(f"rank 0 refused the run in {run_dir} (its error says why)")
+    # Data-parallel: every rank stops when any rank refuses.
+    if cluster.size > 1 and cluster.sum(mx.array(int(refusal is not None))).item() and refusal is None:
+        raise runcheck.RunCheckError(f"another rank refused the run in {run_dir} (its error says why)")
     if refusal is not None:
         raise refusal
     # The folders this run creates (the run directory and any missing parents, such as runs/).
@@ -157,7 +157,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
         with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
             run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
-                              allow_changed_data=allow_changed_data, explicit=explicit)
+                              allow_changed_data=allow_changed_data, explicit=explicit, fingerprint=fingerprint)
             with memory_limit(budget_bytes(cfg), log):
                 state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
                               resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
@@ -189,16 +189,23 @@ def _remove_if_only_lock(run_dir: Path, created: list[Path]) -> None:
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,
                 log: Callable[[str], None] = print, splits=None, allow_changed_data: bool = False,
-                explicit: frozenset[str] | set[str] = frozenset()) -> PreparedRun:
+                explicit: frozenset[str] | set[str] = frozenset(), fingerprint: dict | None = None) -> PreparedRun:
     """Check the run, read its data, fit a new run to its memory budget (cfg changed in place; a resumed
     run keeps the settings its config.json saved), load the model, attach adapters and write the run's
     own files (rank 0). `splits`: read_data's result when the caller read the data already; `explicit`:
-    the settings the user gave (plan.fit keeps them)."""
+    the settings the user gave (plan.fit keeps them); `fingerprint`: runcheck.check_run's, when the
+    caller ran the checks already (before taking the run's lock)."""
     cluster = cluster or Cluster()
     splits = splits or read_data(cfg)
     # runcheck.py: the output folder, a resume's identity and its data; nothing is written before.
-    fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                                     log=log, main=cluster.is_main)
+    if fingerprint is None:
+        fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume,
+                                         allow_changed_data=allow_changed_data, log=log, main=cluster.is_main)
+    else:  # checked before the lock; what another process could have changed since is the folder
+        if cluster.is_main:
+            runcheck.check_output_dir(run_dir, cfg.model, resume=resume)
+        if resume:
+            runcheck.check_same_run(cfg, run_dir)
     cfg.output_dir = str(run_dir)
     if not resume:
         fit_to_memory(cfg, explicit, log, cluster)
