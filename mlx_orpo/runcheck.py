@@ -78,7 +78,7 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
         raise RunCheckError(f"{saved_path}: cannot read the run's settings ({exc})") from None
     if not isinstance(saved, dict):
         raise RunCheckError(f"{saved_path}: corrupt run config, not a JSON object")
-    saved.setdefault("pad_to", "multiple")  # a run saved before --pad-to padded to plain multiples
+    saved = {**rundir.missing_fields(run_dir, rundir.CONFIG), **saved}
     changed = []
     for name in sorted(set(saved) & set(FIELDS) - RESUMABLE_CHANGES):
         ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])

@@ -62,6 +62,20 @@ def format_version(run: Path) -> int | None:
     return None
 
 
+# What a version-1 run's files may lack, read as the behaviour they were written with; a run of the
+# current version writes every field, so nothing is filled in for it.
+_V1_MISSING = {
+    CONFIG: {"pad_to": "multiple"},                        # plain multiples of --pad-multiple
+    "state": {"largest_first": False, "step_groups": False},  # a checkpoint's epoch order and step weighting
+}
+
+
+def missing_fields(run: Path, what: str) -> dict:
+    """Values for the fields a run's config.json (`what` = CONFIG) or checkpoint state ("state")
+    lacks, by the run's format version."""
+    return dict(_V1_MISSING[what]) if format_version(run) == 1 else {}
+
+
 def write_marker(run: Path) -> None:
     atomic_write_text(Path(run) / MARKER, json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
 

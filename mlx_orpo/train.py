@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import rundir
 from .config import FIELD_SPECS, FIELDS, TrainConfig, from_dict, load_yaml
 
 DESCRIPTION = """\
@@ -56,14 +57,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     values = {}
     if args.resume:
         import json
-        saved = Path(args.resume) / "config.json"
+        saved = Path(args.resume) / rundir.CONFIG
         if not saved.is_file():
             raise ValueError(f"{args.resume}: not a run directory (no config.json)")
         try:
             values.update(json.loads(saved.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
-        values.setdefault("pad_to", "multiple")  # a run saved before --pad-to padded to plain multiples
+        values = {**rundir.missing_fields(args.resume, rundir.CONFIG), **values}
         if "output_dir" in given and Path(given["output_dir"]).resolve() != Path(args.resume).resolve():
             raise ValueError(f"--resume {args.resume} continues in that folder; leave --output-dir out")
         values["output_dir"] = given["output_dir"] = args.resume

@@ -392,9 +392,8 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    # A checkpoint from before the largest batch came first, or before the pairs were grouped per
-    # optimizer step, resumes in the order and weighting it was written with.
-    state = LoopState(**{"largest_first": False, "step_groups": False,
+    # A version-1 run's checkpoint resumes in the order and weighting it was written with.
+    state = LoopState(**{**rundir.missing_fields(run_dir, "state"),
                          **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "

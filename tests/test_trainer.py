@@ -9,6 +9,7 @@ from mlx.utils import tree_flatten
 from test_loss import tiny_model
 
 import mlx_orpo.trainer as trainer_mod
+from mlx_orpo import rundir
 from mlx_orpo.checkpoint import list_checkpoints
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.loss import batch_loss
@@ -159,10 +160,17 @@ def test_quantized_base_and_dora_train_and_leave_the_base_untouched(tmp_path, va
     assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
 
 
-def test_a_run_saved_before_pad_to_resumes_with_plain_multiples(tmp_path):
+def test_a_version_1_run_without_pad_to_resumes_with_plain_multiples(tmp_path):
+    """A version-1 run (no run.json marker) read by its version: its config lacks pad_to, which was
+    plain multiples then."""
     saved = TrainConfig(output_dir=str(tmp_path)).to_dict()
     del saved["pad_to"]
     saved["pad_multiple"] = 32
     (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert rundir.format_version(tmp_path) == 1
     cfg = resolve_config(build_parser().parse_args(["--resume", str(tmp_path)]))
     assert (cfg.pad_to, cfg.pad_multiple) == ("multiple", 32)
+    assert rundir.missing_fields(tmp_path, "state") == {"largest_first": False, "step_groups": False}
+    rundir.write_marker(tmp_path)  # a current run writes every field: nothing is filled in
+    assert rundir.missing_fields(tmp_path, rundir.CONFIG) == {}
