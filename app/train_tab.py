@@ -37,7 +37,8 @@ NUMBERS = [
 ]
 CHOICES = [("bits", "Quantise base (bits)")]
 SWITCHES = [("grad_checkpoint", "Gradient checkpointing")]
-FORM = [name for name, _ in NUMBERS + CHOICES + SWITCHES]
+TEXTS = [("memory_budget", "Memory budget (auto, a size such as 16GB, or off)")]
+FORM = [name for name, _ in NUMBERS + CHOICES + SWITCHES + TEXTS]
 NONE_CHOICE = "none"
 N_PLOTS = len(runfiles.CURVES)
 
@@ -320,6 +321,9 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
             for name, label in SWITCHES:
                 widgets.append(gr.Checkbox(getattr(defaults, name), label=label, info=help_text(name),
                                            elem_id=f"train-{name}"))
+            for name, label in TEXTS:
+                widgets.append(gr.Textbox(getattr(defaults, name), label=label, info=help_text(name),
+                                          elem_id=f"train-{name}"))
             run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                   elem_id="train-run-name")
     fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",

@@ -221,3 +221,8 @@ def test_the_app_shows_the_budget_the_typed_plan_and_the_fitted_one():
     held = TrainConfig(model="mistral-7b-4bit", memory_budget="12GB", grad_checkpoint=False, batch_size=4).validate()
     assert explicit_fields(held) == {"model", "memory_budget", "batch_size"}
     assert "Does not fit" in fit_markdown(TrainConfig(model="mistral-7b-4bit", memory_budget="5GB").validate())
+    # The Train tab's own field sets the budget as the CLI's flag does.
+    from app.train_tab import FORM, memory
+
+    values = {name: getattr(TrainConfig(), name) for name in FORM} | {"bits": "none", "memory_budget": "12GB"}
+    assert "Memory budget: 12.00 GB (--memory-budget)" in memory("mistral-7b-4bit", *[values[n] for n in FORM])
