@@ -142,10 +142,8 @@ class Progress:
 LOADING, RESUMING, COMPILING, TRAINING, EVALUATING, SAVING, STOPPING, FINISHING = (
     "loading the model and data", "resuming: loading the model and checkpoint", "compiling the first step",
     "training", "evaluating", "saving a checkpoint", "stopping", "finishing")
-# "loading" is written once the model and data are in: the first step (which compiles) is under way.
-# "stopped" and "finished" are the trainer's last words; the process is exiting.
-_PHASES = {"loading": COMPILING, "training": TRAINING, "evaluating": EVALUATING, "saving": SAVING,
-           "stopped": STOPPING, "finished": FINISHING}
+_PHASES = {rundir.LOADING: COMPILING, rundir.TRAINING: TRAINING, rundir.EVALUATING: EVALUATING,
+           rundir.SAVING: SAVING, rundir.STOPPED: STOPPING, rundir.FINISHED: FINISHING}
 
 
 def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *, since: float = 0.0,
@@ -198,9 +196,9 @@ class Rate:
         if not status or status.get("time", 0) < self.status.get("time", 0):
             return
         self.status = status
-        if status.get("phase") == "training" and status.get("step_seconds"):
+        if status.get("phase") == rundir.TRAINING and status.get("step_seconds"):
             self.step_times[status["step"]] = status["step_seconds"]
-        elif status.get("phase") == "evaluating" and status.get("eval_done"):
+        elif status.get("phase") == rundir.EVALUATING and status.get("eval_done"):
             self.eval_pair_s[status["step"]] = status["eval_seconds"] / status["eval_done"]
 
     def carried(self) -> Rate:

@@ -207,13 +207,14 @@ def outcome(job: Job, p: runfiles.Progress) -> str:
     fresh = status.get("time", 0) >= job.started
     code = job.returncode
     completed = code == 0 and bool(p.total) and p.step >= p.total
-    if (fresh and status.get("phase") == "stopped") or code == EXIT_STOPPED or (job.stop_requested and not completed):
+    stopped = fresh and status.get("phase") == rundir.STOPPED
+    if stopped or code == EXIT_STOPPED or (job.stop_requested and not completed):
         ckpts = runfiles.checkpoints(job.run_dir)
         if not ckpts:
             return "stopped before the first checkpoint"
-        step = status.get("step") if fresh and status.get("phase") == "stopped" else int(ckpts[0].split("-")[-1])
+        step = status.get("step") if stopped else int(ckpts[0].split("-")[-1])
         return f"stopped at step {step}; checkpoint saved"
-    if code == 0 or (fresh and status.get("phase") == "finished"):
+    if code == 0 or (fresh and status.get("phase") == rundir.FINISHED):
         return "finished"
     if code is None:
         return "ended"  # a trainer started elsewhere: its exit code is not ours to read

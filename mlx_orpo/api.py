@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 from . import blas, runcheck, rundir
 from .batching import Widths, collate
 from .config import TrainConfig
-from .data import load_splits
+from .data import data_source, load_splits
 from .distributed import Cluster
 from .files import atomic_write_text
 from .models import attach_adapters, load_model
@@ -37,13 +37,6 @@ class PreparedData:
     train_stats: EncodeStats
     eval_stats: EncodeStats
     report: object  # data.LoadReport
-
-
-def data_source(cfg: TrainConfig) -> str:
-    if cfg.data:
-        return cfg.data
-    from .demo_data import DEMO_DATA_PATH
-    return str(DEMO_DATA_PATH)
 
 
 def read_data(cfg: TrainConfig):
@@ -162,7 +155,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
                 state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
                               resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
             if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
-                rundir.write_status(run_dir, "finished", step=state.step, total_steps=state.step)
+                rundir.write_status(run_dir, rundir.FINISHED, step=state.step, total_steps=state.step)
     except BaseException:
         if created and cluster.is_main:
             _remove_if_only_lock(run_dir, created)
@@ -174,7 +167,7 @@ def stopped(run_dir: Path, since: float = 0.0) -> bool:
     """Whether the run's trainer stopped on a stop request (resumable) rather than finishing, by a
     status written at `since` (time.time()) or later: an earlier stop of the run does not count."""
     status = rundir.read_status(run_dir)
-    return status.get("phase") == "stopped" and float(status.get("time", 0.0)) >= since
+    return status.get("phase") == rundir.STOPPED and float(status.get("time", 0.0)) >= since
 
 
 def _remove_if_only_lock(run_dir: Path, created: list[Path]) -> None:
@@ -240,7 +233,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
         # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
-        rundir.write_status(run_dir, "loading", resume=resume)
+        rundir.write_status(run_dir, rundir.LOADING, resume=resume)
     return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
 
 

@@ -3,6 +3,8 @@
     checkpoints/step-000100/    adapters.safetensors, optimizer.safetensors, state.json,
                                 adapter_config.json, manifest.json (sizes and SHA-256 of the first three)
 
+state.json holds a `LoopState`: everything besides weights and optimizer state that a resume needs.
+
 Every file is written through files.atomic_output, and a checkpoint directory is
 renamed into place whole, so a crash (even SIGKILL)
 leaves either the old or the new version, never a torn one. A disk can still lose
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,6 +29,21 @@ from .rundir import ADAPTER_CONFIG, ADAPTERS, CHECKPOINTS
 _PREFIX = "step-"
 MANIFEST = "manifest.json"
 _VERIFIED = ("adapters.safetensors", "optimizer.safetensors", "state.json")
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights and optimizer state that a resume needs."""
+    step: int = 0              # optimizer steps done
+    epoch: int = 0             # epoch of the next micro-batch
+    batch_in_epoch: int = 0    # micro-batches of that epoch already consumed
+    skipped_steps: int = 0
+    window: dict = field(default_factory=dict)  # metric sums since the last report
+    window_steps: int = 0
+    window_tokens: int = 0
+    world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
+    largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
+    step_groups: bool = True    # pairs grouped per optimizer step (step_order); False in checkpoints before it
 
 
 class CorruptFileError(ValueError):
@@ -147,9 +165,7 @@ _MAX_STATE_BYTES = 1 << 20
 
 
 def _read_state(path: Path) -> dict:
-    """The checkpoint's loop state, checked against trainer.LoopState's fields and their types."""
-    from .trainer import LoopState  # the one home of the state's schema (the trainer imports this module)
-
+    """The checkpoint's loop state, checked against LoopState's fields and their types."""
     file = path / "state.json"
     try:
         if file.stat().st_size > _MAX_STATE_BYTES:

@@ -348,6 +348,14 @@ def carve_eval(pairs: list, eval_fraction: float, seed: int) -> tuple[list, list
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
+def data_source(cfg) -> str:
+    """Where a run's (TrainConfig's) training pairs come from: --data, or the shipped demo set."""
+    if cfg.data:
+        return cfg.data
+    from .demo_data import DEMO_DATA_PATH
+    return str(DEMO_DATA_PATH)
+
+
 def load_splits(
     source: str,
     *,

@@ -1,13 +1,32 @@
-"""One training step's measured peak memory on a random llama of a given shape: what the memory
-planner (plan.py) is calibrated and tested against. `tests/test_plan.py` and `scripts/fit_plan.py`
-share these shapes and this measurement; it runs the trainer's own `step.OrpoStep`.
+"""What the tests, the benchmarks and the scripts measure with: the shared preference set's path, a
+tiny random llama, and one training step's measured peak memory on a random llama of a given shape
+(what the memory planner is calibrated and tested against: `tests/test_plan.py` and
+`scripts/fit_plan.py` share these shapes and this measurement; it runs the trainer's own `step.OrpoStep`).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from .config import TrainConfig
+
+# The real 300-pair preference set beside the repository (../shared/data, see its README): tests and
+# scripts that use it skip, or fall back to the shipped demo set, where it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dpo_en_demo.json"
+
+
+def tiny_model(seed: int = 0):
+    """A random two-block llama with a 50-token vocabulary: the unit tests' model."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    mx.random.seed(seed)
+    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=50)
+    model = llama.Model(args)
+    mx.eval(model.parameters())
+    return model
 
 # Random llama shapes small enough for a CPU: (name, model config, batch pairs, prompt tokens,
 # answer tokens, layout, extra TrainConfig fields) cases are built from them.

@@ -103,8 +103,7 @@ def _show(value) -> str:
 def data_fingerprint(cfg: TrainConfig, splits) -> dict:
     """What identifies the run's data: per local source its files' sizes and SHA-256; for a Hub
     dataset the SHA-256 of the pairs read from it (whatever revision they came from)."""
-    from .api import data_source
-    from .data import EXTENSIONS
+    from .data import EXTENSIONS, data_source
 
     train, valid, _ = splits
     found = {}

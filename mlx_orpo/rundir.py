@@ -41,7 +41,12 @@ LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, EVAL = "train", "eval"  # a metrics record's "kind"
+
+# status.json's "phase": what the trainer is doing now. LOADING is written once the model and data are
+# in (the first step, which compiles, is under way); STOPPED and FINISHED are its last words.
+LOADING, TRAINING, EVALUATING, SAVING, STOPPED, FINISHED = (
+    "loading", "training", "evaluating", "saving", "stopped", "finished")
 
 
 def format_version(run: Path) -> int | None:

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,27 +24,13 @@ import mlx.core as mx
 from . import checkpoint as ckpt
 from . import files, rundir
 from .batching import Widths, batch_shape, collate, epoch_batches
+from .checkpoint import LoopState
 from .config import TrainConfig
 from .distributed import Cluster, Watchdog
 from .loss import METRIC_KEYS, LossParts, batch_loss, orpo_loss
 from .models import on_gpu
 from .step import MicroBatch, OrpoStep, build_optimizer
 from .tokenize import EncodedPair
-
-
-@dataclass
-class LoopState:
-    """Everything besides weights and optimizer state that a resume needs."""
-    step: int = 0              # optimizer steps done
-    epoch: int = 0             # epoch of the next micro-batch
-    batch_in_epoch: int = 0    # micro-batches of that epoch already consumed
-    skipped_steps: int = 0
-    window: dict = field(default_factory=dict)  # metric sums since the last report
-    window_steps: int = 0
-    window_tokens: int = 0
-    world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
-    largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
-    step_groups: bool = True    # pairs grouped per optimizer step (step_order); False in checkpoints before it
 
 
 def total_steps(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
@@ -282,7 +267,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     def eval_progress(done: int, total: int):
         if done == 0:
             eval_started[0] = time.perf_counter()
-        status("evaluating", eval_done=done, eval_total=total,
+        status(rundir.EVALUATING, eval_done=done, eval_total=total,
                eval_seconds=round(time.perf_counter() - eval_started[0], 3))
 
     compiling = True  # the first step of a process compiles it: its time is not a measure of the rest
@@ -299,7 +284,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.epoch, state.batch_in_epoch, state.window_tokens = position
                 # (A step that was just checkpointed keeps the checkpoint it has.)
                 if cluster.is_main and state.step > 0 and state.step % cfg.save_every != 0:
-                    status("saving")
+                    status(rundir.SAVING)
                     ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__,
                                          cfg.keep_checkpoints)
                 break
@@ -311,7 +296,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: non-finite loss, gradient or updated weights; update skipped")
             state.step += 1
-            status("training", step_seconds=None if compiling else round(time.perf_counter() - step_start, 3))
+            status(rundir.TRAINING, step_seconds=None if compiling else round(time.perf_counter() - step_start, 3))
             compiling = False
             watchdog.beat()
             if bar is not None:
@@ -334,10 +319,10 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
             # Data-parallel ranks stop together, at the next step's agreement; one process stops here.
             stopping = result.stop_requested or (stop.stop and cluster.size == 1)
             if cluster.is_main and (state.step % cfg.save_every == 0 or done or stopping):
-                status("saving")
+                status(rundir.SAVING)
                 ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.__dict__, cfg.keep_checkpoints)
                 if not (done or stopping):
-                    status("training", step_seconds=None)
+                    status(rundir.TRAINING, step_seconds=None)
             if state.window_steps == 0:  # evals and saves do not count against tokens/s
                 window_start = time.perf_counter()
             if stopping:
@@ -345,7 +330,7 @@ def train(model, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], 
     if bar is not None:
         bar.close()
     if state.step < steps and cluster.is_main:
-        rundir.write_status(run_dir, "stopped", step=state.step, total_steps=steps)
+        rundir.write_status(run_dir, rundir.STOPPED, step=state.step, total_steps=steps)
         log(stopped_message(run_dir, state.step, steps))
     return state
 

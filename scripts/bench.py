@@ -51,7 +51,6 @@ from importlib.util import find_spec
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
 SYSTEMS = ("mlx-orpo", "mlx-lm-lora", "trl")
 # The module each peer needs; they install with `pip install -e ".[peers]"`.
 PEER_MODULES = {"mlx-lm-lora": "mlx_lm_lora", "trl": "trl"}
@@ -301,6 +300,7 @@ def prepare(args) -> dict:
     from mlx_orpo.batching import epoch_batches
     from mlx_orpo.config import parse_bytes
     from mlx_orpo.data import load_pairs
+    from mlx_orpo.measure import SHARED_DATA
     from mlx_orpo.models import compute_dtype, resolve_model
     from mlx_orpo.plan import ModelShape
     from mlx_orpo.tokenize import encode_pairs, ensure_chat_template

@@ -43,20 +43,11 @@ import numpy as np  # noqa: E402
 import mlx_orpo  # noqa: E402
 from mlx_orpo import trainer  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
+from mlx_orpo.measure import tiny_model  # noqa: E402  (TREE must be as new as this script)
 from mlx_orpo.models import attach_adapters  # noqa: E402
 from mlx_orpo.tokenize import EncodedPair  # noqa: E402
 
 assert Path(mlx_orpo.__file__).resolve().is_relative_to(tree), mlx_orpo.__file__
-
-
-def tiny_model(seed):
-    from mlx_lm.models import llama
-    mx.random.seed(seed)
-    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=50)
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    return model
 
 
 def pairs(n, seed=0):

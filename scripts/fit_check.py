@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import mlx_orpo  # noqa: E402,F401  (fast BLAS before mlx)
 from mlx_orpo.config import TrainConfig  # noqa: E402
+from mlx_orpo.measure import SHARED_DATA  # noqa: E402
 from mlx_orpo.plan import (  # noqa: E402
     AUTO_GPU_SHARE,
     KNOWN_CONFIGS,
@@ -45,17 +46,15 @@ from mlx_orpo.plan import (  # noqa: E402
     predict_peak,
 )
 
-SHARED = REPO.parent / "shared"
-MAKE_MODEL = SHARED / "gpu" / "make_model.py"
+MAKE_MODEL = REPO.parent / "shared" / "gpu" / "make_model.py"  # the random Mistral-shaped model builder
 MACS_GB = (8, 16, 24, 36, 64)
 # Short runs: the peak is the first step's (the largest batch runs first); no held-out set.
 RUN = ["--iters", "2", "--report-every", "1", "--eval-fraction", "0", "--eval-every", "0", "--save-every", "100"]
 
 
 def data_path() -> str:
-    shared = SHARED / "data" / "dpo_en_demo.json"
-    if shared.is_file():
-        return str(shared)
+    if SHARED_DATA.is_file():
+        return str(SHARED_DATA)
     from mlx_orpo.demo_data import DEMO_DATA_PATH
     return str(DEMO_DATA_PATH)
 

@@ -38,10 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
-from bench import SHARED_DATA  # noqa: E402  (the data bench.py runs on, when it is there)
-
 from mlx_orpo import rundir  # noqa: E402
 from mlx_orpo.files import atomic_write_text  # noqa: E402
+from mlx_orpo.measure import SHARED_DATA  # noqa: E402  (the data bench.py runs on, when it is there)
 
 METAL_QUEUE = {"MLX_MAX_OPS_PER_BUFFER": "40", "MLX_MAX_MB_PER_BUFFER": "40"}
 # (label, max length, pairs per batch, gradient checkpointing, extra environment, extra train options)

@@ -52,10 +52,10 @@ from mlx_orpo.api import generate, load_with_adapters, prepare_data, prepare_run
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.files import atomic_write_text  # noqa: E402
 from mlx_orpo.loss import orpo_loss  # noqa: E402
+from mlx_orpo.measure import SHARED_DATA  # noqa: E402
 from mlx_orpo.runlock import RunLock  # noqa: E402
 from mlx_orpo.trainer import score_pairs, train  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
 CURVE = "reproduce_curve.json"  # in each λ's run directory: its curve, once the λ has finished
 
 # Rough throughput of SmolLM2-135M (fp32, OpenBLAS) on a quiet 2-core x86 CPU, for the up-front

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 import mlx_orpo  # noqa: F401  (loads the fast BLAS before anything imports mlx)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
+from mlx_orpo.measure import SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +35,26 @@ def cli_env(tmp_path) -> dict:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, smollm2_dir):
+    """The app on a free loopback port with its own runs folder, one per test module: (url, runs)."""
+    pytest.importorskip("gradio")
+    from helpers import free_port
+
+    from app.ui import build_app, launch
+
+    runs = tmp_path_factory.mktemp("runs")
+    demo = build_app(runs, max_upload_mb=1)
+    port = free_port()
+    launch(demo, port=port, max_upload_mb=1, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", runs
+    demo.close()
+
+
+@pytest.fixture
+def client(served):
+    """A fresh browser session on the served app."""
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(served[0], verbose=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -19,29 +18,12 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from helpers import GOOD_ROWS, write_jsonl  # noqa: E402
 
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
 from app.train_tab import FORM, choice_options, config_from_form, form_values, memory  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
-
-GOOD_ROWS = [
-    {"prompt": "What is 2+2?", "chosen": "4.\n- Two plus two.\nHope that helps!", "rejected": "five"},
-    {"prompt": "Capital of France?", "chosen": "Paris.\n- On the Seine.\nHope that helps!", "rejected": "Lyon"},
-    {"prompt": "Colour of the sky?", "chosen": "Blue.\n- Rayleigh scattering.\nHope that helps!", "rejected": "Green"},
-    {"prompt": "Largest ocean?", "chosen": "The Pacific.\n- A third of Earth.\nHope that helps!", "rejected": "Big"},
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in extra_lines))
-    return path
 
 
 def rows(plot) -> list:
@@ -65,23 +47,6 @@ def form(**overrides) -> list:
     values.update(bits="none")
     values.update(overrides)
     return [values[name] for name in FORM]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, smollm2_dir):
-    from app.ui import build_app, launch
-
-    runs = tmp_path_factory.mktemp("runs")
-    demo = build_app(runs, max_upload_mb=1)
-    port = free_port()
-    launch(demo, port=port, max_upload_mb=1, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", runs
-    demo.close()
-
-
-@pytest.fixture
-def client(served):
-    return Client(served[0], verbose=False)  # a fresh browser session
 
 
 # -- data ------------------------------------------------------------------------------

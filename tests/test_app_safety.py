@@ -14,25 +14,15 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-import httpx
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-from test_app import GOOD_ROWS, served, write_jsonl  # noqa: F401  (served: this module's own server)
+from helpers import APP_MAX_LEN as MAX_LEN
+from helpers import APP_MODEL as MODEL
+from helpers import GOOD_ROWS, file_data, upload_raw, write_jsonl
 
 from app import paths
 
 SECRET = "SECRET-TOKEN-1234"
-MODEL, MAX_LEN = "smollm2-135m", 128
-
-
-@pytest.fixture
-def client(served):  # noqa: F811
-    return Client(served[0], verbose=False)
-
-
-def file_data(path: Path | str, name: str = "a.jsonl") -> dict:
-    """A FileData as a client may send it, naming a server-side path."""
-    return {"path": str(path), "meta": {"_type": "gradio.FileData"}, "orig_name": name}
 
 
 @pytest.fixture
@@ -42,14 +32,6 @@ def no_client_upload(monkeypatch):
     from gradio_client.client import Endpoint
 
     monkeypatch.setattr(Endpoint, "_upload_file", lambda self, f, data_index: f)
-
-
-def upload_raw(url: str, path: Path) -> str:
-    """Upload as the browser does; returns Gradio's stored path (to check that it is deleted)."""
-    with open(path, "rb") as f:
-        response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f)})
-    response.raise_for_status()
-    return response.json()[0]
 
 
 def everything(outputs) -> str:
@@ -66,7 +48,7 @@ def refusal(client, request) -> str:
     return outputs[0]
 
 
-def test_upload_reads_only_files_uploaded_to_this_app(client, served, tmp_path, no_client_upload):  # noqa: F811
+def test_upload_reads_only_files_uploaded_to_this_app(client, served, tmp_path, no_client_upload):
     """A path in Gradio's upload folder passes Gradio's own check (the folder is shared by every
     Gradio app of this user, and holds other sessions' files); the app reads only the paths its
     upload route handed out."""
@@ -104,7 +86,7 @@ def test_received_upload_accepts_only_handed_out_paths(tmp_path):
             paths.received_upload(str(bad), handed_out)
 
 
-def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload):  # noqa: F811
+def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload):
     url, runs = served
     broken = tmp_path / "broken2.jsonl"
     broken.write_text("not json\nnor this\n")
@@ -115,7 +97,7 @@ def test_refused_uploads_are_deleted(client, served, tmp_path, no_client_upload)
     assert not (runs / "uploads" / "broken2.jsonl").exists() and not Path(stored_by_gradio).exists()
 
 
-def test_upload_over_the_size_limit_is_refused_with_a_clear_message(client, served, tmp_path):  # noqa: F811
+def test_upload_over_the_size_limit_is_refused_with_a_clear_message(client, served, tmp_path):
     runs = served[1]
     big = write_jsonl(tmp_path / "big2.jsonl", GOOD_ROWS * 5000)  # about 1.5 MB, over this app's 1 MB
     with pytest.raises(Exception, match="exceeds the maximum file size of 1000000 bytes"):
@@ -143,7 +125,7 @@ def test_hub_data_takes_owner_name_ids_only(client, tmp_path, monkeypatch):
     assert calls == []
 
 
-def test_resume_refuses_a_run_that_another_process_is_training(client, served):  # noqa: F811
+def test_resume_refuses_a_run_that_another_process_is_training(client, served):
     from mlx_orpo.runlock import RunLock
 
     runs = served[1]

@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from test_trainer import cfg_for, make, pairs
+from helpers import cfg_for, make, pairs
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt

@@ -11,9 +11,7 @@ import pytest
 
 from mlx_orpo import demo_data
 from mlx_orpo.data import FORMATS, DataError, LoadReport, PreferencePair, load_pairs, load_splits
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DPO = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
+from mlx_orpo.measure import SHARED_DATA as SHARED_DPO
 
 
 def user(text):

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_train_cli import assert_same_metrics, cli, train_records, wait_for
+from helpers import assert_same_metrics, cli, train_records, wait_for
 
 from mlx_orpo.rundir import read_records
 

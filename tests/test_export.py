@@ -14,36 +14,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import make_run
 
-from mlx_orpo.checkpoint import save_adapters
-from mlx_orpo.config import TrainConfig
-from mlx_orpo.models import attach_adapters, load_model
+from mlx_orpo.models import load_model
 
 # Measured on SmolLM2-135M (max |logit| about 37); see docs/export.md.
 TOL_F32 = 2e-3  # float32 files, float32 compute on both sides
-
-
-def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None = None, seed: int = 0,
-             targets=("all-linear",), layers: int = -1):
-    """A run directory with a random (seeded) adapter that visibly changes the model."""
-    model, tokenizer, _, path = load_model(str(base), dtype="float32", bits=bits)
-    cfg = TrainConfig(model=str(base), lora_rank=4, lora_alpha=8.0, dora=dora, lora_layers=layers,
-                      lora_targets=list(targets))
-    mx.random.seed(seed)  # before attaching: lora_a is drawn there
-    adapter_cfg = attach_adapters(model, cfg)
-    for _, module in model.named_modules():
-        if hasattr(module, "lora_b"):
-            module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
-            if dora:
-                module.m = module.m * (1 + 0.05 * mx.random.normal(module.m.shape))
-    mx.eval(model.parameters())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_adapters(run_dir, model)
-    adapter_cfg["model_path"] = str(path)
-    (run_dir / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
-    cfg.save(run_dir / "config.json")
-    model.eval()
-    return model, tokenizer
 
 
 def np_logits(model, tokens) -> np.ndarray:

@@ -6,7 +6,7 @@ import re
 
 import mlx.core as mx
 import pytest
-from test_loss import tiny_model
+from helpers import tiny_model
 
 from mlx_orpo import export as export_mod
 from mlx_orpo.checkpoint import save_adapters

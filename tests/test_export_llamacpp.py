@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_export import make_run
+from helpers import make_run
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_trainer import cfg_for, pairs, run
+from helpers import cfg_for, pairs, run
 
 from mlx_orpo.config import TrainConfig, from_dict
 from mlx_orpo.plan import (

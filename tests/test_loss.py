@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from helpers import tiny_model
 
 from mlx_orpo.forward import LOGIT_CHUNK_CPU, LOGIT_CHUNK_GPU, head_logps, logit_chunk, sequence_masks, token_logps
 from mlx_orpo.loss import LossParts, batch_objective, log1mexp, log_odds, orpo_loss
@@ -143,17 +144,6 @@ def test_masks_cover_exactly_the_response_tokens():
     assert nll.tolist() == response.tolist()
     _, with_prompt = sequence_masks(mx.array([7, 4]), mx.array([3, 2]), width=8, prompt_in_nll=True)
     assert with_prompt.tolist() == [[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]]
-
-
-def tiny_model(seed=0):
-    from mlx_lm.models import llama
-
-    mx.random.seed(seed)
-    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=50)
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    return model
 
 
 def tiny_batch():

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from test_app import served  # noqa: F401  (the app's server, for the upload test)
-from test_trainer import cfg_for, make, pairs
+from helpers import APP_MAX_LEN, APP_MODEL, cfg_for, file_data, make, pairs, tiny_model, upload_raw
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
@@ -337,17 +336,15 @@ def test_a_deeply_nested_row_is_a_bad_row_named_by_line(tmp_path):
     assert len(report.skipped) == 1 and len(train_pairs) + len(valid) == 6
 
 
-def test_the_app_deletes_a_refused_deeply_nested_upload(served, tmp_path, monkeypatch):  # noqa: F811
+def test_the_app_deletes_a_refused_deeply_nested_upload(served, tmp_path, monkeypatch):
     from gradio_client import Client
     from gradio_client.client import Endpoint
-    from test_app_safety import MAX_LEN, MODEL, file_data, upload_raw
-
     monkeypatch.setattr(Endpoint, "_upload_file", lambda self, f, data_index: f)
     url, runs = served
     nested = tmp_path / "nested.jsonl"
     nested.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     stored_by_gradio = upload_raw(url, nested)
-    report = Client(url, verbose=False).predict(file_data(stored_by_gradio, "nested.jsonl"), MODEL, MAX_LEN,
+    report = Client(url, verbose=False).predict(file_data(stored_by_gradio, "nested.jsonl"), APP_MODEL, APP_MAX_LEN,
                                                 api_name="/upload_data")[0]
     assert "nested too deeply" in report and "The file was not kept." in report, report
     assert not (runs / "uploads" / "nested.jsonl").exists() and not Path(stored_by_gradio).exists()
@@ -435,8 +432,6 @@ def test_ambiguous_yaml_values_are_refused_by_name(tmp_path, text, words):
 
 
 def test_smaller_mistakes_are_named(tmp_path):
-    from test_loss import tiny_model
-
     from mlx_orpo.models import ModelNotFoundError, attach_adapters, resolve_model
 
     with pytest.raises(ValueError, match="--lora-layers 1000: the model has 2 transformer blocks"):

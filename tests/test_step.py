@@ -1,8 +1,7 @@
 """The compiled step's inputs and shapes, and the MLX memory limit around a run."""
 
 import mlx.core as mx
-from test_loss import tiny_model
-from test_trainer import cfg_for
+from helpers import cfg_for, tiny_model
 
 from mlx_orpo.api import memory_limit
 from mlx_orpo.batching import Widths, batch_shape, collate

@@ -1,18 +1,16 @@
 """The real CLI on the real SmolLM2-135M-Instruct and the shipped demo set."""
 
 import json
-import math
 import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import assert_same_metrics, cli, train_records, wait_for
 from mlx.utils import tree_flatten
 
 from mlx_orpo.rundir import read_records
@@ -21,47 +19,6 @@ pytestmark = pytest.mark.slow
 
 ARGS = ["--iters", "8", "--max-length", "192", "--report-every", "1", "--save-every", "2", "--eval-every", "4",
         "--eval-max-pairs", "4", "--lr-schedule", "constant", "--warmup-steps", "0", "--learning-rate", "5e-4"]
-
-
-def cli(*args):
-    return [sys.executable, "-m", "mlx_orpo.train", *args]
-
-
-def train_records(run_dir: Path):
-    return [r for r in read_records(run_dir) if r["kind"] == "train"]
-
-
-def comparable(records):
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "peak_memory_gb")} for r in records]
-
-
-REL = 1e-4  # float32 runs whose sums are taken in another order (two ranks, or a resumed process)
-
-
-def tolerance(record: dict, key: str) -> float:
-    """Absolute tolerance of one metric: REL of the size of what it is computed from.
-
-    Most metrics are compared relative to themselves. Two are differences of near-equal
-    log-probabilities: log_odds_chosen = log odds(ℓ_w) - log odds(ℓ_l) and rewards/margins =
-    β(ℓ_w - ℓ_l). Their own size says nothing about their rounding (-0.0008 computed from
-    ℓ ≈ -2.5 moved by 1.4e-6 between two ranks and one process: 0.2% of itself, 5e-7 of ℓ).
-    They get REL of their inputs: log odds(ℓ) moves by δℓ / (1 - e^ℓ), β·ℓ by β·δℓ.
-    """
-    prefix = "eval_" if key.startswith("eval_") else ""
-    if key == prefix + "log_odds_chosen":
-        return REL * max(abs(ell) / -math.expm1(ell) for ell in (record[prefix + "logps/chosen"],
-                                                                 record[prefix + "logps/rejected"]))
-    if key == prefix + "rewards/margins":
-        return REL * max(abs(record[prefix + "rewards/chosen"]), abs(record[prefix + "rewards/rejected"]))
-    return 1e-6
-
-
-def assert_same_metrics(a, b):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(comparable(a), comparable(b)):
-        assert ra.keys() == rb.keys()
-        for key in ra:
-            assert ra[key] == pytest.approx(rb[key], rel=REL, abs=tolerance(ra, key)), (ra["step"], key)
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +57,6 @@ def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
     params = dict(tree_flatten(model.parameters()))
     assert saved and all(mx.array_equal(params[k], v).item() for k, v in saved.items())  # the run's adapters
     assert len(tokenizer.encode(generate(model, tokenizer, prompt, max_tokens=8))) >= 1
-
-
-def wait_for(path: Path, proc, timeout=600):
-    start = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - start < timeout
-        time.sleep(0.2)
 
 
 def interrupt_after(run_dir: Path, step: int, sig, args) -> str:

@@ -5,8 +5,8 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import cfg_for, pairs, run, tiny_model
 from mlx.utils import tree_flatten
-from test_loss import tiny_model
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import rundir
@@ -19,37 +19,6 @@ from mlx_orpo.tokenize import EncodedPair
 from mlx_orpo.train import build_parser, resolve_config
 
 POISON = 49  # a token id that makes the fake loss below NaN
-
-
-def pairs(n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        prompt = tuple(int(t) for t in rng.integers(3, 40, rng.integers(3, 8)))
-        out.append(EncodedPair((1,) + prompt, tuple(int(t) for t in rng.integers(3, 40, 4)) + (2,),
-                               tuple(int(t) for t in rng.integers(3, 40, 5)) + (2,)))
-    return out
-
-
-def make(cfg):
-    model = tiny_model(seed=cfg.seed)
-    mx.random.seed(cfg.seed)
-    attach_adapters(model, cfg)
-    return model
-
-
-def cfg_for(tmp_path, **kw):
-    base = dict(iters=6, batch_size=2, report_every=1, eval_every=3, save_every=2, pad_multiple=8,
-                learning_rate=1e-2, warmup_steps=2, lora_rank=4, output_dir=str(tmp_path), eval_max_pairs=4)
-    base.update(kw)
-    return TrainConfig(**base).validate()
-
-
-def run(tmp_path, cfg, data, resume=False):
-    model = make(cfg)
-    trainer_mod.train(model, data, data[:4], cfg, tmp_path, pad_id=0, resume=resume, log=lambda s: None,
-                      progress=False)
-    return model
 
 
 def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypatch):

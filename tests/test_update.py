@@ -9,8 +9,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from helpers import cfg_for, make, pairs
 from mlx.utils import tree_flatten, tree_map
-from test_trainer import cfg_for, make, pairs
 
 import mlx_orpo.step as step_mod
 import mlx_orpo.trainer as trainer_mod

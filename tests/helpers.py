@@ -1,0 +1,174 @@
+"""What several test modules share (pytest fixtures live in conftest.py): a tiny trained run's pieces,
+the CLI's command line and its metrics comparison, the app's test rows and upload helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_orpo.trainer as trainer_mod
+from mlx_orpo.config import TrainConfig
+from mlx_orpo.measure import tiny_model
+from mlx_orpo.models import attach_adapters
+from mlx_orpo.rundir import read_records
+from mlx_orpo.tokenize import EncodedPair
+
+__all__ = ["tiny_model"]  # re-exported: the tests' model is the scripts' (mlx_orpo.measure)
+
+
+# -- the training loop on the tiny llama ----------------------------------------------------------
+
+def pairs(n=12, seed=0):
+    """Random encoded pairs over the tiny llama's vocabulary: prompts of 4-8 tokens, answers of 5 and 6."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prompt = tuple(int(t) for t in rng.integers(3, 40, rng.integers(3, 8)))
+        out.append(EncodedPair((1,) + prompt, tuple(int(t) for t in rng.integers(3, 40, 4)) + (2,),
+                               tuple(int(t) for t in rng.integers(3, 40, 5)) + (2,)))
+    return out
+
+
+def make(cfg):
+    model = tiny_model(seed=cfg.seed)
+    mx.random.seed(cfg.seed)
+    attach_adapters(model, cfg)
+    return model
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(iters=6, batch_size=2, report_every=1, eval_every=3, save_every=2, pad_multiple=8,
+                learning_rate=1e-2, warmup_steps=2, lora_rank=4, output_dir=str(tmp_path), eval_max_pairs=4)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def run(tmp_path, cfg, data, resume=False):
+    model = make(cfg)
+    trainer_mod.train(model, data, data[:4], cfg, tmp_path, pad_id=0, resume=resume, log=lambda s: None,
+                      progress=False)
+    return model
+
+
+# -- the CLI, and comparing two runs' metrics -----------------------------------------------------
+
+def cli(*args):
+    return [sys.executable, "-m", "mlx_orpo.train", *args]
+
+
+def train_records(run_dir: Path):
+    return [r for r in read_records(run_dir) if r["kind"] == "train"]
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "peak_memory_gb")} for r in records]
+
+
+REL = 1e-4  # float32 runs whose sums are taken in another order (two ranks, or a resumed process)
+
+
+def tolerance(record: dict, key: str) -> float:
+    """Absolute tolerance of one metric: REL of the size of what it is computed from.
+
+    Most metrics are compared relative to themselves. Two are differences of near-equal
+    log-probabilities: log_odds_chosen = log odds(ℓ_w) - log odds(ℓ_l) and rewards/margins =
+    β(ℓ_w - ℓ_l). Their own size says nothing about their rounding (-0.0008 computed from
+    ℓ ≈ -2.5 moved by 1.4e-6 between two ranks and one process: 0.2% of itself, 5e-7 of ℓ).
+    They get REL of their inputs: log odds(ℓ) moves by δℓ / (1 - e^ℓ), β·ℓ by β·δℓ.
+    """
+    prefix = "eval_" if key.startswith("eval_") else ""
+    if key == prefix + "log_odds_chosen":
+        return REL * max(abs(ell) / -math.expm1(ell) for ell in (record[prefix + "logps/chosen"],
+                                                                 record[prefix + "logps/rejected"]))
+    if key == prefix + "rewards/margins":
+        return REL * max(abs(record[prefix + "rewards/chosen"]), abs(record[prefix + "rewards/rejected"]))
+    return 1e-6
+
+
+def assert_same_metrics(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(comparable(a), comparable(b)):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=REL, abs=tolerance(ra, key)), (ra["step"], key)
+
+
+def wait_for(path: Path, proc, timeout=600):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < timeout
+        time.sleep(0.2)
+
+
+# -- a run directory with known adapters, for export ----------------------------------------------
+
+def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None = None, seed: int = 0,
+             targets=("all-linear",), layers: int = -1):
+    """A run directory with a random (seeded) adapter that visibly changes the model."""
+    from mlx_orpo.checkpoint import save_adapters
+    from mlx_orpo.models import load_model
+
+    model, tokenizer, _, path = load_model(str(base), dtype="float32", bits=bits)
+    cfg = TrainConfig(model=str(base), lora_rank=4, lora_alpha=8.0, dora=dora, lora_layers=layers,
+                      lora_targets=list(targets))
+    mx.random.seed(seed)  # before attaching: lora_a is drawn there
+    adapter_cfg = attach_adapters(model, cfg)
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_b"):
+            module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
+            if dora:
+                module.m = module.m * (1 + 0.05 * mx.random.normal(module.m.shape))
+    mx.eval(model.parameters())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_adapters(run_dir, model)
+    adapter_cfg["model_path"] = str(path)
+    (run_dir / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
+    cfg.save(run_dir / "config.json")
+    model.eval()
+    return model, tokenizer
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+GOOD_ROWS = [
+    {"prompt": "What is 2+2?", "chosen": "4.\n- Two plus two.\nHope that helps!", "rejected": "five"},
+    {"prompt": "Capital of France?", "chosen": "Paris.\n- On the Seine.\nHope that helps!", "rejected": "Lyon"},
+    {"prompt": "Colour of the sky?", "chosen": "Blue.\n- Rayleigh scattering.\nHope that helps!", "rejected": "Green"},
+    {"prompt": "Largest ocean?", "chosen": "The Pacific.\n- A third of Earth.\nHope that helps!", "rejected": "Big"},
+]
+APP_MODEL, APP_MAX_LEN = "smollm2-135m", 128  # what the app's data checks are asked with
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in extra_lines))
+    return path
+
+
+def file_data(path: Path | str, name: str = "a.jsonl") -> dict:
+    """A FileData as a client may send it, naming a server-side path."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}, "orig_name": name}
+
+
+def upload_raw(url: str, path: Path) -> str:
+    """Upload as the browser does; returns Gradio's stored path (to check that it is deleted)."""
+    import httpx
+
+    with open(path, "rb") as f:
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f)})
+    response.raise_for_status()
+    return response.json()[0]
