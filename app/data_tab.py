@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from mlx_orpo.config import FIELDS, TrainConfig
+from mlx_orpo.config import FIELD_SPECS, TrainConfig
 from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.tokenize import encode_pairs, fit_pairs, render_prompt
 
@@ -19,7 +19,7 @@ from .paths import PathError, discard, received_upload, relative, store_upload
 from .session import Context, Session
 
 DEFAULTS = TrainConfig()
-FIELD_HELP = FIELDS["max_length"].metadata["help"]
+FIELD_HELP = FIELD_SPECS["max_length"].help
 STATS_PAIRS = 2000          # token statistics on at most this many pairs
 PREVIEW_PAIRS = 3
 # owner/name[:split] only: a bare name may be a `datasets` builder ("json", "csv") that reads every

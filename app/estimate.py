@@ -46,16 +46,10 @@ def estimate_markdown(cfg: TrainConfig) -> str:
 def explicit_fields(cfg: TrainConfig) -> set[str]:
     """The settings the app's run gives the trainer explicitly: the ones that differ from TrainConfig's
     defaults, which `jobs.write_launch_config` writes (auto-fit keeps those as given)."""
-    from mlx_orpo.config import FIELDS
+    from mlx_orpo.config import FIELD_SPECS
 
-    return {name for name, f in FIELDS.items()
-            if name not in ("data", "output_dir") and _differs(getattr(cfg, name), f.default)}
-
-
-def _differs(value, default) -> bool:
-    if isinstance(value, (list, tuple)):
-        return list(value) != list(default)
-    return value is not None and value != default
+    return {name for name, spec in FIELD_SPECS.items()
+            if name not in ("data", "output_dir") and not spec.is_default(getattr(cfg, name))}
 
 
 def _settings(cfg: TrainConfig) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from mlx_orpo import rundir
-from mlx_orpo.config import FIELD_SPECS, TrainConfig
+from mlx_orpo.config import TrainConfig
 from mlx_orpo.data import DataError, load_pairs
 from mlx_orpo.models import resolve_model
 from mlx_orpo.runlock import holder as run_holder
@@ -19,73 +19,15 @@ from mlx_orpo.train import EXIT_STOPPED
 
 from . import runfiles
 from .estimate import estimate_markdown, fit_markdown
+from .form import FORM, config_from_form, form_values, help_text, widget
 from .jobs import Job
 from .paths import PathError, child, new_run_dir
 from .plots import plot_values
 from .session import Context, Session
 
 REFRESH_S = 1.5
-# (field, label): the widgets shown, in order. Types, bounds of choice, defaults and help text come
-# from TrainConfig's field table (config.FIELD_SPECS), as the CLI's flags do.
-NUMBERS = [
-    ("beta", "λ (beta): odds-ratio weight"), ("learning_rate", "Learning rate"),
-    ("epochs", "Epochs"), ("iters", "Iterations"),
-    ("batch_size", "Batch size (pairs)"), ("grad_accum", "Gradient accumulation"),
-    ("max_length", "Max length (tokens)"), ("lora_rank", "LoRA rank r"), ("lora_alpha", "LoRA alpha"),
-    ("warmup_steps", "Warmup steps"), ("report_every", "Report every (steps)"),
-    ("eval_every", "Evaluate every (steps)"), ("save_every", "Checkpoint every (steps)"), ("seed", "Seed"),
-]
-CHOICES = [("bits", "Quantise base (bits)")]
-SWITCHES = [("grad_checkpoint", "Gradient checkpointing")]
-TEXTS = [("memory_budget", "Memory budget (auto, a size such as 16GB, or off)")]
-FORM = [name for name, _ in NUMBERS + CHOICES + SWITCHES + TEXTS]
-NONE_CHOICE = "none"
+FORM_ROW = 5  # widgets per row of the form
 N_PLOTS = len(runfiles.CURVES)
-
-
-def help_text(name: str) -> str:
-    spec = FIELD_SPECS[name]
-    blank = spec.optional and spec.kind in (int, float) and not spec.choices
-    return spec.help + (" Blank: the default (None)." if blank else "")
-
-
-def choice_options(name: str) -> list[tuple[str, str]]:
-    spec = FIELD_SPECS[name]
-    options = [(f"{c}-bit (QLoRA)" if name == "bits" else str(c), str(c)) for c in spec.choices]
-    return ([("none (full precision)" if name == "bits" else "none", NONE_CHOICE)] if spec.optional else []) + options
-
-
-def _form_value(name: str, value):
-    """A widget's value -> the field's value, by the field's type (ValueError when it cannot be)."""
-    spec, label = FIELD_SPECS[name], name.replace("_", " ")
-    if spec.kind is bool:
-        return bool(value)
-    if value is None or value == "" or (spec.choices and value == NONE_CHOICE):
-        if spec.optional:
-            return None
-        raise ValueError(f"{label}: a value is needed")
-    if spec.kind is int:
-        number = float(value)
-        if number != int(number):
-            raise ValueError(f"{label}: a whole number is needed, got {value}")
-        return int(number)
-    return spec.kind(value)
-
-
-def config_from_form(model: str, values: list) -> TrainConfig:
-    """TrainConfig from the widgets' values (in FORM order); TrainConfig.validate() has the last word."""
-    kwargs = {"model": (model or "").strip() or FIELD_SPECS["model"].default}
-    kwargs.update({name: _form_value(name, value) for name, value in zip(FORM, values)})
-    return TrainConfig(**kwargs).validate()
-
-
-def form_values(cfg: dict) -> list:
-    """The widgets' values for a saved config (config.json), in FORM order."""
-    values = []
-    for name in FORM:
-        value = cfg.get(name, FIELD_SPECS[name].default)
-        values.append((NONE_CHOICE if value is None else str(value)) if FIELD_SPECS[name].choices else value)
-    return values
 
 
 def warnings(cfg: TrainConfig) -> list[str]:
@@ -306,27 +248,12 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     defaults = TrainConfig()
     widgets = []
     with gr.Accordion("Hyperparameters (defaults from TrainConfig)", open=True):
-        for i in range(0, len(NUMBERS), 5):
+        for i in range(0, len(FORM), FORM_ROW):
             with gr.Row():
-                for name, label in NUMBERS[i:i + 5]:
-                    spec = FIELD_SPECS[name]
-                    integer = spec.kind is int
-                    widgets.append(gr.Number(getattr(defaults, name), label=label, info=help_text(name), minimum=0,
-                                             precision=0 if integer else None, step=1 if integer else None,
-                                             elem_id=f"train-{name}"))
-        with gr.Row():
-            for name, label in CHOICES:
-                value = getattr(defaults, name)
-                widgets.append(gr.Dropdown(choice_options(name), value=NONE_CHOICE if value is None else str(value),
-                                           label=label, info=help_text(name), elem_id=f"train-{name}"))
-            for name, label in SWITCHES:
-                widgets.append(gr.Checkbox(getattr(defaults, name), label=label, info=help_text(name),
-                                           elem_id=f"train-{name}"))
-            for name, label in TEXTS:
-                widgets.append(gr.Textbox(getattr(defaults, name), label=label, info=help_text(name),
-                                          elem_id=f"train-{name}"))
-            run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
-                                  elem_id="train-run-name")
+                widgets += [widget(name, getattr(defaults, name)) for name in FORM[i:i + FORM_ROW]]
+                if i + FORM_ROW >= len(FORM):  # the last row
+                    run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
+                                          elem_id="train-run-name")
     fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
                           info="Before Start, change the settings you left at their defaults to the fastest plan "
                                "predicted to fit the memory budget: " + help_text("memory_budget"))

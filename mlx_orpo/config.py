@@ -1,7 +1,8 @@
 """One home for every training default: the fields of `TrainConfig`.
 
-The CLI (`train.py`) and the app build their widgets from these fields and their
-help text; a YAML file uses the same keys. Precedence: CLI > YAML > defaults.
+Each field carries its help text and, where it has them, its choices and bounds; `FIELD_SPECS`
+reads them once (see fields.py), and the CLI's flags (`train.py`), YAML reading, `validate()` and
+the app's form are made from it. A YAML file uses the same keys. Precedence: CLI > YAML > defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .fields import spec_of
 from .files import atomic_write_text
 
 
@@ -36,53 +38,60 @@ class TrainConfig:
                        "sharegpt, hh.")
     system: str | None = _opt(None, "System prompt for rows that have none.")
     skip_bad_rows: bool = _opt(False, "Skip and count malformed rows instead of stopping at the first one.")
-    eval_fraction: float = _opt(0.05, "Fraction of the data held out for evaluation when it has no split.")
+    eval_fraction: float = _opt(0.05, "Fraction of the data held out for evaluation when it has no split.",
+                                bounds="in [0, 1)")
     output_dir: str | None = _opt(None, "Run directory (metrics, adapters, checkpoints). Default: runs/orpo-<time>.")
 
     # The ORPO objective
     beta: float = _opt(0.1, "λ in the paper (TRL: beta): weight of the odds-ratio term L_OR = -log σ(log odds).",
-                       aliases=("--lambda",))
+                       aliases=("--lambda",), bounds=">= 0")
     prompt_in_nll: bool = _opt(False, "Include prompt tokens in the NLL (SFT) term, as TRL and the paper's code do "
                                "by default. Off: NLL on the chosen response only. ℓ for the odds ratio always "
                                "uses response tokens only.")
 
     # Optimisation
-    learning_rate: float = _opt(1e-4, "Peak learning rate (AdamW).")
-    lr_schedule: str = _opt("cosine", "Learning-rate schedule after warmup: constant, linear or cosine (decay to 0).")
-    warmup_steps: int = _opt(10, "Linear warmup steps from peak/(warmup+1) up to the peak learning rate.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _opt(1.0, "Clip the global gradient norm to this (0: no clipping).")
-    iters: int | None = _opt(None, "Optimizer steps to run. Overrides --epochs.")
-    epochs: float = _opt(1.0, "Passes over the training pairs (when --iters is not given).")
-    batch_size: int = _opt(2, "Preference pairs per micro-batch (each pair runs chosen and rejected).")
-    grad_accum: int = _opt(1, "Micro-batches accumulated per optimizer step.")
-    seed: int = _opt(0, "Seed for the data order, the held-out carve, LoRA initialisation and dropout.")
+    learning_rate: float = _opt(1e-4, "Peak learning rate (AdamW).", bounds="> 0")
+    lr_schedule: str = _opt("cosine", "Learning-rate schedule after warmup: constant, linear or cosine (decay to 0).",
+                            choices=("constant", "linear", "cosine"))
+    warmup_steps: int = _opt(10, "Linear warmup steps from peak/(warmup+1) up to the peak learning rate.",
+                             bounds=">= 0")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", bounds=">= 0")
+    max_grad_norm: float = _opt(1.0, "Clip the global gradient norm to this (0: no clipping).", bounds=">= 0")
+    iters: int | None = _opt(None, "Optimizer steps to run. Overrides --epochs.", bounds=">= 1")
+    epochs: float = _opt(1.0, "Passes over the training pairs (when --iters is not given).", bounds="> 0")
+    batch_size: int = _opt(2, "Preference pairs per micro-batch (each pair runs chosen and rejected).",
+                           bounds=">= 1")
+    grad_accum: int = _opt(1, "Micro-batches accumulated per optimizer step.", bounds=">= 1")
+    seed: int = _opt(0, "Seed for the data order, the held-out carve, LoRA initialisation and dropout.",
+                     bounds=">= 0")
 
     # Sequence lengths
     max_length: int = _opt(1024, "Maximum tokens of prompt + response. Longer pairs are truncated: the prompt "
-                           "from the left first, then the responses from the right.")
+                           "from the left first, then the responses from the right.", bounds=">= 2")
     max_prompt_length: int | None = _opt(None, "Prompt tokens kept when a pair must be truncated "
-                                         "(default: half of --max-length).")
-    min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.")
+                                         "(default: half of --max-length).", bounds=">= 1")
+    min_response_length: int = _opt(4, "Pairs that cannot keep this many response tokens are dropped.",
+                                    bounds=">= 1")
     pad_multiple: int | None = _opt(None, "Pad batch widths to a multiple of this many tokens (few shapes for the "
                                     "compiled step). Default: 128 on a CUDA GPU, whose fused attention backward "
-                                    "(cuDNN's) takes only lengths in multiples of 128; 32 elsewhere.")
+                                    "(cuDNN's) takes only lengths in multiples of 128; 32 elsewhere.",
+                                    bounds=">= 1")
     pad_to: str = _opt("auto", "Batch widths: multiple (of --pad-multiple: least padding) or pow2 (--pad-multiple "
                        "times a power of two: a handful of shapes, each compiled once; seconds apiece on a GPU). "
                        "auto: pow2 on a GPU, multiple on the CPU.", choices=("auto", "multiple", "pow2"))
 
     # Adapters
-    lora_rank: int = _opt(8, "LoRA rank r.")
-    lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / r (PEFT's convention).")
-    lora_dropout: float = _opt(0.0, "Dropout on the LoRA input.")
-    lora_layers: int = _opt(-1, "Adapt the last N transformer blocks (-1: all).")
-    lora_targets: list[str] = _opt(("all-linear",), "Modules to adapt, by name (q_proj v_proj ...) or all-linear.",
-                                   nargs="+")
+    lora_rank: int = _opt(8, "LoRA rank r.", bounds=">= 1")
+    lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / r (PEFT's convention).",
+                             bounds="> 0")
+    lora_dropout: float = _opt(0.0, "Dropout on the LoRA input.", bounds="in [0, 1)")
+    lora_layers: int = _opt(-1, "Adapt the last N transformer blocks (-1: all).", bounds="-1 (all) or >= 1")
+    lora_targets: list[str] = _opt(("all-linear",), "Modules to adapt, by name (q_proj v_proj ...) or all-linear.")
     dora: bool = _opt(False, "Use DoRA (weight-decomposed LoRA) instead of LoRA.")
 
     # Model precision and memory
     bits: int | None = _opt(None, "Quantise a full-precision model on load to 4 or 8 bits (QLoRA).", choices=(4, 8))
-    group_size: int = _opt(64, "Quantisation group size for --bits.")
+    group_size: int = _opt(64, "Quantisation group size for --bits.", bounds=">= 1")
     dtype: str = _opt("auto", "Compute dtype of the base weights: auto (float32 on CPU, the checkpoint's "
                       "dtype on GPU), float32, float16, bfloat16.",
                       choices=("auto", "float32", "float16", "bfloat16"))
@@ -95,50 +104,32 @@ class TrainConfig:
                                "--config count as explicit and are never changed: if they cannot fit, the run "
                                "stops and says what would. The budget is also MLX's memory limit for the run "
                                "(MLX waits for queued kernels rather than pass it). off: no fitting, MLX's own "
-                               "limit, a warning if the plan exceeds this machine's memory.")
+                               "limit, a warning if the plan exceeds this machine's memory.",
+                               words=("auto", "off"))
     grad_checkpoint: bool = _opt(False, "Recompute each block in the backward pass: about a quarter of the "
                                  "peak memory for about 30% more time (SmolLM2-135M); what makes 7B fit.")
 
     # Reporting and saving
-    report_every: int = _opt(10, "Write a metrics line every N steps.")
-    eval_every: int = _opt(50, "Evaluate on the held-out pairs every N steps (0: only at the end).")
-    eval_max_pairs: int = _opt(64, "Held-out pairs used per evaluation (0: all).")
-    save_every: int = _opt(100, "Write a resumable checkpoint every N steps (and always at the end).")
-    keep_checkpoints: int = _opt(2, "Checkpoints kept on disk (the newest).")
+    report_every: int = _opt(10, "Write a metrics line every N steps.", bounds=">= 1")
+    eval_every: int = _opt(50, "Evaluate on the held-out pairs every N steps (0: only at the end).", bounds=">= 0")
+    eval_max_pairs: int = _opt(64, "Held-out pairs used per evaluation (0: all).", bounds=">= 0")
+    save_every: int = _opt(100, "Write a resumable checkpoint every N steps (and always at the end).",
+                           bounds=">= 1")
+    keep_checkpoints: int = _opt(2, "Checkpoints kept on disk (the newest).", bounds=">= 0")
     dist_timeout: float = _opt(900.0, "Data-parallel runs (mlx.launch): stop a rank that made no progress for "
-                               "this many seconds, e.g. because a peer hung (0: wait forever).")
+                               "this many seconds, e.g. because a peer hung (0: wait forever).", bounds=">= 0")
 
     def validate(self) -> TrainConfig:
-        _check_numbers(self)  # first: the range checks below assume real, finite numbers
-        _check_kinds(self)
+        """Each option against its spec (kind, finite, choices, bounds: see FIELD_SPECS), then the
+        rules between options. ValueError naming the flag."""
+        for name, spec in FIELD_SPECS.items():
+            spec.check(getattr(self, name))
         checks = [
-            (self.beta >= 0, "--beta (λ) must be >= 0"),
-            (self.learning_rate > 0, "--learning-rate must be > 0"),
-            (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
-            (self.iters is None or self.iters >= 1, "--iters must be >= 1"),
-            (self.epochs > 0, "--epochs must be > 0"),
-            (self.max_length >= 2, f"--max-length must be >= 2 tokens, got {self.max_length}"),
-            (self.min_response_length > 0, "--min-response-length must be >= 1"),
             (self.min_response_length < self.max_length,
              f"--max-length {self.max_length} leaves no room for a response of --min-response-length "
              f"{self.min_response_length}: raise --max-length or lower --min-response-length"),
-            (self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
-             "--max-prompt-length must be in (0, --max-length)"),
-            (self.lr_schedule in ("constant", "linear", "cosine"), "--lr-schedule: constant, linear or cosine"),
-            (self.lora_rank >= 1, "--lora-rank must be >= 1"),
-            (0 <= self.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
-            (self.pad_multiple is None or self.pad_multiple >= 1, "--pad-multiple must be >= 1"),
-            (self.pad_to in ("auto", "multiple", "pow2"), "--pad-to must be auto, multiple or pow2"),
-            (min(self.report_every, self.save_every) >= 1, "--report-every and --save-every must be >= 1"),
-            (self.lora_alpha > 0, "--lora-alpha must be > 0"),
-            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
-            (self.lora_layers == -1 or self.lora_layers >= 1, "--lora-layers must be -1 (all) or >= 1"),
-            (min(self.warmup_steps, self.eval_every, self.eval_max_pairs, self.keep_checkpoints) >= 0,
-             "--warmup-steps, --eval-every, --eval-max-pairs and --keep-checkpoints must be >= 0"),
-            (self.weight_decay >= 0 and self.max_grad_norm >= 0, "--weight-decay and --max-grad-norm must be >= 0"),
-            (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
-            (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
-            (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
+            (self.max_prompt_length is None or self.max_prompt_length < self.max_length,
+             f"--max-prompt-length must be below --max-length ({self.max_length}), got {self.max_prompt_length}"),
             (self.memory_budget_size is None or self.memory_budget_size > 0, "--memory-budget must be > 0"),
         ]
         for ok, message in checks:
@@ -172,36 +163,8 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One option as every front end needs it: the CLI's flags and the app's widgets are built from these."""
-    name: str
-    kind: type            # bool, int, float, str, or list (of str)
-    optional: bool        # None is a value (the help text says what None means)
-    default: object
-    help: str
-    choices: tuple | None
-    nargs: str | None
-    aliases: tuple
-
-    @property
-    def flag(self) -> str:
-        return f"--{self.name.replace('_', '-')}"
-
-
-def _spec(f: dataclasses.Field) -> FieldSpec:
-    hint = _HINTS[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    inner = args[0] if optional and args else hint
-    kind = list if typing.get_origin(inner) is list else inner
-    return FieldSpec(f.name, kind, optional, f.default, f.metadata["help"], f.metadata.get("choices"),
-                     f.metadata.get("nargs"), tuple(f.metadata.get("aliases", ())))
-
-
-FIELD_SPECS = {name: _spec(f) for name, f in FIELDS.items()}
+# What each option is (kind, flag, choices, bounds): validate(), load_yaml, the CLI and the app read this.
+FIELD_SPECS = {name: spec_of(f, _HINTS[name]) for name, f in FIELDS.items()}
 
 
 def parse_bytes(text: str) -> int:
@@ -216,43 +179,6 @@ def parse_bytes(text: str) -> int:
     unit = (match.group(2) or "b").rstrip("b")
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
     return int(value * scale[unit])
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Every numeric option is a real, finite number of its field's type.
-
-    Unchecked, `--learning-rate inf` trains to all-NaN adapters and exits 0, `--beta inf` and
-    `--lora-alpha nan` train nothing and exit 0, `--epochs inf` overflows: inf passes
-    every `>= 0` check, an unchecked field passes nan, and a YAML file can give a string.
-    """
-    for name, hint in _HINTS.items():
-        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
-        value = getattr(cfg, name)
-        if value is None or not kinds & {int, float}:
-            continue
-        flag, integer = f"--{name.replace('_', '-')}", float not in kinds
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise ValueError(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{flag} must be a finite number, got {value}")
-
-
-def _check_kinds(cfg: TrainConfig) -> None:
-    """Every switch is a bool, every list a list of names, every text option text (a hand-edited
-    config.json or a Python caller can give anything, and `lora_targets: 5` would fail deep in the run)."""
-    for name, hint in _HINTS.items():
-        value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
-        if typing.get_origin(hint) is list:
-            if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
-                raise ValueError(f"{flag} must be a list of names, got {value!r}")
-            continue
-        kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
-        if value is None or kinds & {int, float}:
-            continue
-        if bool in kinds and not isinstance(value, bool):
-            raise ValueError(f"{flag} must be true or false, got {value!r}")
-        if kinds == {str} and not isinstance(value, str):
-            raise ValueError(f"{flag} must be text, got {value!r}")
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
@@ -277,54 +203,5 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    return {k: _yaml_value(k, v, path) if k in FIELDS else v for k, v in values.items()}
-
-
-_TRUE, _FALSE = ("true", "yes", "on", "y"), ("false", "no", "off", "n")
-_NUMBER = re.compile(r"[+-]?(\d[\d_]*\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _yaml_value(name: str, value, path: Path):
-    """A YAML value as the person who wrote it means it, by the field's type; ValueError naming the
-    key when it is ambiguous. PyYAML reads YAML 1.1: `5e-5` is a string there, and `"false"` a
-    string that Python takes as true."""
-    hint = _HINTS[name]
-    kinds = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
-    where = f"{path}: {name}"
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise ValueError(f"{where} has no value; give one or leave the key out")
-    if bool in kinds:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    if kinds & {int, float}:
-        integer = float not in kinds
-        number = value
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            number = float(value.strip().replace("_", ""))
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            if kinds & {str}:  # a number or a word
-                return value
-            raise ValueError(f"{where} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if integer:
-            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
-            return int(number)
-        return float(number)
-    if typing.get_origin(hint) is list or any(typing.get_origin(k) is list for k in kinds):
-        if isinstance(value, str):
-            return value.split()
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return value
-        raise ValueError(f"{where} must be a list of names (e.g. [q_proj, v_proj]), got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # e.g. a memory size or a model name that happens to be a number
-    if value is False and name == "memory_budget":
-        return "off"  # YAML 1.1 reads the documented `memory_budget: off` as false
-    if not isinstance(value, str):
-        raise ValueError(f"{where} must be text, got {value!r}")
-    return value
+    # Read by the option's type, as the person who wrote it means it; unknown keys are from_dict's to refuse.
+    return {k: FIELD_SPECS[k].read(v, f"{path}: {k}") if k in FIELD_SPECS else v for k, v in values.items()}

@@ -40,6 +40,7 @@ from pathlib import Path
 from . import models
 from .batching import Widths, batch_shape
 from .config import TrainConfig, parse_bytes
+from .fields import flag
 from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
 from .tokenize import EncodedPair
 
@@ -401,7 +402,7 @@ class Change:
     after: object
 
     def __str__(self) -> str:
-        return f"--{self.name.replace('_', '-')} {_shown(self.before)} -> {_shown(self.after)}"
+        return f"{flag(self.name)} {_shown(self.before)} -> {_shown(self.after)}"
 
 
 def _shown(value) -> str:
@@ -479,7 +480,7 @@ def _does_not_fit(cfg, budget, model_config, explicit, tried, on_gpu) -> str:
         except DoesNotFit:
             pass
         else:
-            return (f"{text}. You gave {', '.join('--' + n.replace('_', '-') for n in held)} explicitly, so "
+            return (f"{text}. You gave {', '.join(map(flag, held))} explicitly, so "
                     f"they were kept; without them it would fit with {', '.join(map(str, changes))} "
                     f"(predicted {format_bytes(free_prediction.total)}). Or run as given with --memory-budget off")
     if prediction.breakdown["weights"] > budget.bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import FIELDS, TrainConfig
+from .fields import flag
 from .files import atomic_write_text, file_digest, overlap
 
 # Files a front end may put in a run directory before the trainer starts (the app's log and the
@@ -83,7 +84,7 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
     for name in sorted(set(saved) & set(FIELDS) - RESUMABLE_CHANGES):
         ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])
         if ours != theirs:
-            changed.append(f"--{name.replace('_', '-')} {_show(theirs)} (given: {_show(ours)})")
+            changed.append(f"{flag(name)} {_show(theirs)} (given: {_show(ours)})")
     if changed:
         raise RunCheckError(f"--resume continues {run_dir} as it was started; it was run with "
                             f"{'; '.join(changed)}. Leave those options out, or start a new run with "
@@ -144,7 +145,7 @@ def data_changes(recorded: dict, now: dict) -> list[str]:
     for key in sorted(set(recorded) | set(now)):
         before, after = recorded.get(key, {}), now.get(key, {})
         if before.get("source") != after.get("source"):
-            changes.append(f"--{key.replace('_', '-')} was {before.get('source')}, now {after.get('source')}")
+            changes.append(f"{flag(key)} was {before.get('source')}, now {after.get('source')}")
             continue
         if before.get("hub") or after.get("hub"):
             if before.get("pairs_sha256") != after.get("pairs_sha256"):

@@ -36,16 +36,18 @@ from .forward import enable_grad_checkpoint, split_supported
 from .loss import METRIC_KEYS, batch_loss, orpo_loss
 from .update import apply_finite_update
 
+# The learning rate after warmup, one per --lr-schedule choice (config.FIELD_SPECS; a test keeps them equal):
+# (peak, decay steps) -> schedule.
+SCHEDULES = {
+    "constant": lambda peak, _steps: (lambda _step: mx.array(peak, dtype=mx.float32)),
+    "linear": lambda peak, steps: optim.linear_schedule(peak, 0.0, steps),
+    "cosine": lambda peak, steps: optim.cosine_decay(peak, steps, 0.0),
+}
+
 
 def build_schedule(cfg: TrainConfig, steps: int):
     peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 0))
-    decay_steps = max(steps - warmup, 1)
-    if cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(peak, decay_steps, 0.0)
-    elif cfg.lr_schedule == "linear":
-        main = optim.linear_schedule(peak, 0.0, decay_steps)
-    else:
-        main = lambda _: mx.array(peak, dtype=mx.float32)
+    main = SCHEDULES[cfg.lr_schedule](peak, max(steps - warmup, 1))
     if warmup == 0:
         return main
     # Warmup starts at peak / (warmup + 1), not 0, so the first step is not wasted.

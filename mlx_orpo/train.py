@@ -35,20 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="With --resume: continue although the data files differ from those the run started "
                              "with (logged; the resumed steps are then not those of the run as started).")
     for name, spec in FIELD_SPECS.items():
-        f = FIELDS[name]
-        flags = [spec.flag, *spec.aliases]
         # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
-        default = "" if f.default is None else f" (default: {f.default})"  # None's help says what happens
-        help_text = f"{f.metadata['help']}{default}".replace("%", "%%")
-        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        default = "" if spec.default is None else f" (default: {spec.shown_default})"  # None's help says what happens
+        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f"{spec.help}{default}".replace("%", "%%"))
+        flags = [spec.flag, *spec.aliases]
         if spec.kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if "nargs" in f.metadata:
-            kwargs["nargs"] = f.metadata["nargs"]
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(*flags, type=str if spec.kind is list else spec.kind, **kwargs)
+        if spec.kind is list:  # names separated by spaces: --lora-targets q_proj v_proj
+            kwargs.update(nargs="+", type=str)
+        if spec.choices is not None:
+            kwargs["choices"] = spec.choices
+        parser.add_argument(*flags, **{"type": spec.kind, **kwargs})
     return parser
 
 

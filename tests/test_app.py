@@ -22,7 +22,8 @@ from helpers import GOOD_ROWS, write_jsonl  # noqa: E402
 
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
-from app.train_tab import FORM, choice_options, config_from_form, form_values, memory  # noqa: E402
+from app.form import FORM, choice_options, config_from_form, field_value, form_values  # noqa: E402
+from app.train_tab import memory  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 
 
@@ -158,23 +159,42 @@ def test_train_form_maps_onto_train_config():
     assert config_from_form("", form(iters=None)).iters is None  # blank iterations: train for epochs
     with pytest.raises(ValueError, match="learning-rate"):
         config_from_form("smollm2-135m", form(learning_rate=0))
-    with pytest.raises(ValueError, match="batch size: a whole number"):  # an int field, from its type hint
+    with pytest.raises(ValueError, match="--batch-size must be an integer, got 2.5"):  # an int field
         config_from_form("smollm2-135m", form(batch_size=2.5))
-    with pytest.raises(ValueError, match="seed: a value is needed"):  # not optional
+    with pytest.raises(ValueError, match=r"--seed needs a value \(default: 0\)"):  # not optional
         config_from_form("smollm2-135m", form(seed=None))
     assert form_values(cfg.to_dict())[FORM.index("bits")] == "4"  # a saved config fills the form back
 
 
+def test_the_form_reads_a_value_as_a_yaml_file_does(tmp_path):
+    """One reader for both: what a box holds (a number, a word, text) means what it means in YAML."""
+    from mlx_orpo.config import load_yaml
+
+    typed = {"learning_rate": "5e-5", "iters": "1e3", "bits": "8", "grad_checkpoint": "no", "memory_budget": "12GB"}
+    (tmp_path / "run.yaml").write_text("".join(f"{k}: {v}\n" for k, v in typed.items()))
+    assert {k: field_value(k, v) for k, v in typed.items()} == load_yaml(tmp_path / "run.yaml")
+    assert field_value("bits", "none") is None and field_value("iters", "") is None  # blank: the default
+
+
 def test_form_and_cli_share_the_field_table():
-    """The app's widgets and the CLI's flags come from config.FIELD_SPECS: same kinds, same choices."""
+    """The app's widgets and the CLI's flags come from config.FIELD_SPECS: same kinds, choices, bounds."""
+    import gradio as gr
+
+    from app.form import widget
     from mlx_orpo.config import FIELD_SPECS
     from mlx_orpo.train import build_parser
 
     actions = {a.dest: a for a in build_parser()._actions}
-    for name in FORM:
-        spec = FIELD_SPECS[name]
-        if spec.kind is not bool:
-            assert actions[name].type is spec.kind, name
+    kinds = {bool: gr.Checkbox, int: gr.Number, float: gr.Number, str: gr.Textbox}
+    with gr.Blocks():
+        for name in FORM:
+            spec = FIELD_SPECS[name]
+            made = widget(name, spec.default)
+            assert isinstance(made, gr.Dropdown if spec.choices else kinds[spec.kind]), name
+            if spec.kind is not bool:
+                assert actions[name].type is spec.kind, name
+            if isinstance(made, gr.Number):
+                assert made.minimum == (spec.bounds.lowest if spec.bounds else None), name
     assert [value for _, value in choice_options("bits")] == ["none"] + [str(c) for c in actions["bits"].choices]
 
 

@@ -435,12 +435,16 @@ def test_runs_overlay_draws_both_runs(journey, app_url, page):
     assert len(set(page.evaluate(f"({LINES})('#runs-loss')"))) == 4
 
 
-def test_chat_with_a_held_out_pair(journey, app_url, page):
-    url, _, _ = app_url
+def open_chat(page, url: str) -> None:
+    """The Chat tab, on the run the journey trained."""
     page.goto(url)
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-run input").click()
     page.get_by_role("option", name="browser", exact=True).click()
+
+
+def test_chat_with_a_held_out_pair(journey, app_url, page):
+    open_chat(page, app_url[0])
     page.wait_for_selector("#chat-examples button", timeout=30_000)
     page.locator("#chat-examples button").first.click()
     page.wait_for_function("() => document.querySelector('#chat-chosen textarea')?.value.length > 0")
@@ -475,10 +479,7 @@ def test_chat_with_a_held_out_pair(journey, app_url, page):
 
 def test_chat_marks_cut_and_stopped_answers_and_collapses_long_prompts(journey, app_url, page):
     url, _, app_log = app_url
-    page.goto(url)
-    page.get_by_role("tab", name="Chat").click()
-    page.locator("#chat-run input").click()
-    page.get_by_role("option", name="browser", exact=True).click()
+    open_chat(page, url)
     page.wait_for_function("() => document.querySelector('#chat-ckpt input').value === 'final'", timeout=30_000)
     # 142 characters of Chinese: fewer than the 160 that used to collapse a prompt, taller than three lines.
     long_prompt = ("请详细介绍长城的历史、建造方式和今天的意义。" * 7)[:142]
