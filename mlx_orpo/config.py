@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .budget import parse_budget
 from .files import atomic_write_text
 
 
@@ -111,6 +112,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         _check_numbers(self)  # first: the range checks below assume real, finite numbers
         _check_kinds(self)
+        parse_budget(self.memory_budget)  # a bad --memory-budget raises, naming the option
         checks = [
             (self.beta >= 0, "--beta (λ) must be >= 0"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -139,24 +141,12 @@ class TrainConfig:
             (self.group_size >= 1 and self.seed >= 0, "--group-size must be >= 1 and --seed >= 0"),
             (self.dist_timeout >= 0, "--dist-timeout must be >= 0"),
             (self.bits in (None, 4, 8), "--bits must be 4 or 8"),
-            (self.memory_budget_size is None or self.memory_budget_size > 0, "--memory-budget must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.lora_targets = list(self.lora_targets)
         return self
-
-    @property
-    def memory_budget_size(self) -> int | None:
-        """--memory-budget in bytes when it is a size (None for auto and off: see plan.resolve_budget)."""
-        text = str(self.memory_budget).strip().lower()
-        if text in ("auto", "off"):
-            return None
-        try:
-            return parse_bytes(text)
-        except ValueError as exc:
-            raise ValueError(f"--memory-budget: {exc}; or auto, or off") from None
 
     @property
     def prompt_budget(self) -> int:
@@ -202,20 +192,6 @@ def _spec(f: dataclasses.Field) -> FieldSpec:
 
 
 FIELD_SPECS = {name: _spec(f) for name, f in FIELDS.items()}
-
-
-def parse_bytes(text: str) -> int:
-    """'16GB', '16 GiB', '800MB', '1.5e9' -> bytes (GB = 1e9, GiB = 2**30)."""
-    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]i?b?)?\s*", str(text).lower())
-    try:
-        value = float(match.group(1)) if match else math.nan
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(f"not a memory size: {text!r} (try 16GB)")
-    unit = (match.group(2) or "b").rstrip("b")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-    return int(value * scale[unit])
 
 
 def _check_numbers(cfg: TrainConfig) -> None:

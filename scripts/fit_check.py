@@ -31,20 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import mlx_orpo  # noqa: E402,F401  (fast BLAS before mlx)
+from mlx_orpo.budget import AUTO_GPU_SHARE, Budget, format_bytes, mac_working_set  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
+from mlx_orpo.fit import DoesNotFit, fit, fit_candidates  # noqa: E402
 from mlx_orpo.measure import SHARED_DATA  # noqa: E402
-from mlx_orpo.plan import (  # noqa: E402
-    AUTO_GPU_SHARE,
-    KNOWN_CONFIGS,
-    Budget,
-    DoesNotFit,
-    fit,
-    fit_candidates,
-    format_bytes,
-    load_model_config,
-    mac_working_set,
-    predict_peak,
-)
+from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak  # noqa: E402
 
 MAKE_MODEL = REPO.parent / "shared" / "gpu" / "make_model.py"  # the random Mistral-shaped model builder
 MACS_GB = (8, 16, 24, 36, 64)
