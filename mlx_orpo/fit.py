@@ -19,7 +19,7 @@ when the run is predicted not to fit this machine's memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -124,6 +124,10 @@ class Advice:
         return plan.prediction.total <= self.budget.bytes
 
     @property
+    def fits_as_given(self) -> bool:
+        return self.fits(self.plans[0])
+
+    @property
     def fitted(self) -> Plan | None:
         """The fastest plan the fit may choose that fits: what a run with this budget trains with."""
         return next((plan for plan in self.plans if self.fits(plan)), None)
@@ -172,22 +176,27 @@ class Advice:
 
 
 def advise(cfg: TrainConfig, budget: int | Budget, *, model_config: dict | None = None,
-           explicit: frozenset[str] | set[str] = frozenset(), on_gpu: bool | None = None) -> Advice:
+           explicit: frozenset[str] | set[str] = frozenset(), on_gpu: bool | None = None,
+           shapes: Callable[[TrainConfig], Iterable[tuple[int, ...]]] | None = None) -> Advice:
     """What fits `budget` for cfg on the model `model_config` describes (default: cfg.model's config.json):
     the one engine behind the fit, its refusal, the warning, `python -m mlx_orpo.plan` and the app.
-    Settings in `explicit` (those the user gave) are never changed. cfg itself is left as it is."""
+    Settings in `explicit` (those the user gave) are never changed. cfg itself is left as it is.
+    `shapes`: the batch shapes each plan's settings make of the run's data (predict.predict_peak's
+    `shapes`; default: the longest batch the settings allow)."""
     budget = budget if isinstance(budget, Budget) else Budget(int(budget), "budget")
     model_config = load_model_config(cfg.model) if model_config is None else model_config
 
     def plan(option: TrainConfig) -> Plan:
-        return Plan(option, predict_peak(option, model_config, on_gpu=on_gpu), changes_between(cfg, option))
+        batches = None if shapes is None else shapes(option)
+        prediction = predict_peak(option, model_config, on_gpu=on_gpu, shapes=batches)
+        return Plan(option, prediction, changes_between(cfg, option))
 
     explicit = frozenset(explicit)
     advice = Advice(cfg, budget, explicit, [plan(option) for option in fit_candidates(cfg, explicit)])
     if advice.fitted is not None:
         return advice
     if explicit & set(FIT_SETTINGS):
-        advice.unheld = advise(cfg, budget, model_config=model_config, on_gpu=on_gpu).fitted
+        advice.unheld = advise(cfg, budget, model_config=model_config, on_gpu=on_gpu, shapes=shapes).fitted
     if advice.unheld is None:
         for kind in _trade_offs(cfg, advice.plans[-1].cfg, model_config):
             advice.trade_offs += [p for p in map(plan, kind) if advice.fits(p)][:1]
@@ -208,12 +217,13 @@ def _trade_offs(cfg: TrainConfig, smallest: TrainConfig, model_config: dict) -> 
 
 
 def fit(cfg: TrainConfig, budget: int | Budget, *, model_config: dict | None = None,
-        explicit: frozenset[str] | set[str] = frozenset(), on_gpu: bool | None = None) -> Plan:
+        explicit: frozenset[str] | set[str] = frozenset(), on_gpu: bool | None = None,
+        shapes: Callable[[TrainConfig], Iterable[tuple[int, ...]]] | None = None) -> Plan:
     """The fastest plan for cfg whose predicted peak is within `budget`: (fitted config, its prediction,
     what changed). --max-length, the pairs and the LoRA rank are never changed; settings named in
     `explicit` are kept. Raises DoesNotFit, whose message gives the plan and the changes that would
-    fit, when none of the plans fits. cfg itself is left as it is."""
-    advice = advise(cfg, budget, model_config=model_config, explicit=explicit, on_gpu=on_gpu)
+    fit, when none of the plans fits. cfg itself is left as it is. `shapes`: as advise's."""
+    advice = advise(cfg, budget, model_config=model_config, explicit=explicit, on_gpu=on_gpu, shapes=shapes)
     if advice.fitted is None:
         raise DoesNotFit(advice.refusal())
     return advice.fitted
@@ -224,7 +234,7 @@ def fits_warning(cfg: TrainConfig, model_config: dict, memory: DeviceMemory | No
     default: device_memory()), with the engine's first advice; None when it fits."""
     memory = memory or device_memory(models.on_gpu())
     advice = advise(cfg, Budget(memory.bytes, memory.what), model_config=model_config)
-    if advice.fits(advice.plans[0]):
+    if advice.fits_as_given:
         return None
     options = advice.options()
     return (f"predicted peak memory {format_bytes(advice.as_given.total)} exceeds {memory}; the run may swap "

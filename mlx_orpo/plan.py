@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     advice = advise(cfg, budget, model_config=config, on_gpu=None if args.device is None else args.device == "gpu")
     print(f"{args.model}: batch {cfg.batch_size} pairs, max length {cfg.max_length}, LoRA r={cfg.lora_rank}")
     print(advice.as_given.table())
-    if advice.fits(advice.plans[0]):
+    if advice.fits_as_given:
         print(f"fits in {budget}")
         return 0
     print(f"does NOT fit in {budget}")

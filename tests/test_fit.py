@@ -118,6 +118,18 @@ def test_the_planner_refuses_a_bad_budget_in_one_line(capsys):
     assert capsys.readouterr().err == "error: --budget: not a memory size: 'lots' (try 16GB); or auto, or off\n"
 
 
+def test_the_fit_plans_for_the_batches_it_is_given():
+    """Given the batch shapes each plan's settings make of the data, the fit plans for those: a run
+    whose short batches fit is left as it is, where its longest possible batch would be fitted."""
+    cfg = TrainConfig(model="mistral-7b-4bit").validate()  # batch 2, max length 1024
+    budget = peak(with_(cfg, grad_checkpoint=True))
+    short = lambda settings: [(settings.batch_size, 32, 64), (settings.batch_size, 97)]
+    fitted, prediction, changes = fit(cfg, budget, model_config=MISTRAL, on_gpu=True, shapes=short)
+    assert fitted == cfg and changes == []
+    assert prediction.total == predict_peak(cfg, MISTRAL, on_gpu=True, shapes=short(cfg)).total < budget
+    assert fit(cfg, budget, model_config=MISTRAL, on_gpu=True).changes  # planned for 1024 tokens
+
+
 def test_memory_budget_values():
     assert resolve("off", gpu=False) is None
     assert resolve("12GB", gpu=False) == Budget(12 * GB, "--memory-budget")
