@@ -1,5 +1,5 @@
-"""The memory estimate the Train tab shows before a run starts: the library's planner
-(`mlx_orpo.plan`), read from the model's config.json without loading its weights."""
+"""The memory estimate the Train tab shows before a run starts: the library's prediction
+(`mlx_orpo.predict`) and fit (`mlx_orpo.fit`), read from the model's config.json without loading its weights."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(cfg: TrainConfig, config: dict | None = None) -> MemoryEstimate:
-    from mlx_orpo.plan import load_model_config, predict_peak
+    from mlx_orpo.predict import load_model_config, predict_peak
 
     prediction = predict_peak(cfg, config if config is not None else load_model_config(cfg.model))
     parts = dict(prediction.breakdown)
@@ -59,27 +59,31 @@ def _settings(cfg: TrainConfig) -> str:
 
 def fit_markdown(cfg: TrainConfig, fit_to_memory: bool = True) -> str:
     """What Start will do about memory: the budget, the plan for the settings as typed, and (with
-    "Fit to memory" on) the settings auto-fit picks and their plan, by the rule the trainer applies
-    (`mlx_orpo.plan.fit`)."""
-    from mlx_orpo.plan import DoesNotFit, fit, format_bytes, load_model_config, predict_peak, resolve_budget
+    "Fit to memory" on) the settings auto-fit picks and their plan, by the engine the trainer uses
+    (`mlx_orpo.fit.advise`)."""
+    from mlx_orpo.budget import OFF, format_bytes, resolve
+    from mlx_orpo.fit import advise
+    from mlx_orpo.models import on_gpu
+    from mlx_orpo.predict import load_model_config
 
     try:
-        config = load_model_config(cfg.model)
-        typed = predict_peak(cfg, config)
-        budget = resolve_budget(TrainConfig(**{**cfg.to_dict(), "memory_budget": cfg.memory_budget
-                                               if str(cfg.memory_budget).lower() != "off" else "auto"}))
+        spec = "auto" if str(cfg.memory_budget).strip().lower() == OFF else cfg.memory_budget
+        budget = resolve(spec, gpu=on_gpu())
+        advice = advise(cfg, budget, model_config=load_model_config(cfg.model), explicit=explicit_fields(cfg))
     except Exception as exc:  # unknown model, unreadable config: say so, never fail the page
         return f"**Memory estimate:** unavailable ({exc})"
+    typed = advice.as_given
     lines = [f"**Memory budget: {budget}.** As typed ({_settings(cfg)}): predicted peak "
              f"**{format_bytes(typed.total)}**."]
     if not fit_to_memory:
         verdict = "fits" if typed.total <= budget.bytes else "⚠️ exceeds the budget; the run may swap or be killed"
         return "\n\n".join(lines + [f"Fit to memory is off: the run trains as typed ({verdict})."])
-    try:
-        fitted, prediction, changes = fit(cfg, budget, model_config=config, explicit=explicit_fields(cfg))
-    except DoesNotFit as exc:
-        return "\n\n".join(lines + [f"⚠️ **Does not fit; Start will stop before loading the model:** {exc}"])
-    if not changes:
+    fitted = advice.fitted
+    if fitted is None:
+        return "\n\n".join(lines + [f"⚠️ **Does not fit; Start will stop before loading the model:** "
+                                     f"{advice.refusal()}"])
+    if not fitted.changes:
         return "\n\n".join(lines + ["Fits: the run trains as typed."])
-    return "\n\n".join(lines + [f"**Fitted:** {', '.join(map(str, changes))} ({_settings(fitted)}): predicted "
-                                f"peak **{format_bytes(prediction.total)}**. Same pairs per optimizer step."])
+    return "\n\n".join(lines + [f"**Fitted:** {', '.join(map(str, fitted.changes))} ({_settings(fitted.cfg)}): "
+                                f"predicted peak **{format_bytes(fitted.prediction.total)}**. Same pairs per "
+                                f"optimizer step."])

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -20,10 +19,12 @@ from mlx.utils import tree_flatten
 
 from . import blas, runcheck, rundir
 from .batching import Widths, collate
+from .budget import Budget, memory_limit
 from .config import TrainConfig
 from .data import data_source, load_splits
 from .distributed import Cluster
 from .files import atomic_write_text
+from .fit import fit_to_memory
 from .models import attach_adapters, load_model
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
@@ -69,35 +70,6 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
-def fit_to_memory(cfg: TrainConfig, explicit: frozenset[str] | set[str] = frozenset(),
-                  log: Callable[[str], None] = print, cluster: Cluster | None = None) -> None:
-    """Fit cfg, in place, to its --memory-budget before the model loads (plan.fit: one log line says
-    what changed). Raises plan.DoesNotFit (a ValueError) when nothing allowed fits. With
-    --memory-budget off, only the planner's warning when the run is predicted not to fit this machine.
-    Left alone (and said so) when the model's config.json cannot be read without loading it."""
-    from .plan import fit, fit_line, fits_warning, load_model_config, predict_peak, resolve_budget
-
-    budget = resolve_budget(cfg)
-    if budget is not None and cluster is not None and cluster.size > 1:
-        # Every rank must train with the same settings: all fit to rank 0's budget (`auto` differs
-        # between hosts with different memory).
-        budget = dataclasses.replace(budget, bytes=cluster.agree_on(budget.bytes),
-                                     source=f"{budget.source} on rank 0")
-    try:
-        model_config = load_model_config(cfg.model)
-    except (ValueError, OSError, KeyError) as exc:
-        log(f"memory: not planned, the model's config.json could not be read before loading ({exc})")
-        return
-    if budget is None:
-        if warning := fits_warning(cfg, model_config):
-            log(f"warning: {warning}")
-        return
-    _, prediction, changes = fit(cfg, budget, model_config=model_config, explicit=explicit)
-    log(fit_line(cfg, predict_peak(cfg, model_config).total, prediction, changes, budget))
-    for change in changes:
-        setattr(cfg, change.name, change.after)
-
-
 @dataclass
 class PreparedRun:
     """A run ready to train: the model with adapters attached, its tokenized data and the run directory
@@ -109,6 +81,7 @@ class PreparedRun:
     tokenizer: object
     data: PreparedData
     model_path: Path
+    budget: Budget | None = None  # fit.fit_to_memory's: MLX's memory limit while it trains (None: off)
 
     @property
     def pad_id(self) -> int:
@@ -120,8 +93,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
                  allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
 
-    A new run is first fitted to cfg.memory_budget (`fit_to_memory`; `explicit`: the settings the user
-    gave, which stay as given), and the budget bounds MLX's memory while it trains.
+    The run's --memory-budget is resolved once (`fit.fit_to_memory`): a new run is first fitted to it
+    (`explicit`: the settings the user gave, which stay as given), and it bounds MLX's memory while the
+    run trains (`budget.memory_limit`).
     Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
     SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
     `allow_changed_data`: resume even though the data differs from the run's (logged).
@@ -151,7 +125,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
         with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
             run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
                               allow_changed_data=allow_changed_data, explicit=explicit, fingerprint=fingerprint)
-            with memory_limit(budget_bytes(cfg), log):
+            with memory_limit(run.budget, log):
                 state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
                               resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
             if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
@@ -186,7 +160,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
     """Check the run, read its data, fit a new run to its memory budget (cfg changed in place; a resumed
     run keeps the settings its config.json saved), load the model, attach adapters and write the run's
     own files (rank 0). `splits`: read_data's result when the caller read the data already; `explicit`:
-    the settings the user gave (plan.fit keeps them); `fingerprint`: runcheck.check_run's, when the
+    the settings the user gave (the fit keeps them); `fingerprint`: runcheck.check_run's, when the
     caller ran the checks already (before taking the run's lock)."""
     cluster = cluster or Cluster()
     splits = splits or read_data(cfg)
@@ -200,8 +174,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         if resume:
             runcheck.check_same_run(cfg, run_dir)
     cfg.output_dir = str(run_dir)
-    if not resume:
-        fit_to_memory(cfg, explicit, log, cluster)
+    budget = fit_to_memory(cfg, explicit=explicit, log=log, cluster=cluster, resume=resume)
     log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
         + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
     mx.random.seed(cfg.seed)
@@ -234,35 +207,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
         # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
         rundir.write_status(run_dir, rundir.LOADING, resume=resume)
-    return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path)
-
-
-def budget_bytes(cfg: TrainConfig) -> int | None:
-    """cfg's --memory-budget in bytes (None: off), the limit `run_training` holds MLX to."""
-    from .plan import resolve_budget
-
-    budget = resolve_budget(cfg)
-    return None if budget is None else budget.bytes
-
-
-@contextlib.contextmanager
-def memory_limit(limit: int | None, log: Callable[[str], None] = print):
-    """MLX's memory limit set to `limit` bytes inside the block (None: left as it is), then restored.
-
-    Past the limit MLX waits for queued kernels to finish before it queues more. A GPU queues far
-    ahead of its kernels (MLX's CUDA backend: up to ten graphs of up to 1,000 MB of inputs each on an
-    H100), and the buffers the queued kernels read are held until they have run, which adds to the
-    peak; the limit bounds that.
-    """
-    if limit is None:
-        yield
-        return
-    previous = mx.set_memory_limit(limit)
-    log(f"MLX memory limit: {limit / 1e9:.2f} GB (MLX waits for queued kernels rather than go past it)")
-    try:
-        yield
-    finally:
-        mx.set_memory_limit(previous)
+    return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path, budget)
 
 
 def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None = None, dtype: str = "auto"):

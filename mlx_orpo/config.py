@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .budget import parse_budget
 from .fields import spec_of
 from .files import atomic_write_text
 
@@ -124,30 +123,19 @@ class TrainConfig:
         rules between options. ValueError naming the flag."""
         for name, spec in FIELD_SPECS.items():
             spec.check(getattr(self, name))
+        parse_budget(self.memory_budget)  # a bad --memory-budget raises, naming the option
         checks = [
             (self.min_response_length < self.max_length,
              f"--max-length {self.max_length} leaves no room for a response of --min-response-length "
              f"{self.min_response_length}: raise --max-length or lower --min-response-length"),
             (self.max_prompt_length is None or self.max_prompt_length < self.max_length,
              f"--max-prompt-length must be below --max-length ({self.max_length}), got {self.max_prompt_length}"),
-            (self.memory_budget_size is None or self.memory_budget_size > 0, "--memory-budget must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.lora_targets = list(self.lora_targets)
         return self
-
-    @property
-    def memory_budget_size(self) -> int | None:
-        """--memory-budget in bytes when it is a size (None for auto and off: see plan.resolve_budget)."""
-        text = str(self.memory_budget).strip().lower()
-        if text in ("auto", "off"):
-            return None
-        try:
-            return parse_bytes(text)
-        except ValueError as exc:
-            raise ValueError(f"--memory-budget: {exc}; or auto, or off") from None
 
     @property
     def prompt_budget(self) -> int:
@@ -167,18 +155,6 @@ _HINTS = typing.get_type_hints(TrainConfig)
 FIELD_SPECS = {name: spec_of(f, _HINTS[name]) for name, f in FIELDS.items()}
 
 
-def parse_bytes(text: str) -> int:
-    """'16GB', '16 GiB', '800MB', '1.5e9' -> bytes (GB = 1e9, GiB = 2**30)."""
-    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]i?b?)?\s*", str(text).lower())
-    try:
-        value = float(match.group(1)) if match else math.nan
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(f"not a memory size: {text!r} (try 16GB)")
-    unit = (match.group(2) or "b").rstrip("b")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-    return int(value * scale[unit])
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:

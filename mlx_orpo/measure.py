@@ -81,3 +81,13 @@ def case_config(case) -> TrainConfig:
     _, _, pairs, prompt_len, answer_len, _, extra = case
     return TrainConfig(batch_size=pairs, max_length=prompt_len + answer_len, max_prompt_length=prompt_len,
                        **extra).validate()
+
+
+def case_shape(case) -> tuple[int, ...]:
+    """The batch shape (batching.batch_shape, on the CPU) of the batch a case measures, in its layout."""
+    from .predict import LAYOUTS, ModelShape, ceiling_shapes, shared_prompt
+
+    _, config, _, prompt_len, answer_len, layout, _ = case
+    shared = shared_prompt(ModelShape.from_config(config), config)
+    shapes = ceiling_shapes(case_config(case), gpu=False, shared=shared, prompt_len=prompt_len, answer_len=answer_len)
+    return next(shape for shape in shapes if LAYOUTS[len(shape)] == layout)

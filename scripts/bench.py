@@ -298,11 +298,11 @@ def prepare(args) -> dict:
     import mlx_orpo  # noqa: F401
     from mlx_orpo.api import pad_token_id
     from mlx_orpo.batching import epoch_batches
-    from mlx_orpo.config import parse_bytes
+    from mlx_orpo.budget import parse_bytes
     from mlx_orpo.data import load_pairs
     from mlx_orpo.measure import SHARED_DATA
     from mlx_orpo.models import compute_dtype, resolve_model
-    from mlx_orpo.plan import ModelShape
+    from mlx_orpo.predict import ModelShape
     from mlx_orpo.tokenize import encode_pairs, ensure_chat_template
 
     model_dir = resolve_model(args.model)
@@ -377,7 +377,7 @@ def flops_per_token(model_dir: str, mean_context: float) -> float:
     """LoRA training FLOPs per token: forward 2N + backward 2N (the frozen base needs no weight
     gradients, only input gradients), N = every matmul parameter incl. the (tied) vocabulary head;
     plus causal attention, 2 matmuls x (forward + 2 backward) = 12 x layers x heads x head_dim x context/2."""
-    from mlx_orpo.plan import ModelShape
+    from mlx_orpo.predict import ModelShape
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
     matmul_params = shape.layers * sum(i * o for i, o in shape.block_linears().values()) + shape.vocab * shape.hidden
     attention = 12 * shape.layers * shape.heads * shape.head_dim * mean_context / 2

@@ -31,20 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import mlx_orpo  # noqa: E402,F401  (fast BLAS before mlx)
+from mlx_orpo.budget import AUTO_GPU_SHARE, Budget, format_bytes, mac_working_set  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
+from mlx_orpo.fit import advise, fit, fit_candidates  # noqa: E402
 from mlx_orpo.measure import SHARED_DATA  # noqa: E402
-from mlx_orpo.plan import (  # noqa: E402
-    AUTO_GPU_SHARE,
-    KNOWN_CONFIGS,
-    Budget,
-    DoesNotFit,
-    fit,
-    fit_candidates,
-    format_bytes,
-    load_model_config,
-    mac_working_set,
-    predict_peak,
-)
+from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak  # noqa: E402
 
 MAKE_MODEL = REPO.parent / "shared" / "gpu" / "make_model.py"  # the random Mistral-shaped model builder
 MACS_GB = (8, 16, 24, 36, 64)
@@ -227,23 +218,19 @@ def mac_table(relative: dict | None) -> list[dict]:
         for ram_gb in MACS_GB:
             working_set = mac_working_set(ram_gb * 2**30)
             budget = Budget(int(AUTO_GPU_SHARE * working_set), f"{AUTO_GPU_SHARE:.0%} of {format_bytes(working_set)}")
-            try:
-                fitted, prediction, _ = fit(cfg, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
-            except DoesNotFit:
-                choice, predicted, plan = "does not fit at 1024 tokens", None, None
-                for length in (512, 256):
-                    trial = TrainConfig(**{**cfg.to_dict(), "max_length": length})
-                    try:
-                        fitted, prediction, _ = fit(trial, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
-                    except DoesNotFit:
-                        continue
-                    plan = names[(fitted.grad_checkpoint, fitted.batch_size)]
-                    choice += f"; --max-length {length}: {plan}"
-                    predicted = prediction.total
-                    break
-            else:
-                plan = names[(fitted.grad_checkpoint, fitted.batch_size)]
-                choice, predicted = plan, prediction.total
+            advice = advise(cfg, budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
+            fitted, choice = advice.fitted, ""
+            if fitted is None:  # at the shorter --max-length the advice offers, what auto-fit picks
+                choice = "does not fit at 1024 tokens"
+                shorter = next((p.cfg for p in advice.trade_offs if p.cfg.max_length < cfg.max_length), None)
+                if shorter is not None:
+                    fitted = fit(TrainConfig(**{**cfg.to_dict(), "max_length": shorter.max_length,
+                                                "max_prompt_length": shorter.max_prompt_length}),
+                                 budget, model_config=KNOWN_CONFIGS[model], on_gpu=True)
+                    choice += f"; --max-length {shorter.max_length}: "
+            plan = names[(fitted.cfg.grad_checkpoint, fitted.cfg.batch_size)] if fitted else None
+            choice += plan or ""
+            predicted = fitted.prediction.total if fitted else None
             rel = relative.get(plan, {}).get("relative") if relative and plan else None
             rows.append({"model": model, "mac_gb": ram_gb, "budget": budget.bytes, "choice": choice,
                          "predicted": predicted, "relative_step_time": rel})
@@ -309,16 +296,23 @@ def main(argv=None) -> int:
         print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 128, this CPU")
         for name, t in relative.items():
             print(f"   {name}: {t['seconds']} s ({t['relative']:.2f}x)")
-    table = mac_table(relative)
-    report["macs"] = table
+    report["macs"] = mac_table(relative)
     save()
-    print("\n4. auto-fit on Macs (Metal: predictions)\n| model | Mac | budget | auto-fit picks | predicted peak "
-          "| relative step time (CPU) |\n|---|---|---|---|---|---|")
-    for r in table:
-        print(f"| {r['model']} | {r['mac_gb']} GB | {format_bytes(r['budget'])} | {r['choice']} | "
-              f"{format_bytes(r['predicted']) if r['predicted'] else '-'} | "
-              f"{str(r['relative_step_time']) + 'x' if r['relative_step_time'] else '-'} |")
+    print("\n".join(mac_lines(report["macs"])))
     return 0
+
+
+def mac_lines(table: list[dict]) -> list[str]:
+    """Item 4 as a markdown table (the README's)."""
+    lines = ["", "4. auto-fit on Macs (Metal: predictions)",
+             "| model | Mac | budget | auto-fit picks | predicted peak | relative step time (CPU) |",
+             "|---|---|---|---|---|---|"]
+    for r in table:
+        predicted = format_bytes(r["predicted"]) if r["predicted"] else "-"
+        relative = f"{r['relative_step_time']}x" if r["relative_step_time"] else "-"
+        lines.append(f"| {r['model']} | {r['mac_gb']} GB | {format_bytes(r['budget'])} | {r['choice']} | "
+                     f"{predicted} | {relative} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@
     python scripts/fit_plan.py --peaks fit.json # refit kept peaks (measures only missing cases)
 
 Each case is one step of the trainer's own `step.OrpoStep` (`measure.measure_step_peak`, as tests/test_plan.py).
-The fit is a least squares on relative error over the parts of `mlx_orpo.plan` that are measured, not counted:
+The fit is a least squares on relative error over the parts of `mlx_orpo.predict` that are measured, not counted:
 per-token and per-score activation multiples, the per-token residue of a checkpointed block,
 and the copies of a logit chunk (ACT_MLP and CKPT_BLOCKS are set, not fitted). Paste the printed
-constants into mlx_orpo/plan.py.
+constants into mlx_orpo/predict.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlx_orpo import plan  # noqa: E402
+from mlx_orpo import predict  # noqa: E402
 from mlx_orpo.forward import logit_chunk  # noqa: E402
-from mlx_orpo.measure import TINY, WIDER, case_config, measure_step_peak  # noqa: E402
+from mlx_orpo.measure import TINY, WIDER, case_config, case_shape, measure_step_peak  # noqa: E402
 
 DEEP = dict(TINY, num_hidden_layers=8, vocab_size=8000)
 SMOL = dict(model_type="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
@@ -60,18 +60,16 @@ VALIDATE = [
 CASES = GRID + VALIDATE
 # Collinear with ACT_HIDDEN on these configs (the MLP is 2-2.7x the hidden width in all of them), so
 # set from the block's structure rather than fitted: gate, up, silu(gate) and their product.
-ACT_MLP = plan.ACT_MLP
-CKPT_BLOCKS = plan.CKPT_BLOCKS  # set, not fitted: one block's recomputed activations and their gradients
+ACT_MLP = predict.ACT_MLP
+CKPT_BLOCKS = predict.CKPT_BLOCKS  # set, not fitted: one block's recomputed activations and their gradients
 
 
 def parts(case) -> dict:
     """The bytes of one case's prediction that are counted, and the shapes the fitted multiples scale."""
-    _, config, _, prompt_len, answer_len, layout, _ = case
-    cfg = case_config(case)
-    shape = plan.ModelShape.from_config(config)
-    tokens, scores, rows = plan.batch_layouts(cfg, shape, prompt_len, answer_len)[layout]
-    prediction = plan.predict_peak(cfg, config, on_gpu=False, layout=layout, prompt_len=prompt_len,
-                                   answer_len=answer_len)
+    config, cfg, batch = case[1], case_config(case), case_shape(case)
+    shape = predict.ModelShape.from_config(config)
+    tokens, scores, rows = predict.batch_work(batch, cfg.prompt_in_nll)
+    prediction = predict.predict_peak(cfg, config, on_gpu=False, shapes=[batch])
     return {"counted": prediction.breakdown["weights"] + prediction.breakdown["adapters + optimizer"],
             "hidden": 4 * shape.hidden * tokens, "mlp": 4 * ACT_MLP * shape.intermediate * tokens,
             "scores": 4 * shape.heads * scores, "layers": shape.layers, "checkpointed": cfg.grad_checkpoint,

@@ -83,7 +83,7 @@ def measured(run_dir: Path) -> dict:
 
 def predicted_gb(model: str, length: int, pairs: int, ckpt: bool) -> float:
     from mlx_orpo.config import TrainConfig
-    from mlx_orpo.plan import load_model_config, predict_peak
+    from mlx_orpo.predict import load_model_config, predict_peak
 
     cfg = TrainConfig(model=model, max_length=length, batch_size=pairs, grad_checkpoint=ckpt).validate()
     return predict_peak(cfg, load_model_config(model)).total / 1e9

@@ -1,5 +1,5 @@
-"""Auto-fit to the memory budget (plan.fit): which plan it picks, what it never changes, what it says when
-nothing fits, the CLI's use of it, and that a fitted run takes the same optimizer steps as the run it
+"""Auto-fit to the memory budget (fit.fit, fit.advise): which plan it picks, what it never changes, what it says
+when nothing fits, the CLI's use of it, and that a fitted run takes the same optimizer steps as the run it
 replaces (tiny llama, and the real SmolLM2-135M)."""
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ import numpy as np
 import pytest
 from helpers import cfg_for, pairs, run
 
+from mlx_orpo.budget import Budget, DeviceMemory, format_bytes, mac_working_set, resolve
 from mlx_orpo.config import TrainConfig, from_dict
-from mlx_orpo.plan import (
-    KNOWN_CONFIGS,
-    Budget,
-    DoesNotFit,
-    fit,
-    fit_candidates,
-    format_bytes,
-    mac_working_set,
-    predict_peak,
-    resolve_budget,
-)
+from mlx_orpo.fit import DoesNotFit, fit, fit_candidates, fits_warning
+from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak
 from mlx_orpo.rundir import read_records
 from mlx_orpo.train import build_parser, explicit_settings
 
@@ -98,10 +90,50 @@ def test_nothing_fits_names_the_plan_and_the_choices_that_would():
         fit(phi, four_bit, model_config=KNOWN_CONFIGS["phi-2"], on_gpu=True)
 
 
+def test_the_warning_the_refusal_and_the_planner_give_the_same_advice(capsys):
+    """One engine: with --memory-budget off the warning offers first what the fit's refusal offers
+    first, and `python -m mlx_orpo.plan` lists it first too (this machine's device in all three)."""
+    from mlx_orpo.plan import main as plan_main
+
+    cfg = TrainConfig(model="smollm2-135m").validate()  # batch 2, max length 1024
+    smol = KNOWN_CONFIGS["smollm2-135m"]
+    budget = peak(with_(cfg, grad_checkpoint=True, batch_size=1, grad_accum=2, max_length=512), smol, None)
+    first = f"--batch-size 1 --grad-accum 2 --max-length 512 --grad-checkpoint (predicted {format_bytes(budget)})"
+    with pytest.raises(DoesNotFit) as info:
+        fit(cfg, budget, model_config=smol)
+    assert f"these would fit: --max-length 512 ({format_bytes(budget)})" in str(info.value)
+    warning = fits_warning(cfg, smol, DeviceMemory(budget, "this test's memory", 0.75))
+    assert warning.startswith(f"predicted peak memory {format_bytes(peak(cfg, smol, None))} exceeds this test's "
+                              f"memory ({format_bytes(budget)}); the run may swap or be killed. ")
+    assert warning.endswith(f"Settings that fit: {first}.")
+    assert fits_warning(cfg, smol, DeviceMemory(100 * GB, "this test's memory", 0.75)) is None
+    assert plan_main(["--model", "smollm2-135m", "--budget", str(budget)]) == 0
+    assert capsys.readouterr().out.split("settings that fit:\n")[1].splitlines()[0] == f"  {first}"
+
+
+def test_the_planner_refuses_a_bad_budget_in_one_line(capsys):
+    from mlx_orpo.plan import main as plan_main
+
+    assert plan_main(["--budget", "lots"]) == 2
+    assert capsys.readouterr().err == "error: --budget: not a memory size: 'lots' (try 16GB); or auto, or off\n"
+
+
+def test_the_fit_plans_for_the_batches_it_is_given():
+    """Given the batch shapes each plan's settings make of the data, the fit plans for those: a run
+    whose short batches fit is left as it is, where its longest possible batch would be fitted."""
+    cfg = TrainConfig(model="mistral-7b-4bit").validate()  # batch 2, max length 1024
+    budget = peak(with_(cfg, grad_checkpoint=True))
+    short = lambda settings: [(settings.batch_size, 32, 64), (settings.batch_size, 97)]
+    fitted, prediction, changes = fit(cfg, budget, model_config=MISTRAL, on_gpu=True, shapes=short)
+    assert fitted == cfg and changes == []
+    assert prediction.total == predict_peak(cfg, MISTRAL, on_gpu=True, shapes=short(cfg)).total < budget
+    assert fit(cfg, budget, model_config=MISTRAL, on_gpu=True).changes  # planned for 1024 tokens
+
+
 def test_memory_budget_values():
-    assert resolve_budget(TrainConfig(memory_budget="off")) is None
-    assert resolve_budget(TrainConfig(memory_budget="12GB").validate()) == Budget(12 * GB, "--memory-budget")
-    auto = resolve_budget(TrainConfig().validate())
+    assert resolve("off", gpu=False) is None
+    assert resolve("12GB", gpu=False) == Budget(12 * GB, "--memory-budget")
+    auto = resolve(TrainConfig().memory_budget, gpu=False)
     assert auto.bytes > 0 and auto.source.startswith("auto")
     with pytest.raises(ValueError, match="--memory-budget: not a memory size: 'lots'"):
         TrainConfig(memory_budget="lots").validate()
@@ -167,7 +199,6 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     with a budget only batch 1 x --grad-accum 2 with checkpointing fits, which run_training picks.
     Same pairs per step, so the same losses per step and the same adapters up to float32 rounding."""
     from mlx_orpo.api import run_training
-    from mlx_orpo.plan import load_model_config
 
     base = dict(model=str(smollm2_dir), iters=3, max_length=128, report_every=1, eval_every=0, eval_max_pairs=2,
                 save_every=10, lr_schedule="constant", warmup_steps=0, learning_rate=5e-4, seed=0)

@@ -2,7 +2,7 @@
 
 Each case builds a small llama model, attaches LoRA to every linear layer and runs
 one training step of the trainer's own `step.OrpoStep`, then compares
-mx.get_peak_memory() with plan.predict_peak for the same batch. `python tests/test_plan.py` prints
+mx.get_peak_memory() with predict.predict_peak for the same batch. `python tests/test_plan.py` prints
 the table that docs/performance.md quotes.
 """
 
@@ -13,16 +13,16 @@ from functools import partial
 import pytest
 
 import mlx_orpo  # noqa: F401  (fast BLAS first)
+from mlx_orpo.budget import format_bytes
 from mlx_orpo.config import TrainConfig
-from mlx_orpo.measure import TINY, WIDER, case_config, measure_step_peak
-from mlx_orpo.plan import (
+from mlx_orpo.measure import TINY, WIDER, case_config, case_shape, measure_step_peak
+from mlx_orpo.predict import (
     KNOWN_CONFIGS,
+    LAYOUTS,
     ModelShape,
-    fits_warning,
-    format_bytes,
-    parse_bytes,
+    ceiling_shapes,
     predict_peak,
-    recommend,
+    shared_prompt,
     weight_bytes,
 )
 
@@ -57,8 +57,7 @@ def measured_in_fresh_process(index: int) -> int:
 def case_result(case, measure=None) -> tuple[int, int]:
     _, config, _, prompt_len, answer_len, layout, _ = case
     cfg = case_config(case)
-    predicted = predict_peak(cfg, config, on_gpu=False, layout=layout, prompt_len=prompt_len,
-                             answer_len=answer_len).total
+    predicted = predict_peak(cfg, config, on_gpu=False, shapes=[case_shape(case)]).total
     measured = measure() if measure else measure_step_peak(config, cfg, prompt_len, answer_len, layout)
     return predicted, measured
 
@@ -92,23 +91,18 @@ def test_mistral_7b_4bit_is_planned_offline():
     assert checkpointed.breakdown["activations"] < prediction.breakdown["activations"] / 4
 
 
-def test_fits_warning_and_recommendations(monkeypatch):
-    import mlx_orpo.plan as plan
-
-    cfg = TrainConfig(batch_size=2, max_length=1024)
-    config = KNOWN_CONFIGS["smollm2-135m"]
-    monkeypatch.setattr(plan, "available_memory", lambda: (64 * 10**9, "test"))
-    assert fits_warning(cfg, config) is None
-    monkeypatch.setattr(plan, "available_memory", lambda: (2 * 10**9, "test"))
-    warning = fits_warning(cfg, config)
-    assert warning and "exceeds test" in warning and "--" in warning
-    for hint in recommend(cfg, config, 2 * 10**9):
-        assert float(hint.split("predicted ")[1].split(" ")[0]) * (1e9 if "GB" in hint else 1e6) <= 2e9
-
-
-def test_parse_bytes():
-    assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("16 GiB") == 16 * 2**30
-    assert parse_bytes("800MB") == 800 * 10**6 and parse_bytes("1.5e9") == 1_500_000_000
+def test_the_peak_is_the_largest_of_the_batches_given():
+    """By default the longest batch cfg allows, in both layouts; given the batch shapes a run's data
+    makes (batching.batch_shape tuples), the largest of those."""
+    cfg = TrainConfig(model="smollm2-135m", max_length=1024).validate()
+    smol = KNOWN_CONFIGS["smollm2-135m"]
+    ceiling = ceiling_shapes(cfg, gpu=False, shared=shared_prompt(ModelShape.from_config(smol), smol))
+    assert [LAYOUTS[len(shape)] for shape in ceiling] == ["full rows", "shared prompt"]
+    default = predict_peak(cfg, smol, on_gpu=False)
+    assert predict_peak(cfg, smol, on_gpu=False, shapes=ceiling).total == default.total
+    short = [(2, 64, 96), (2, 160)]
+    alone = [predict_peak(cfg, smol, on_gpu=False, shapes=[shape]).total for shape in short]
+    assert predict_peak(cfg, smol, on_gpu=False, shapes=short).total == max(alone) < default.total / 4
 
 
 if __name__ == "__main__":

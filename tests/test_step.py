@@ -1,9 +1,8 @@
-"""The compiled step's inputs and shapes, and the MLX memory limit around a run."""
+"""The compiled step's inputs and shapes."""
 
 import mlx.core as mx
 from helpers import cfg_for, tiny_model
 
-from mlx_orpo.api import memory_limit
 from mlx_orpo.batching import Widths, batch_shape, collate
 from mlx_orpo.loss import batch_loss
 from mlx_orpo.models import attach_adapters
@@ -59,20 +58,6 @@ def test_powers_of_two_leave_fewer_shapes_to_compile(tmp_path):
         counts[pow2] = len(traces)
         assert counts[pow2] == len({batch_shape([p], widths) for p in data})
     assert counts[True] < counts[False]
-
-
-def test_memory_limit_is_set_inside_and_restored_after():
-    before = mx.set_memory_limit(7_000_000_000)
-    lines = []
-    try:
-        with memory_limit(123_000_000, lines.append):
-            assert mx.set_memory_limit(123_000_000) == 123_000_000
-        assert mx.set_memory_limit(7_000_000_000) == 7_000_000_000
-        with memory_limit(None, lines.append):
-            assert mx.set_memory_limit(7_000_000_000) == 7_000_000_000
-    finally:
-        mx.set_memory_limit(before)
-    assert lines == ["MLX memory limit: 0.12 GB (MLX waits for queued kernels rather than go past it)"]
 
 
 def test_padding_to_powers_of_two_changes_no_loss_metric_or_gradient(tmp_path):

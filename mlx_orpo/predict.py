@@ -1,0 +1,287 @@
+"""Predict a run's peak memory from the model's config.json, before loading any weights.
+
+    prediction = predict_peak(cfg, load_model_config(cfg.model))
+    print(prediction.table())
+
+The prediction is a sum of parts, each an arithmetic function of the model's
+shapes and the run's settings:
+
+- weights: every base parameter at its stored width (4-bit: half a byte plus a
+  scale and a bias per group);
+- adapters + optimizer: the LoRA matrices in float32, four times over (values,
+  gradients, AdamW's two moments);
+- activations: what the backward pass keeps per transformer block, per token
+  (multiples of the hidden and MLP widths) and per attention score;
+- logits: the float32 vocabulary rows alive at once (a chunk of the scored
+  positions, see forward.head_logps);
+- a fixed overhead.
+
+The per-token and per-score multiples were measured (`mx.get_peak_memory()`
+of one training step on llama configs, scripts/fit_plan.py, tests/test_plan.py and
+docs/performance.md); everything else is counted.
+
+The peak is the largest over batch shapes (`batching.batch_shape`'s tuples: what the compiled step's
+memory depends on). By default they are the longest batch a run can meet (`ceiling_shapes`): B pairs
+at --max-length, the prompt at its budget, both as full rows (the layout `batching.collate` falls back
+to) and in the shared-prompt layout; a caller that knows the batches the data makes passes those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import models
+from .batching import Widths, batch_shape
+from .budget import format_bytes
+from .config import TrainConfig
+from .forward import PLAIN_HEAD_MODEL_TYPES, SPLIT_MODEL_TYPES, logit_chunk
+from .tokenize import EncodedPair
+
+# The config.json numbers of the aliases, so the planner works offline for
+# models that are not on disk (mistral-7b-4bit on a machine that never
+# downloaded it). Copied from the Hub repos the aliases point to.
+KNOWN_CONFIGS = {
+    "smollm2-135m": {  # HuggingFaceTB/SmolLM2-135M-Instruct
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30,
+        "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16"},
+    "mistral-7b-4bit": {  # mlx-community/Mistral-7B-Instruct-v0.3-4bit
+        "model_type": "mistral", "vocab_size": 32768, "hidden_size": 4096, "num_hidden_layers": 32,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "quantization": {"group_size": 64, "bits": 4}},
+    "llama-2-7b-4bit": {  # mlx-community/Llama-2-7b-chat-4-bit
+        "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32,
+        "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "tie_word_embeddings": False, "torch_dtype": "float16",
+        "quantization": {"group_size": 64, "bits": 4}},
+    "phi-2": {  # microsoft/phi-2
+        "model_type": "phi", "vocab_size": 51200, "hidden_size": 2560, "num_hidden_layers": 32,
+        "intermediate_size": 10240, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "tie_word_embeddings": False, "torch_dtype": "float16"},
+}
+
+# Measured multiples (float32, MLX CPU backend, mlx 0.32), fitted by scripts/fit_plan.py on one
+# training step each of 15 tiny, 8-block and SmolLM2-shaped llama configs (docs/performance.md
+# "Memory planner"). Per transformer block and token, the backward pass keeps ACT_HIDDEN x hidden
+# + ACT_MLP x intermediate values (ACT_MLP set from the block's structure), and ACT_SCORES values
+# per attention score (query x key, per head). A checkpointed run keeps CKPT_HIDDEN x hidden per
+# token and block, plus CKPT_BLOCKS blocks' worth while one is recomputed (its activations and
+# their gradients; set, not fitted). The vocabulary logits exist forward.logit_chunk() positions at
+# a time (forward.head_logps; 256 on the CPU, where this was fitted), LOGIT_COPIES times over;
+# models whose head is not plain (forward.PLAIN_HEAD_MODEL_TYPES) hold all scored rows
+# FULL_LOGIT_COPIES times (measured with the logits in one piece).
+ACT_HIDDEN = 13.12
+ACT_MLP = 4.0
+ACT_SCORES = 1.735
+CKPT_HIDDEN = 2.159
+CKPT_BLOCKS = 2
+LOGIT_COPIES = 0.222
+FULL_LOGIT_COPIES = 2.98
+OVERHEAD_BYTES = 3_000_000
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a config.json that memory depends on."""
+    model_type: str
+    vocab: int
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+    checkpoint_dtype: str
+    quant_bits: int | None
+    quant_group: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        text = config.get("text_config", config)  # multimodal configs nest the language model
+        heads = text["num_attention_heads"]
+        hidden = text["hidden_size"]
+        quant = config.get("quantization") or config.get("quantization_config") or {}
+        dtype = str(text.get("torch_dtype") or text.get("dtype") or "float16")
+        return cls(
+            model_type=text.get("model_type", "llama"),
+            vocab=text["vocab_size"], hidden=hidden, layers=text["num_hidden_layers"],
+            intermediate=text.get("intermediate_size") or 4 * hidden, heads=heads,
+            kv_heads=text.get("num_key_value_heads") or heads,
+            head_dim=text.get("head_dim") or hidden // heads,
+            tied=bool(text.get("tie_word_embeddings", False)),
+            checkpoint_dtype=dtype if dtype in _DTYPE_BYTES else "float16",
+            quant_bits=quant.get("bits"), quant_group=quant.get("group_size", 64))
+
+    @property
+    def mlp_matrices(self) -> int:
+        return 2 if self.model_type in ("phi", "gpt2", "starcoder2") else 3  # gelu MLPs: fc1, fc2
+
+    def block_linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one block, by mlx-lm module name suffix."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        attn = {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
+                "o_proj": (q, self.hidden)}
+        if self.mlp_matrices == 2:
+            return {**attn, "fc1": (self.hidden, self.intermediate), "fc2": (self.intermediate, self.hidden)}
+        return {**attn, "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
+                "down_proj": (self.intermediate, self.hidden)}
+
+
+@dataclass
+class Prediction:
+    """Predicted peak bytes, with the parts that add up to it."""
+    total: int
+    breakdown: dict[str, int]
+    layout: str  # the batch layout that gave the peak: "shared prompt" or "full rows"
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{name:24s} {format_bytes(value):>10s}" for name, value in self.breakdown.items()]
+        lines.append(f"{'predicted peak':24s} {format_bytes(self.total):>10s}  ({self.layout})")
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def weight_bytes(shape: ModelShape, dtype_bytes: int, bits: int | None, group: int) -> int:
+    """Base weights. Quantised models keep linears and embeddings at `bits` plus a scale and bias per group."""
+    per_block = sum(i * o for i, o in shape.block_linears().values())
+    embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+    norms = (2 * shape.layers + 1) * shape.hidden
+    matrices = shape.layers * per_block + embeddings
+    if bits:
+        return int(matrices * (bits / 8 + 2 * dtype_bytes / group) + norms * dtype_bytes)
+    return (matrices + norms) * dtype_bytes
+
+
+def adapted_layers(cfg: TrainConfig, shape: ModelShape) -> int:
+    return shape.layers if cfg.lora_layers < 0 else min(cfg.lora_layers, shape.layers)
+
+
+def adapter_params(cfg: TrainConfig, shape: ModelShape) -> int:
+    targets = set(cfg.lora_targets or ["all-linear"])
+    per_block = sum(cfg.lora_rank * (i + o) + (o if cfg.dora else 0)
+                    for name, (i, o) in shape.block_linears().items()
+                    if "all-linear" in targets or name in targets)
+    return per_block * adapted_layers(cfg, shape)
+
+
+def activation_bytes(cfg: TrainConfig, shape: ModelShape, act_bytes: int, tokens: int, scores: int) -> int:
+    """Backward-pass residue of all blocks for `tokens` token positions and `scores` attention scores per head."""
+    per_token = ACT_HIDDEN * shape.hidden + ACT_MLP * shape.intermediate
+    per_block = per_token * tokens + ACT_SCORES * shape.heads * scores
+    if cfg.grad_checkpoint:  # every block's input, and one block's activations during its recompute
+        return int(act_bytes * (CKPT_HIDDEN * shape.hidden * tokens * shape.layers + CKPT_BLOCKS * per_block))
+    return int(act_bytes * per_block * shape.layers)
+
+
+def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
+    """The float32 vocabulary logits alive at the peak, for `rows` scored positions."""
+    if shape.model_type in PLAIN_HEAD_MODEL_TYPES:
+        return int(LOGIT_COPIES * min(rows, logit_chunk(gpu)) * shape.vocab * 4)
+    return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
+
+
+def shared_prompt(shape: ModelShape, model_config: dict) -> bool:
+    """Whether the model runs each prompt once (forward.split_supported, asked of a config.json rather
+    than a loaded model): mlx-lm llama-family models with no sliding-window layers."""
+    text = model_config.get("text_config", model_config)
+    return shape.model_type in SPLIT_MODEL_TYPES and "sliding_attention" not in (text.get("layer_types") or ())
+
+
+
+LAYOUTS = {2: "full rows", 3: "shared prompt"}  # by the length of a batching.batch_shape tuple
+
+
+def ceiling_shapes(cfg: TrainConfig, gpu: bool, shared: bool, prompt_len: int | None = None,
+                   answer_len: int | None = None) -> list[tuple[int, ...]]:
+    """The batch shapes (batching.batch_shape) of cfg.batch_size pairs whose prompts have prompt_len
+    tokens and whose answers answer_len (default: the longest pair cfg allows, the prompt at its
+    budget), padded as the trainer pads them here or on a GPU (`gpu`): as full rows, and in the
+    shared-prompt layout when the model runs it (`shared`, see shared_prompt) and collate would."""
+    widths = Widths.for_config(cfg, gpu)
+    if prompt_len is None:
+        prompt_len = min(cfg.prompt_budget, cfg.max_length - cfg.min_response_length)
+    if answer_len is None:
+        answer_len = cfg.max_length - prompt_len
+    answer = (0,) * answer_len
+    pairs = [EncodedPair((0,) * prompt_len, answer, answer)] * cfg.batch_size
+    shapes = [batch_shape(pairs, widths, shared_prompt=False)]
+    split = batch_shape(pairs, widths, shared_prompt=shared)
+    if len(split) == 3:  # otherwise collate keeps the full rows
+        shapes.append(split)
+    return shapes
+
+
+def batch_work(shape: tuple[int, ...], prompt_in_nll: bool) -> tuple[int, int, int]:
+    """(token positions, attention scores per head, scored vocabulary rows) of one batch shape: B pairs
+    as 2B full rows of W tokens (W - 1 positions each), or as B prompt rows and 2B answer rows that
+    attend to their prompt."""
+    if len(shape) == 2:
+        n, full = shape
+        width = full - 1  # a full row runs all but its last token
+        return 2 * n * width, 2 * n * width * width, 2 * n * width
+    n, prompt, answer = shape
+    return (n * prompt + 2 * n * answer, n * prompt * prompt + 2 * n * answer * (prompt + answer),
+            2 * n * answer + (n * prompt if prompt_in_nll else 0))
+
+
+def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = None,
+                 shapes: Iterable[tuple[int, ...]] | None = None) -> Prediction:
+    """Peak memory of training `cfg` on the model described by `model_config` (its config.json): the
+    largest over the batch `shapes` (batching.batch_shape tuples; default: ceiling_shapes, the longest
+    batch cfg allows). `on_gpu`: predict for a GPU or the CPU (default: where MLX computes here)."""
+    shape = ModelShape.from_config(model_config)
+    gpu = models.on_gpu() if on_gpu is None else on_gpu
+    dtype = models.compute_dtype(cfg.dtype, gpu) or shape.checkpoint_dtype
+    dtype_bytes = _DTYPE_BYTES[dtype]
+    bits = cfg.bits or shape.quant_bits
+    group = cfg.group_size if cfg.bits else shape.quant_group
+    weights = weight_bytes(shape, dtype_bytes, bits, group)
+    # values, gradients and AdamW's two moments, float32; one more gradient copy when accumulating
+    adapters = adapter_params(cfg, shape) * 4 * (4 + (cfg.grad_accum > 1))
+    ceiling = shapes is None
+    shapes = ceiling_shapes(cfg, gpu, shared_prompt(shape, model_config)) if ceiling else list(shapes)
+    best, peak_batch = None, None
+    for batch in shapes:
+        tokens, scores, rows = batch_work(batch, cfg.prompt_in_nll)
+        activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
+        logits = logit_bytes(shape, rows, gpu)
+        total = weights + adapters + activations + logits + OVERHEAD_BYTES
+        if best is None or total > best.total:
+            best, peak_batch = Prediction(total, {"weights": weights, "adapters + optimizer": adapters,
+                                                  "activations": activations, "logits": logits,
+                                                  "overhead": OVERHEAD_BYTES}, LAYOUTS[len(batch)]), batch
+    if best is None:
+        raise ValueError("no batch shapes to predict for")
+    batch = (f"batch of {cfg.batch_size} pairs at {cfg.max_length} tokens" if ceiling
+             else f"largest batch: {peak_batch[0]} pairs, widths {' + '.join(map(str, peak_batch[1:]))}")
+    best.notes.append(f"{dtype} compute, {f'{bits}-bit' if bits else 'float'} base weights, {batch}")
+    if cfg.dora:
+        best.notes.append("DoRA also builds each adapted weight in full in the forward pass (not counted)")
+    return best
+
+
+def load_model_config(spec: str) -> dict:
+    """config.json of a model as `models.resolve_model` finds it (alias, directory, .gguf file or Hub id),
+    without loading weights. The aliases' numbers are known offline (KNOWN_CONFIGS); a Hub id reads
+    its config.json from the Hugging Face cache, or downloads that one file."""
+    try:
+        resolved = models.resolve_model(spec)
+    except models.ModelNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if Path(resolved).is_dir():
+        return json.loads((Path(resolved) / "config.json").read_text())
+    known = {models.MODEL_ALIASES[alias]: config for alias, config in KNOWN_CONFIGS.items()}
+    if resolved in known:
+        return dict(known[resolved])
+    try:
+        from huggingface_hub import hf_hub_download
+        return json.loads(Path(hf_hub_download(resolved, "config.json")).read_text())
+    except Exception as exc:
+        raise ValueError(f"{spec}: could not read its config.json ({exc})") from None
