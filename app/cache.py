@@ -10,6 +10,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from mlx_orpo import rundir
+
 
 class LRU:
     def __init__(self, size: int):
@@ -34,7 +36,7 @@ def _stamp(path: Path | None):
     """Changes when a checkpoint's adapters are rewritten (the run's newest adapters are)."""
     if path is None:
         return None
-    weights = Path(path) / "adapters.safetensors"
+    weights = Path(path) / rundir.ADAPTERS
     return (str(path), weights.stat().st_mtime_ns if weights.is_file() else 0)
 
 

@@ -113,7 +113,8 @@ class Jobs:
         for run in self.runs_dir.iterdir():
             if (run / rundir.LOCK).is_file() and (pid := holder(run)) is not None and pid.isdigit():
                 status = rundir.read_status(run)
-                return Job(run, int(pid), status.get("time", time.time()), data_label="(started elsewhere)")
+                started = status.time if status is not None else time.time()
+                return Job(run, int(pid), started, data_label="(started elsewhere)")
         return None
 
     def launch(self, run_dir: Path, data: str | None, cfg: TrainConfig | None, *, resume: bool = False,

@@ -6,7 +6,6 @@ The metrics file is the contract with the trainer; everything here only reads.
 from __future__ import annotations
 
 import html
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ def list_runs(runs_dir: Path) -> list[str]:
         return []
     found = [p for p in runs_dir.iterdir()
              if p.is_dir() and p.name not in (UPLOADS, EXPORTS) and not p.is_symlink()
-             and any((p / f).is_file() for f in ("config.json", "metrics.jsonl", LOG_NAME))]
+             and any((p / f).is_file() for f in (rundir.CONFIG, rundir.METRICS, LOG_NAME))]
     return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
@@ -56,9 +55,10 @@ def data_label(runs_dir: Path, data: str | None) -> str:
 
 
 def read_config(run: Path) -> dict:
+    """The run's settings (rundir.read_config), or {} while it has none (or they cannot be read)."""
     try:
-        return json.loads((run / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        return rundir.read_config(run)
+    except (OSError, ValueError):
         return {}
 
 
@@ -75,10 +75,10 @@ def adapter_choices(runs_dir: Path, name: str | None) -> list[str]:
 def adapter_dir(run: Path, checkpoint: str | None) -> Path:
     """The run's newest adapters ("final"/None) or one checkpoint's, as an adapter directory."""
     if not checkpoint or checkpoint == "final":
-        if not (run / "adapters.safetensors").is_file():
+        if not (run / rundir.ADAPTERS).is_file():
             raise FileNotFoundError(f"{run.name} has no adapters yet")
         return run
-    return child(run / "checkpoints", checkpoint)
+    return child(run / rundir.CHECKPOINTS, checkpoint)
 
 
 def curve_frame(records: list[dict], keys: list[tuple[str, str]], run_label: str = "") -> pd.DataFrame:
@@ -156,15 +156,14 @@ def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *
     step = max((r["step"] for r in recs), default=0)
     total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) \
         or read_config(run).get("iters")
-    fresh = status.get("time", 0) >= since
-    if status and fresh:
-        step, total = status.get("step", step), status.get("total_steps") or total
+    fresh = status is not None and status.time >= since
+    if fresh:
+        step, total = status.step if status.step is not None else step, status.total_steps or total
     if not running:
         return Progress(step, total, "idle")
-    if not fresh or not status:
+    if not fresh:
         return Progress(step, total, RESUMING if resume else LOADING)
-    return Progress(step, total, _PHASES.get(status.get("phase"), LOADING), status.get("eval_done"),
-                    status.get("eval_total"))
+    return Progress(step, total, _PHASES.get(status.phase, LOADING), status.eval_done, status.eval_total)
 
 
 def eta_text(seconds: float | None) -> str:
@@ -190,16 +189,16 @@ class Rate:
     def __init__(self):
         self.step_times: dict[int, float] = {}   # step -> its seconds
         self.eval_pair_s: dict[int, float] = {}  # evaluation at step -> seconds per pair so far
-        self.status: dict = {}                   # the newest status seen
+        self.status: rundir.Status | None = None  # the newest status seen
 
-    def observe(self, status: dict) -> None:
-        if not status or status.get("time", 0) < self.status.get("time", 0):
+    def observe(self, status: rundir.Status | None) -> None:
+        if status is None or (self.status is not None and status.time < self.status.time):
             return
         self.status = status
-        if status.get("phase") == rundir.TRAINING and status.get("step_seconds"):
-            self.step_times[status["step"]] = status["step_seconds"]
-        elif status.get("phase") == rundir.EVALUATING and status.get("eval_done"):
-            self.eval_pair_s[status["step"]] = status["eval_seconds"] / status["eval_done"]
+        if status.phase == rundir.TRAINING and status.step_seconds:
+            self.step_times[status.step] = status.step_seconds
+        elif status.phase == rundir.EVALUATING and status.eval_done and status.eval_seconds is not None:
+            self.eval_pair_s[status.step] = status.eval_seconds / status.eval_done
 
     def carried(self) -> Rate:
         """The measurements, for the same run resumed (its status starts afresh)."""
@@ -226,10 +225,10 @@ class Rate:
         """Seconds left: the steps still to run at the measured step time, plus the evaluations still
         due (and what is left of the current one) at the time per held-out pair; counted down from the
         status's time, but never below what certainly remains after the step or batch under way."""
-        if not p.total or self.step_s is None or p.phase not in (TRAINING, EVALUATING, SAVING):
+        if not (p.total and self.step_s is not None and self.status and p.phase in (TRAINING, EVALUATING, SAVING)):
             return None
         pair_s = self.pair_s(cfg) or 0.0
-        n_eval = self.status.get("eval_pairs") or 0
+        n_eval = self.status.eval_pairs or 0
         every = cfg.get("eval_every") or 0
         due = sum(1 for s in range(p.step + 1, p.total + 1) if rundir.eval_due(s, p.total, every)) if n_eval else 0
         steps_left = max(p.total - p.step, 0)
@@ -240,7 +239,7 @@ class Rate:
         left = after + current
         # The item under way: the next step (training), the rest of this evaluation, or the save.
         floor = after - (self.step_s if p.phase == TRAINING and steps_left else 0.0)
-        elapsed = max((time.time() if now is None else now) - self.status.get("time", 0), 0.0)
+        elapsed = max((time.time() if now is None else now) - self.status.time, 0.0)
         return max(left - elapsed, floor, 0.0)
 
 

@@ -146,17 +146,17 @@ def resume(ctx: Context, session: Session, name: str):
 def outcome(job: Job, p: runfiles.Progress) -> str:
     """How a job that no longer runs ended: stopped (by Stop, SIGTERM or Ctrl-C), finished or failed."""
     status = rundir.read_status(job.run_dir)
-    fresh = status.get("time", 0) >= job.started
+    fresh = status is not None and status.time >= job.started
     code = job.returncode
     completed = code == 0 and bool(p.total) and p.step >= p.total
-    stopped = fresh and status.get("phase") == rundir.STOPPED
+    stopped = fresh and status.phase == rundir.STOPPED
     if stopped or code == EXIT_STOPPED or (job.stop_requested and not completed):
         ckpts = runfiles.checkpoints(job.run_dir)
         if not ckpts:
             return "stopped before the first checkpoint"
-        step = status.get("step") if stopped else int(ckpts[0].split("-")[-1])
+        step = status.step if stopped else rundir.checkpoint_step(ckpts[0])
         return f"stopped at step {step}; checkpoint saved"
-    if code == 0 or (fresh and status.get("phase") == rundir.FINISHED):
+    if code == 0 or (fresh and status.phase == rundir.FINISHED):
         return "finished"
     if code is None:
         return "ended"  # a trainer started elsewhere: its exit code is not ours to read
@@ -207,7 +207,7 @@ def refresh(ctx: Context, session: Session):
                 *[gr.skip()] * len(FORM))
     run, running = job.run_dir, job.running
     status_now = rundir.read_status(run)
-    if status_now.get("time", 0) >= job.started:
+    if status_now is not None and status_now.time >= job.started:
         job.rate.observe(status_now)
     p = runfiles.progress(run, None, running, since=job.started, resume=job.resume)
     if running:
@@ -220,7 +220,7 @@ def refresh(ctx: Context, session: Session):
     bar = runfiles.progress_html(p, label, eta, run.name)
     sizes = tuple((run / f).stat().st_size if (run / f).is_file() else 0
                   for f in (rundir.CONFIG, rundir.METRICS, rundir.LOG))
-    seen = (str(run), job.started, *sizes, status_now.get("time"), running, job.stop_requested)
+    seen = (str(run), job.started, *sizes, status_now and status_now.time, running, job.stop_requested)
     if seen == session.last_seen:
         return session, bar, *[gr.skip()] * 5, *skip_rest
     session.last_seen = seen

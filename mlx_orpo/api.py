@@ -141,7 +141,7 @@ def stopped(run_dir: Path, since: float = 0.0) -> bool:
     """Whether the run's trainer stopped on a stop request (resumable) rather than finishing, by a
     status written at `since` (time.time()) or later: an earlier stop of the run does not count."""
     status = rundir.read_status(run_dir)
-    return status.get("phase") == rundir.STOPPED and float(status.get("time", 0.0)) >= since
+    return status is not None and status.phase == rundir.STOPPED and status.time >= since
 
 
 def _remove_if_only_lock(run_dir: Path, created: list[Path]) -> None:

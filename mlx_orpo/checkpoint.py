@@ -1,9 +1,11 @@
-"""Atomic, resumable checkpoints of a run directory (rundir.py has the whole layout).
+"""Atomic, resumable checkpoints of a run directory (rundir.py has the whole layout and its file names).
 
     checkpoints/step-000100/    adapters.safetensors, optimizer.safetensors, state.json,
                                 adapter_config.json, manifest.json (sizes and SHA-256 of the first three)
 
 state.json holds a `LoopState`: everything besides weights and optimizer state that a resume needs.
+It is read by the run's format version (rundir.FORMATS): what an older version's state lacks is
+filled in with the value it ran with.
 
 Every file is written through files.atomic_output, and a checkpoint directory is
 renamed into place whole, so a crash (even SIGKILL)
@@ -23,12 +25,9 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from . import rundir
 from .files import atomic_output, file_digest
-from .rundir import ADAPTER_CONFIG, ADAPTERS, CHECKPOINTS
-
-_PREFIX = "step-"
-MANIFEST = "manifest.json"
-_VERIFIED = ("adapters.safetensors", "optimizer.safetensors", "state.json")
+from .rundir import ADAPTER_CONFIG, ADAPTERS, CHECKPOINTS, MANIFEST, OPTIMIZER, STATE, VERIFIED, CorruptFileError
 
 
 @dataclass
@@ -42,12 +41,8 @@ class LoopState:
     window_steps: int = 0
     window_tokens: int = 0
     world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
-    largest_first: bool = True  # epoch order (epoch_batches); False in checkpoints written before it
-    step_groups: bool = True    # pairs grouped per optimizer step (step_order); False in checkpoints before it
-
-
-class CorruptFileError(ValueError):
-    """A run or checkpoint file that is missing, cut short or altered; the message names it."""
+    largest_first: bool = True  # epoch order: the largest batch first (epoch_batches)
+    step_groups: bool = True    # pairs grouped per optimizer step (step_order)
 
 
 def adapter_weights(model) -> dict:
@@ -63,12 +58,12 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     """Write checkpoints/step-NNNNNN atomically, update adapters.safetensors, prune old ones."""
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{step:06d}"
+    final = root / rundir.checkpoint_name(step)
     with atomic_output(final, directory=True) as tmp:
-        mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2))
-        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in _VERIFIED}, indent=2))
+        mx.save_safetensors(str(tmp / ADAPTERS), adapter_weights(model))
+        mx.save_safetensors(str(tmp / OPTIMIZER), dict(tree_flatten(optimizer.state)))
+        (tmp / STATE).write_text(json.dumps(dict(state, step=step), indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in VERIFIED}, indent=2))
         if (run_dir / ADAPTER_CONFIG).is_file():  # so a checkpoint loads like a run directory
             shutil.copy(run_dir / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
     save_adapters(run_dir, model)
@@ -82,7 +77,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").is_file()]
+    found = [p for p in root.iterdir() if rundir.checkpoint_step(p.name) is not None and (p / STATE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -118,21 +113,24 @@ def check_safetensors(path: Path) -> dict:
 def verify_checkpoint(path: Path) -> None:
     """Raise CorruptFileError naming the first missing or damaged file of a checkpoint.
 
-    Checked against manifest.json (sizes and SHA-256); a checkpoint written before
-    manifests existed gets the structural checks only.
+    Checked against manifest.json (sizes and SHA-256). A version-1 run's checkpoint may have no
+    manifest: it gets the structural checks only.
     """
     manifest_path = path / MANIFEST
+    version, fmt = rundir.run_format(path.parent.parent)
     if not manifest_path.is_file():
-        for name in _VERIFIED[:2]:
+        if fmt.manifests:
+            raise CorruptFileError(f"{manifest_path}: missing (every checkpoint of a version-{version} run has one)")
+        for name in (ADAPTERS, OPTIMIZER):
             check_safetensors(path / name)
-        _read_state(path)
+        read_state(path)
         return
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"{manifest_path}: unreadable checkpoint manifest ({exc})") from None
-    _read_state(path)  # first: a junk state of gigabytes is refused by its size, not hashed
-    for name in _VERIFIED:
+    read_state(path)  # first: a junk state of gigabytes is refused by its size, not hashed
+    for name in VERIFIED:
         file = path / name
         if not file.is_file():
             raise CorruptFileError(f"{file}: missing")
@@ -164,9 +162,10 @@ def intact_checkpoints(run_dir: Path, warn=print) -> list[Path]:
 _MAX_STATE_BYTES = 1 << 20
 
 
-def _read_state(path: Path) -> dict:
-    """The checkpoint's loop state, checked against LoopState's fields and their types."""
-    file = path / "state.json"
+def read_state(path: Path) -> dict:
+    """The loop state of the checkpoint at `path` (RUN/checkpoints/step-N), every LoopState field:
+    checked against their names and types, with what the run's format version lacks filled in."""
+    file = path / STATE
     try:
         if file.stat().st_size > _MAX_STATE_BYTES:
             raise CorruptFileError(f"{file}: corrupt checkpoint state ({file.stat().st_size} bytes; a loop state "
@@ -190,24 +189,30 @@ def _read_state(path: Path) -> dict:
         if not ok:
             raise CorruptFileError(f"{file}: corrupt checkpoint state ({key} = {str(value)[:40]!r} is not "
                                    f"a valid {kind.__name__})")
-    if not isinstance(state.get("step"), int) or state.get("world_size", 1) < 1:
-        raise CorruptFileError(f"{file}: corrupt checkpoint state (no step, or a world size below 1)")
+    version, fmt = rundir.run_format(path.parent.parent)
+    state = {**fmt.state, **state}
+    if lacking := sorted(set(hints) - set(state)):
+        raise CorruptFileError(f"{file}: corrupt checkpoint state (it lacks {lacking}, which every checkpoint of a "
+                               f"version-{version} run holds)")
+    if state["world_size"] < 1:
+        raise CorruptFileError(f"{file}: corrupt checkpoint state (a world size below 1)")
     return state
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore adapters and optimizer state; return the saved loop state.
+    """Restore adapters and optimizer state; return the saved loop state (read_state: every LoopState
+    field, as the run was written).
 
     (No RNG state is saved: the trainer reseeds from (seed, step) every step.)
     """
-    state = _read_state(path)
+    state = read_state(path)
     arrays = {}
-    for name in _VERIFIED[:2]:
+    for name in (ADAPTERS, OPTIMIZER):
         try:
             arrays[name] = mx.load(str(path / name))
         except (OSError, RuntimeError, ValueError) as exc:  # mx.load raises RuntimeError on a torn file
             raise CorruptFileError(f"{path / name}: cannot be loaded ({exc})") from None
-    model.load_weights(list(arrays["adapters.safetensors"].items()), strict=False)
-    optimizer.state = tree_unflatten(list(arrays["optimizer.safetensors"].items()))
+    model.load_weights(list(arrays[ADAPTERS].items()), strict=False)
+    optimizer.state = tree_unflatten(list(arrays[OPTIMIZER].items()))
     mx.eval(model.parameters(), optimizer.state)
     return state

@@ -158,10 +158,7 @@ FIELD_SPECS = {name: spec_of(f, _HINTS[name]) for name, f in FIELDS.items()}
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
-    if "memory_limit" in values:  # a run's config.json may name the budget memory_limit (None: off)
-        values = dict(values)
-        limit = values.pop("memory_limit")
-        values.setdefault("memory_budget", "off" if limit is None else limit)
+    """A TrainConfig of `values` (a run's own config.json is read by rundir.read_config, by its version)."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the long flag names with '_'")

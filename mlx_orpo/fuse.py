@@ -20,7 +20,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
+from . import rundir
 from .checkpoint import check_safetensors
+from .rundir import ADAPTER_CONFIG, ADAPTERS
 
 # A fixed chat prompt on which exports are compared with the MLX fused model.
 REFERENCE_MESSAGES = [{"role": "user", "content": "Write one sentence about the sea, and count to five."}]
@@ -47,34 +49,38 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_model_spec(adapter_dir: str | Path) -> str | None:
-    """The base model a run (or one of its checkpoints) was trained on.
-
-    `model_path` (the resolved local directory) wins when it still exists,
-    then the spec the user typed (`model`), from adapter_config.json or the
-    run's config.json (two levels up for checkpoints/step-N).
-    """
+def base_model_names(adapter_dir: str | Path) -> tuple[str | None, str | None]:
+    """(model_path, model): the base an adapter directory (a run, one of its checkpoints, or an
+    imported adapter) was trained on, as the local directory its run loaded and as the spec the user
+    gave, from its adapter config, its run's, or its run's settings (rundir.read_config); None where
+    none names it."""
     adapter_dir = Path(adapter_dir)
-    for directory in (adapter_dir, adapter_dir.parent.parent):
-        adapter_cfg = read_json(directory / "adapter_config.json")
-        model_path = adapter_cfg.get("model_path")
-        if model_path and Path(model_path).is_dir():
-            return str(model_path)
-        for cfg in (adapter_cfg, read_json(directory / "config.json")):
-            if cfg.get("model"):
-                return str(cfg["model"])
-    return None
+    run = rundir.run_of(adapter_dir)
+    configs = [read_json(directory / ADAPTER_CONFIG) for directory in dict.fromkeys([adapter_dir, run])
+               if directory is not None]
+    model_path = next((c["model_path"] for c in configs if c.get("model_path")), None)
+    spec = next((c["model"] for c in configs if c.get("model")), None)
+    if spec is None and run is not None:
+        spec = rundir.read_config(run)["model"]
+    return model_path, spec
+
+
+def run_model_spec(adapter_dir: str | Path) -> str | None:
+    """The base model a run (or one of its checkpoints) was trained on: the local directory its run
+    loaded while it still exists, else the spec the user gave."""
+    model_path, spec = base_model_names(adapter_dir)
+    return str(model_path) if model_path and Path(model_path).is_dir() else spec
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     adapter_dir = Path(adapter_dir)
-    missing = [n for n in ("adapters.safetensors", "adapter_config.json") if not (adapter_dir / n).is_file()]
+    missing = [n for n in (ADAPTERS, ADAPTER_CONFIG) if not (adapter_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{adapter_dir}: not an adapter directory (missing {', '.join(missing)}); pass a run directory "
             "or one of its checkpoints/step-N directories")
-    header = check_safetensors(adapter_dir / "adapters.safetensors")  # a cut file: named, not a traceback
-    check_adapter_config(adapter_dir / "adapter_config.json", header)
+    header = check_safetensors(adapter_dir / ADAPTERS)  # a cut file: named, not a traceback
+    check_adapter_config(adapter_dir / ADAPTER_CONFIG, header)
     return adapter_dir
 
 
@@ -182,7 +188,7 @@ def load_fused(model: str | None = None, adapters: str | Path | None = None, *, 
     adapter_cfg = {}
     count = 0
     if adapter_dir is not None:
-        adapter_cfg = read_json(adapter_dir / "adapter_config.json")
+        adapter_cfg = read_json(adapter_dir / ADAPTER_CONFIG)
         load_adapters(base, str(adapter_dir))
         count = fuse_adapters(base, target)
     base = dequantize_model(base)

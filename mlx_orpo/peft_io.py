@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .output import ExportResult, output_files, write_dir_atomically
+from .rundir import ADAPTER_CONFIG, ADAPTERS
 
 _PEFT_PREFIX = "base_model.model."
 _LAYER = re.compile(r"^(?P<head>.*\.layers)\.(?P<index>\d+)\.(?P<key>.+)$")
@@ -32,14 +33,11 @@ class AdapterFormatError(ValueError):
 
 def _peft_base_name(adapter_dir: Path, model: str | None) -> str:
     """What PEFT's base_model_name_or_path should say: a Hub id where we know one."""
-    from .fuse import read_json
+    from .fuse import base_model_names
     from .models import MODEL_ALIASES
 
-    spec = model
-    for directory in (adapter_dir, adapter_dir.parent.parent):
-        for cfg in (read_json(directory / "adapter_config.json"), read_json(directory / "config.json")):
-            spec = spec or cfg.get("model")
-    spec = spec or read_json(adapter_dir / "adapter_config.json").get("model_path") or ""
+    model_path, spec = base_model_names(adapter_dir)
+    spec = model or spec or model_path or ""
     return MODEL_ALIASES.get(spec, spec)
 
 
@@ -176,9 +174,9 @@ def export_peft(adapter_dir: Path, out: Path, *, model: str | None = None, force
     from .fuse import check_adapter_dir, read_json
 
     adapter_dir = check_adapter_dir(adapter_dir)
-    weights = mx.load(str(adapter_dir / "adapters.safetensors"))
+    weights = mx.load(str(adapter_dir / ADAPTERS))
     base = _peft_base_name(adapter_dir, model)
-    tensors, config = mlx_to_peft(weights, read_json(adapter_dir / "adapter_config.json"), base)
+    tensors, config = mlx_to_peft(weights, read_json(adapter_dir / ADAPTER_CONFIG), base)
     needed = sum(v.nbytes for v in tensors.values()) + (1 << 20)
 
     def write(directory: Path) -> None:
@@ -207,8 +205,8 @@ def import_peft(peft_dir: Path, out: Path, *, model: str | None = None, force: b
     needed = sum(v.nbytes for v in weights.values()) + (1 << 20)
 
     def write(directory: Path) -> None:
-        mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
-        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        mx.save_safetensors(str(directory / ADAPTERS), weights)
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     write_dir_atomically(out, force, needed, write)
     usage = (f"python -c \"from mlx_orpo.api import load_with_adapters, generate; m, t = load_with_adapters("

@@ -8,7 +8,8 @@
 2. A resume is the same run: the options that shape it are the run's own (config.json), and
    its data is the data it started with (rundir.DATA: sizes and SHA-256 of the files, or of the
    pairs read from the Hub). A changed fingerprint stops the resume unless the caller allows
-   it (`--allow-changed-data`), which is logged and recorded.
+   it (`--allow-changed-data`), which is logged and recorded; so does a missing record, in a run
+   whose format version writes one from the start (rundir.FORMATS).
 """
 
 from __future__ import annotations
@@ -72,16 +73,12 @@ def check_output_dir(run_dir: Path, model: str | None, *, resume: bool) -> None:
 
 def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse options that differ from the resumed run's own (config.json), naming the run's values."""
-    saved_path = Path(run_dir) / rundir.CONFIG
     try:
-        saved = json.loads(saved_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunCheckError(f"{saved_path}: cannot read the run's settings ({exc})") from None
-    if not isinstance(saved, dict):
-        raise RunCheckError(f"{saved_path}: corrupt run config, not a JSON object")
-    saved = {**rundir.missing_fields(run_dir, rundir.CONFIG), **saved}
+        saved = rundir.read_config(run_dir)
+    except rundir.CorruptFileError as exc:
+        raise RunCheckError(str(exc)) from None
     changed = []
-    for name in sorted(set(saved) & set(FIELDS) - RESUMABLE_CHANGES):
+    for name in sorted(set(FIELDS) - RESUMABLE_CHANGES):
         ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])
         if ours != theirs:
             changed.append(f"{flag(name)} {_show(theirs)} (given: {_show(ours)})")
@@ -176,7 +173,18 @@ def check_run(cfg: TrainConfig, run_dir: Path, splits, *, resume: bool, allow_ch
     check_same_run(cfg, run_dir)
     recorded = read_fingerprint(run_dir)
     if recorded is None:
-        log(f"{run_dir} has no record of its data ({rundir.DATA}); recording the data it resumes with")
+        version, fmt = rundir.run_format(run_dir)
+        path = Path(run_dir) / rundir.DATA
+        if not fmt.data_record:  # a run of this version may have started before data.json
+            log(f"{run_dir} has no record of its data ({rundir.DATA}); recording the data it resumes with")
+        elif allow_changed_data:
+            log(f"warning: --allow-changed-data: {path} is missing or unreadable; resuming {run_dir} on the data "
+                "given now, which is recorded anew")
+        else:
+            raise RunCheckError(f"{path} is missing or unreadable, and a version-{version} run records its data "
+                                "there before its first step, so this resume cannot show that its data is the "
+                                "same: put the file back, or pass --allow-changed-data to continue on the data "
+                                "given now (recorded anew)")
         return fingerprint
     changes = data_changes(recorded, fingerprint)
     if changes and not allow_changed_data:

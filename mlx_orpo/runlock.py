@@ -1,6 +1,6 @@
 """One writer per run directory: an exclusive `flock` on RUN/.lock.
 
-Two trainers on one run once both exited 0 and left a metrics.jsonl with every step
+Without it, two trainers on one run both exit 0 and leave a metrics.jsonl with every step
 twice, values from both seeds interleaved. The lock is an advisory `flock`, which the
 kernel drops when its holder's file descriptor closes, so a process killed with -9
 never leaves a run stuck locked (a pid file alone would). The holder writes its pid

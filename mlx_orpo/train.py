@@ -54,15 +54,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in FIELDS}
     values = {}
     if args.resume:
-        import json
-        saved = Path(args.resume) / rundir.CONFIG
-        if not saved.is_file():
-            raise ValueError(f"{args.resume}: not a run directory (no config.json)")
-        try:
-            values.update(json.loads(saved.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"{saved}: corrupt run config, not a JSON object ({exc})") from None
-        values = {**rundir.missing_fields(args.resume, rundir.CONFIG), **values}
+        values.update(rundir.read_config(args.resume))  # the run's own settings, by its format version
         if "output_dir" in given and Path(given["output_dir"]).resolve() != Path(args.resume).resolve():
             raise ValueError(f"--resume {args.resume} continues in that folder; leave --output-dir out")
         values["output_dir"] = given["output_dir"] = args.resume
@@ -115,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a read-only or forbidden folder: the user's to fix
         print(f"error: {describe_os_error(exc) if exc.errno is not None else exc}"
               + (f" (checkpoints are written whole: continue with --resume {cfg.output_dir} once it is fixed)"
-                 if cfg.output_dir and exc.errno is not None and Path(cfg.output_dir, 'config.json').exists()
+                 if cfg.output_dir and exc.errno is not None and Path(cfg.output_dir, rundir.CONFIG).exists()
                  else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over stop requests
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if Cluster.init().is_main:
         from .models import resolve_model
 
-        print(f"adapters: {run_dir / 'adapters.safetensors'}\n"
+        print(f"adapters: {run_dir / rundir.ADAPTERS}\n"
               f"chat:     python -m mlx_lm generate --model {shlex.quote(resolve_model(cfg.model))} "
               f"--adapter-path {shlex.quote(str(run_dir))} --prompt 'Hello'")
     return 0

@@ -378,7 +378,7 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
     # A version-1 run's checkpoint resumes in the order and weighting it was written with.
-    state = LoopState(**{**rundir.missing_fields(run_dir, "state"),
+    state = LoopState(**{**rundir.missing_fields(run_dir, rundir.STATE),
                          **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:
         raise ValueError(f"{found[-1]} was written by {state.world_size} process(es); resume it with the same "

@@ -290,19 +290,22 @@ def test_progress_reads_the_trainer_status(tmp_path):
 
 
 def test_eta_includes_the_evaluations_still_due():
+    from mlx_orpo import rundir
+    from mlx_orpo.rundir import Status
+
     rate = runfiles.Rate()
     cfg = {"eval_every": 5, "batch_size": 2, "grad_accum": 1}
     t = 1000.0
     p = lambda step, phase, **kw: runfiles.Progress(step, 20, phase, **kw)
-    rate.observe({"phase": "training", "step": 1, "step_seconds": None, "eval_pairs": 8, "time": t})
+    rate.observe(Status(rundir.TRAINING, t, step=1, step_seconds=None, eval_pairs=8))
     assert rate.eta(p(1, runfiles.TRAINING), cfg, now=t) is None  # the first step compiles: no measure yet
     assert runfiles.eta_text(None) == "estimating…"
-    rate.observe({"phase": "training", "step": 2, "step_seconds": 3.0, "eval_pairs": 8, "time": t + 3})
+    rate.observe(Status(rundir.TRAINING, t + 3, step=2, step_seconds=3.0, eval_pairs=8))
     # 18 steps at 3 s, and evaluations due at 5, 10, 15, 20 of 8 pairs, each estimated at a third of a
     # trained pair (3 s / 2 pairs / 3 = 0.5 s) until one is timed.
     assert rate.eta(p(2, runfiles.TRAINING), cfg, now=t + 3) == pytest.approx(18 * 3.0 + 4 * 8 * 0.5)
-    rate.observe({"phase": "evaluating", "step": 5, "eval_done": 4, "eval_total": 8, "eval_seconds": 8.0,
-                  "eval_pairs": 8, "time": t + 20})  # measured: 2 s per pair
+    rate.observe(Status(rundir.EVALUATING, t + 20, step=5, eval_done=4, eval_total=8, eval_seconds=8.0,
+                        eval_pairs=8))  # measured: 2 s per pair
     left = rate.eta(p(5, runfiles.EVALUATING, eval_done=4, eval_total=8), cfg, now=t + 20)
     assert left == pytest.approx(4 * 2.0 + 15 * 3.0 + 3 * 8 * 2.0)
     # Counting down between status writes, never below what is certainly left after the current batch.

@@ -278,7 +278,7 @@ def journey(app_url, browser, tmp_path_factory):
         shot(a, "3-train-evaluating")
     timeline.wait_for(lambda t: step_no(t) >= 4, 300, "step 4")
     # Stop, from the second tab, at step 4 of 8: click to "stopped at step N; checkpoint saved" in the first.
-    step_s = rundir.read_status(runs / "browser").get("step_seconds")
+    step_s = rundir.read_status(runs / "browser").step_seconds
     clicked = time.time()
     b.locator("#train-stop").click()
     stopped = timeline.wait_for(lambda t: "stopped at step" in t, 300, "stopped")

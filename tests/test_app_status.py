@@ -34,7 +34,8 @@ def test_the_trainer_writes_its_phase_steps_and_evaluation_progress(tmp_path, mo
     evals = [(s["step"], s["eval_done"], s["eval_total"]) for s in written if s["phase"] == "evaluating"]
     assert evals == [(2, 0, 3), (2, 2, 3), (2, 3, 3), (4, 0, 3), (4, 2, 3), (4, 3, 3)]
     assert [s["step"] for s in written if s["phase"] == "saving"] == [3, 4]
-    assert rundir.read_status(tmp_path)["phase"] == "saving" and rundir.read_status(tmp_path)["step"] == 4
+    last = rundir.read_status(tmp_path)
+    assert (last.phase, last.step, last.total_steps, last.eval_pairs) == (rundir.SAVING, 4, 4, 3)
 
 
 def test_a_trainer_holding_a_run_is_the_servers_job(tmp_path):

@@ -9,7 +9,9 @@ from helpers import cfg_for, make, pairs
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
+from mlx_orpo import rundir
 from mlx_orpo.checkpoint import list_checkpoints
+from mlx_orpo.config import TrainConfig
 
 DATA = pairs(8)
 
@@ -36,7 +38,7 @@ def truncate(path, keep=0.5):
 
 def test_a_fresh_checkpoint_carries_a_manifest_and_verifies(run):
     newest = list_checkpoints(run)[-1]
-    manifest = json.loads((newest / ckpt.MANIFEST).read_text())
+    manifest = json.loads((newest / rundir.MANIFEST).read_text())
     assert set(manifest) == {"adapters.safetensors", "optimizer.safetensors", "state.json"}
     assert manifest["state.json"]["bytes"] == (newest / "state.json").stat().st_size
     ckpt.verify_checkpoint(newest)
@@ -75,19 +77,32 @@ def test_every_checkpoint_damaged_is_a_clear_error(run):
         train(run, resume=True)
 
 
-def test_checkpoint_without_manifest_gets_structural_checks(run):
-    """Checkpoints written before manifests existed: a cut safetensors file or a broken
-    state.json is still named."""
+def test_a_version_1_checkpoint_without_manifest_gets_structural_checks(run):
+    """A version-1 run (config.json beside metrics.jsonl, no marker) may predate manifests: a cut
+    safetensors file or a broken state.json is still named."""
+    TrainConfig(output_dir=str(run)).save(run / rundir.CONFIG)
+    assert rundir.format_version(run) == 1
     newest = list_checkpoints(run)[-1]
-    (newest / ckpt.MANIFEST).unlink()
+    (newest / rundir.MANIFEST).unlink()
     ckpt.verify_checkpoint(newest)
-    (newest / "state.json").write_text("{")
-    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / 'state.json'}: corrupt checkpoint state")):
+    (newest / rundir.STATE).write_text("{")
+    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / rundir.STATE}: corrupt checkpoint state")):
         ckpt.verify_checkpoint(newest)
-    truncate(newest / "optimizer.safetensors", 0.9)
-    cut = newest / "optimizer.safetensors"
+    truncate(newest / rundir.OPTIMIZER, 0.9)
+    cut = newest / rundir.OPTIMIZER
     with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{cut}: corrupt or truncated")):
         ckpt.verify_checkpoint(newest)
+
+
+def test_a_current_checkpoint_without_manifest_is_damaged_and_passed_over(run):
+    """Every checkpoint of a version-2 or later run has a manifest: one without is damaged, not old."""
+    newest = list_checkpoints(run)[-1]
+    (newest / rundir.MANIFEST).unlink()
+    with pytest.raises(ckpt.CorruptFileError, match=re.escape(f"{newest / rundir.MANIFEST}: missing (every "
+                                                              f"checkpoint of a version-{rundir.VERSION} run")):
+        ckpt.verify_checkpoint(newest)
+    state, lines = train(run, resume=True)
+    assert any("resumed from" in line and "step-000004" in line for line in lines) and state.step == 6
 
 
 def test_check_safetensors_names_cut_and_garbage_files(tmp_path):

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from mlx_orpo import rundir
 from mlx_orpo.config import FIELD_SPECS, FIELDS, TrainConfig
 from mlx_orpo.fields import Bound
 from mlx_orpo.train import build_parser, resolve_config
@@ -74,6 +75,7 @@ def test_cli_stops_on_an_infinite_option_with_a_message_not_a_traceback(tmp_path
 
 
 def test_corrupt_run_config_on_resume_names_the_file(tmp_path):
+    rundir.write_marker(tmp_path)
     (tmp_path / "config.json").write_text('{"beta": 0.1, "lr')
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: corrupt run config")):
         resolve_config(build_parser().parse_args(["--resume", str(tmp_path)]))

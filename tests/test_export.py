@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import make_run
 
+from mlx_orpo.config import TrainConfig
 from mlx_orpo.models import load_model
 
 # Measured on SmolLM2-135M (max |logit| about 37); see docs/export.md.
@@ -112,13 +113,21 @@ def test_four_bit_base_keeps_the_adapter(smollm2_dir, tmp_path):
 
 
 def test_run_model_spec_reads_checkpoints(tmp_path):
+    """Without an adapter config naming the base, a run's settings (config.json) name it; a folder
+    that is no run is not read as one."""
+    from mlx_orpo import rundir
     from mlx_orpo.fuse import run_model_spec
 
     run = tmp_path / "run"
     (run / "checkpoints" / "step-000002").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": "owner/some-model"}))
+    TrainConfig(model="owner/some-model").save(run / rundir.CONFIG)
+    assert run_model_spec(run) is None
+    rundir.write_marker(run)
     assert run_model_spec(run / "checkpoints" / "step-000002") == "owner/some-model"
     assert run_model_spec(run) == "owner/some-model"
+    (run / rundir.CONFIG).write_text("[]")
+    with pytest.raises(ValueError, match=f"{run / rundir.CONFIG}: corrupt run config"):
+        run_model_spec(run)
 
 
 # ---- hf --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from helpers import cfg_for, pairs, run
 
 from mlx_orpo.budget import Budget, DeviceMemory, format_bytes, mac_working_set, resolve
-from mlx_orpo.config import TrainConfig, from_dict
+from mlx_orpo.config import TrainConfig
 from mlx_orpo.fit import DoesNotFit, fit, fit_candidates, fits_warning
 from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak
 from mlx_orpo.rundir import read_records
@@ -137,9 +137,6 @@ def test_memory_budget_values():
     assert auto.bytes > 0 and auto.source.startswith("auto")
     with pytest.raises(ValueError, match="--memory-budget: not a memory size: 'lots'"):
         TrainConfig(memory_budget="lots").validate()
-    # A run's config.json may carry memory_limit: resumed as its budget.
-    assert from_dict({"memory_limit": "10GB"}).memory_budget == "10GB"
-    assert from_dict({"memory_limit": None}).memory_budget == "off"
     # macOS lets the GPU wire two thirds of a 16 GB Mac, three quarters of a 64 GB one.
     assert mac_working_set(16 * 2**30) == int(16 * 2**30 * 2 / 3)
     assert mac_working_set(64 * 2**30) == 48 * 2**30

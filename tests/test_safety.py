@@ -2,6 +2,7 @@
 refused; a stop is prompt, honest and resumable; every file read is checked first; a user's mistake
 ends in one `error:` line (exit 2), never a traceback."""
 
+import contextlib
 import errno
 import json
 import os
@@ -182,7 +183,7 @@ def test_a_stop_between_micro_batches_drops_the_partial_step_saves_and_resumes_e
     assert len(calls) == 6  # it did not wait for the step's other two micro-batches
     assert (state.step, state.epoch, state.batch_in_epoch) == (1, 0, 4)  # step 2's data not consumed
     assert [p.name for p in ckpt.list_checkpoints(cut)] == ["step-000001"]
-    assert rundir.read_status(cut)["phase"] == "stopped" and rundir.read_status(cut)["step"] == 1
+    assert (rundir.read_status(cut).phase, rundir.read_status(cut).step) == (rundir.STOPPED, 1)
     assert logged[-1] == f"stopped at step 1/3; checkpoint saved. Continue with: python -m mlx_orpo.train " \
                          f"--resume {cut}"
     monkeypatch.undo()
@@ -225,7 +226,7 @@ def test_a_stop_during_the_last_step_still_gets_the_final_evaluation(tmp_path, m
     assert state.step == 2 and len(calls) == 2 + 4  # the step, then all four evaluation batches
     evals = [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL]
     assert [r["step"] for r in evals] == [2]  # a complete run, with the evaluation a resume would never run
-    assert rundir.read_status(tmp_path).get("phase") != "stopped"
+    assert rundir.read_status(tmp_path).phase != rundir.STOPPED
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path, monkeypatch):
@@ -315,9 +316,9 @@ def test_a_checkpoint_state_with_junk_is_damaged_and_passed_over(tmp_path):
     state = json.loads((newest / "state.json").read_text())
     for junk in ({"window_steps": "x" * 100}, {"junk": list(range(10))}, {"step": -1}):
         (newest / "state.json").write_text(json.dumps({**state, **junk}))
-        manifest = json.loads((newest / ckpt.MANIFEST).read_text())  # the manifest matching it
+        manifest = json.loads((newest / rundir.MANIFEST).read_text())  # the manifest matching it
         manifest["state.json"] = file_digest(newest / "state.json")
-        (newest / ckpt.MANIFEST).write_text(json.dumps(manifest))
+        (newest / rundir.MANIFEST).write_text(json.dumps(manifest))
         warned = []
         assert ckpt.intact_checkpoints(tmp_path, warn=warned.append)[-1].name == "step-000002"
         assert "corrupt checkpoint state" in warned[0] and "falling back to step-000002" in warned[0]
@@ -352,16 +353,25 @@ def test_the_app_deletes_a_refused_deeply_nested_upload(served, tmp_path, monkey
 
 # -- 5. no traceback for a user's mistake ------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A 64 KB tmpfs mounted on a new `folder` with mount `options` (the test is skipped where this
+    machine cannot mount one), unmounted afterwards."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options}size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"cannot mount a {options}tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 64 KB file system (a tmpfs; skipped where this machine cannot mount one)."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    """A 64 KB file system."""
+    with tmpfs(tmp_path / "disk", "") as folder:
+        yield folder
 
 
 def test_a_full_disk_while_checkpointing_is_an_os_error_and_leaves_no_temporary(tiny_disk):
@@ -394,16 +404,9 @@ def test_a_disk_filling_up_during_an_hf_export_is_one_error_line(tiny_disk, smol
 
 
 def test_a_read_only_output_dir_is_one_error_line(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,") as folder:
         done = cli("--output-dir", str(folder / "run"), "--iters", "1")
         assert_one_error_line(done, str(folder / "run"), "Read-only file system", "writable")
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 @pytest.mark.parametrize("text, expected", [

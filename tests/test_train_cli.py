@@ -13,6 +13,7 @@ import pytest
 from helpers import assert_same_metrics, cli, train_records, wait_for
 from mlx.utils import tree_flatten
 
+from mlx_orpo import rundir
 from mlx_orpo.rundir import read_records
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,11 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
     assert [r["step"] for r in evals] == [4, 8]
     for name in ("config.json", "adapter_config.json", "adapters.safetensors", "checkpoints/step-000008/state.json"):
         assert (run_dir / name).is_file(), name
+    # Only the files rundir names (tests/test_rundir.py records them per format version), each read back whole.
+    assert {p.name for p in run_dir.iterdir()} <= set(rundir.RUN_FILES)
+    assert {p.name for p in (run_dir / "checkpoints" / "step-000008").iterdir()} == set(rundir.CHECKPOINT_FILES)
+    assert rundir.format_version(run_dir) == rundir.VERSION and rundir.read_config(run_dir)["iters"] == 8
+    assert rundir.read_status(run_dir).phase == rundir.FINISHED
 
 
 def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):

@@ -140,6 +140,7 @@ def test_a_version_1_run_without_pad_to_resumes_with_plain_multiples(tmp_path):
     assert rundir.format_version(tmp_path) == 1
     cfg = resolve_config(build_parser().parse_args(["--resume", str(tmp_path)]))
     assert (cfg.pad_to, cfg.pad_multiple) == ("multiple", 32)
-    assert rundir.missing_fields(tmp_path, "state") == {"largest_first": False, "step_groups": False}
+    assert rundir.missing_fields(tmp_path, rundir.STATE) == {"world_size": 1, "largest_first": False,
+                                                             "step_groups": False}
     rundir.write_marker(tmp_path)  # a current run writes every field: nothing is filled in
     assert rundir.missing_fields(tmp_path, rundir.CONFIG) == {}
