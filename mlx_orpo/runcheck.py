@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import FIELDS, TrainConfig
-from .fields import flag
+from .fields import flag, shown
 from .files import atomic_write_text, file_digest, overlap
 
 # Files a front end may put in a run directory before the trainer starts (the app's log and the
@@ -81,7 +81,7 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
     for name in sorted(set(FIELDS) - RESUMABLE_CHANGES):
         ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])
         if ours != theirs:
-            changed.append(f"{flag(name)} {_show(theirs)} (given: {_show(ours)})")
+            changed.append(f"{flag(name)} {shown(theirs)} (given: {shown(ours)})")
     if changed:
         raise RunCheckError(f"--resume continues {run_dir} as it was started; it was run with "
                             f"{'; '.join(changed)}. Leave those options out, or start a new run with "
@@ -90,12 +90,6 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
 
 def _comparable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _show(value) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return "(none)" if value is None else str(value)
 
 
 def data_fingerprint(cfg: TrainConfig, splits) -> dict:
