@@ -4,7 +4,6 @@ with the model's chat template, and see token lengths against the max length."""
 from __future__ import annotations
 
 import html
-import math
 import re
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .session import Context, Session
 DEFAULTS = TrainConfig()
 FIELD_HELP = FIELD_SPECS["max_length"].help
 STATS_PAIRS = 2000          # token statistics on at most this many pairs
+MAX_BINS = 40               # histogram bars at most (the last holds the longest pairs)
 PREVIEW_PAIRS = 3
 # owner/name[:split] only: a bare name may be a `datasets` builder ("json", "csv") that reads every
 # such file in the app's working directory, and was once shown quoting a creds.csv.
@@ -85,8 +85,10 @@ def preview(ctx: Context, session: Session, model: str) -> str:
 
 
 def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> tuple[pd.DataFrame, str]:
-    """Histogram of untruncated pair lengths, and what truncation does at max_length."""
+    """The histogram's rows (untruncated pair lengths) and what truncation does at max_length. The
+    chart's bins and colours come after, from `hist_layout` (see there for why)."""
     if not session.pairs:
+        session.hist_layout = None
         return EMPTY_HIST, ""
     max_length = int(max_length)
     if session.encoded_model != model:
@@ -97,30 +99,53 @@ def token_stats(ctx: Context, session: Session, model: str, max_length: int) -> 
     cfg = TrainConfig(max_length=max_length)  # the trainer's truncation rule, as the trainer applies it
     _, fit = fit_pairs(session.encoded, max_length=max_length, max_prompt_length=cfg.prompt_budget,
                        min_response_length=cfg.min_response_length)
-    truncated, dropped = fit.truncated, fit.dropped
     lengths = pd.Series([p.length for p in session.encoded])
-    width = bin_width(int(lengths.max()), max_length)
-    # A numeric axis: bins keep their numeric order and empty ones stay as gaps. Each row is a bin
-    # start (a multiple of width, so the plot's bins of `width` hold exactly one row per colour).
-    fits = (lengths <= max_length).map({True: "≤ max length", False: "over max length"})
-    hist = (pd.DataFrame({"tokens": (lengths // width * width).astype(int), "fits": fits})
-            .groupby(["tokens", "fits"]).size().rename("pairs").reset_index()[["tokens", "pairs", "fits"]])
+    hist, width, clipped = length_histogram(lengths, max_length)
     n = len(session.encoded)
     sampled = f" (first {n} of {len(session.pairs)})" if len(session.pairs) > n else ""
-    text = (f"**At max length {max_length}:** {truncated} of {n} pairs{sampled} will be truncated, "
-            f"**{dropped} dropped** (cannot keep {DEFAULTS.min_response_length} response tokens). "
-            f"Pair length (prompt + longer answer): median {int(lengths.median())}, max {int(lengths.max())} tokens.")
-    # x_bin and the colours present rebuild the chart when they change (Gradio fixes both when it draws).
+    fits = int((lengths <= max_length).sum())
+    last = f" The last bar also holds the {clipped} pairs over {MAX_BINS * width} tokens." if clipped else ""
+    text = (f"**At max length {max_length}:** {fit.truncated} of {n} pairs{sampled} will be truncated, "
+            f"**{fit.dropped} dropped** (cannot keep {DEFAULTS.min_response_length} response tokens); "
+            f"{fits} fit (≤ max length). Pair length (prompt + longer answer): median {int(lengths.median())}, "
+            f"max {int(lengths.max())} tokens.{last}")
     colours = {name: FITS_COLOURS[name] for name in FITS_COLOURS if name in set(hist["fits"])}
-    return gr.BarPlot(hist, x_bin=width, color_map=colours), text
+    session.hist_layout = (width, colours)
+    return hist, text
+
+
+def hist_layout(session: Session):
+    """The histogram's bin width and colours, sent after its rows. Gradio 6 redraws a chart whose
+    x_bin or colours change from the rows it holds at that moment, and an update that changes both
+    the rows and the bins drew the old rows on the new bins (stale counts after Max length changed);
+    rows first, then the layout, draws the new rows."""
+    if session.hist_layout is None:
+        return gr.skip()
+    width, colours = session.hist_layout
+    return gr.BarPlot(x_bin=width, color_map=colours)
+
+
+def length_histogram(lengths: pd.Series, max_length: int) -> tuple[pd.DataFrame, int, int]:
+    """(rows of (bin start, pairs, fits), bin width, pairs past the last bin). A bin holds the lengths
+    in (start, start + width]: the max length is a bin edge, and a pair of exactly max length tokens,
+    which fits, sits below it with the others that fit. Pairs past MAX_BINS bins join the last."""
+    width = bin_width(int(lengths.max()), max_length)
+    starts = (lengths - 1).clip(lower=0) // width * width
+    clipped = int((starts >= MAX_BINS * width).sum())
+    starts = starts.clip(upper=(MAX_BINS - 1) * width)
+    fits = (lengths <= max_length).map({True: "≤ max length", False: "over max length"})
+    # A numeric axis: bins keep their numeric order and empty ones stay as gaps. Each row is a bin
+    # start (a multiple of width, so the plot's bins of `width` hold exactly one row per colour).
+    hist = (pd.DataFrame({"tokens": starts.astype(int), "fits": fits})
+            .groupby(["tokens", "fits"]).size().rename("pairs").reset_index()[["tokens", "pairs", "fits"]])
+    return hist, width, clipped
 
 
 def bin_width(longest: int, max_length: int, bins: int = 20) -> int:
-    """A bin width that divides max_length (or is a multiple of it), so that one bin edge is the max
-    length and no bin holds pairs on both sides of it; about `bins` bins up to the longest pair."""
+    """A bin width that divides max_length, so that the max length is a bin edge and no bin holds pairs
+    on both sides of it: about `bins` bins up to the longest pair, or max_length wide when that gives
+    more (length_histogram then caps them at MAX_BINS)."""
     raw = max(longest / bins, 1)
-    if raw >= max_length:
-        return max_length * math.ceil(raw / max_length)
     parts = max(int(max_length // raw), 1)
     while max_length % parts:
         parts -= 1
@@ -134,12 +159,14 @@ def _analyse(ctx, session, model, max_length, load):
     except (DataError, PathError, OSError, ValueError) as exc:
         message = str(exc).replace(str(ctx.runs_dir.resolve()) + "/", "")
         session.data, session.data_label, session.pairs, session.skipped = None, "the shipped demo set", [], []
+        session.hist_layout = None
         report = f"⚠️ **Not usable:** {message}\n\nTraining would use the shipped demo set."
         return session, report, EMPTY_BAD, EMPTY_PREVIEW, EMPTY_HIST, ""
     try:
         hist, stats = token_stats(ctx, session, model, max_length)
         table = preview(ctx, session, model)
     except Exception as exc:  # e.g. a model whose tokenizer cannot be found
+        session.hist_layout = None
         return session, report + f"\n\n⚠️ Preview unavailable for model {model!r}: {exc}", \
             bad_rows(ctx, session), EMPTY_PREVIEW, EMPTY_HIST, ""
     return session, report, bad_rows(ctx, session), table, hist, stats
@@ -189,6 +216,7 @@ def restats(ctx: Context, session: Session, model: str, max_length: int):
     try:
         return token_stats(ctx, session, model, max_length)
     except Exception as exc:
+        session.hist_layout = None
         return EMPTY_HIST, f"⚠️ Token statistics unavailable: {exc}"
 
 
@@ -225,11 +253,13 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                       api_name="hub_data"),
         demo_btn.click(lambda s, m, n: demo(ctx, s, m, n), [state, model, max_length], views, api_name="demo_data"),
     ]
+    layout = dict(fn=hist_layout, inputs=state, outputs=hist, show_progress="hidden", api_visibility="private")
+    for event in loaded:
+        event.then(**layout)
     max_length.change(lambda s, m, n: restats(ctx, s, m, n), [state, model, max_length], [hist, stats],
-                      api_name="token_stats", show_progress="hidden")
+                      api_name="token_stats", show_progress="hidden").then(**layout)
     model.change(lambda s, m, n: (*restats(ctx, s, m, n), _safe_preview(ctx, s, m)), [state, model, max_length],
-                 [hist, stats, table], show_progress="hidden",
-                 api_visibility="private")
+                 [hist, stats, table], show_progress="hidden", api_visibility="private").then(**layout)
     return {"report": report, "max_length": max_length, "loaded": loaded}
 
 

@@ -33,6 +33,7 @@ class Session:
     skipped: list = field(default_factory=list)    # the loader's messages for bad rows
     encoded: list = field(default_factory=list)    # the same pairs tokenized, untruncated
     encoded_model: str | None = None
+    hist_layout: tuple | None = None  # the Data tab's histogram: (bin width, colour map) for its rows
     system_rows: int = 0             # pairs that carry their own system prompt
     replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
     last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)

@@ -222,10 +222,25 @@ def test_warmup_longer_than_the_run_is_flagged():
 def test_histogram_bins_meet_the_max_length():
     from app.data_tab import bin_width
 
-    for longest, max_length in ((5000, 1024), (300, 1024), (90, 128), (40000, 1024), (700, 1000)):
+    for longest, max_length in ((5000, 1024), (300, 1024), (90, 128), (40000, 1024), (700, 1000), (6000, 300)):
         width = bin_width(longest, max_length)
-        assert max_length % width == 0 or width % max_length == 0, (longest, max_length, width)
-        assert 5 <= longest / width <= 40 or width >= max_length  # about 20 bins
+        assert max_length % width == 0, (longest, max_length, width)  # the max length is a bin edge
+        assert 5 <= longest / width <= 40 or width == max_length  # about 20 bins
+
+
+def test_no_histogram_bin_holds_pairs_on_both_sides_of_the_max_length():
+    import pandas as pd
+
+    from app.data_tab import MAX_BINS, length_histogram
+
+    lengths = pd.Series([1, 299, 300, 301, 599, 600, 601, 6000, 90000])
+    hist, width, clipped = length_histogram(lengths, 300)
+    assert width == 300 and clipped == 1  # 90000 tokens: past MAX_BINS bins, drawn in the last
+    sides = hist.groupby("tokens")["fits"].nunique()
+    assert (sides == 1).all(), hist
+    fits = hist[hist["fits"] == "≤ max length"]
+    assert fits["pairs"].sum() == 3 and fits["tokens"].max() + width == 300, hist  # 300 itself fits
+    assert hist["tokens"].max() == (MAX_BINS - 1) * width and hist["pairs"].sum() == len(lengths)
 
 
 def test_long_prompts_clamp_to_their_first_rendered_lines():

@@ -1,0 +1,80 @@
+"""The Data tab and the Export tab in a real browser (Debian's chromium driven by Playwright): the token
+histogram after Max length changes, the column mapping of a file with other names, the export sizes.
+
+This module runs its own app server (the `app_url` fixture of test_app_browser)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import test_app_browser as shared
+from test_app_browser import set_number, shot, upload
+
+pytestmark = pytest.mark.slow
+app_url, browser, page = shared.app_url, shared.browser, shared.page  # this module's own server and browser
+
+# The bars of a vega chart, by their aria labels:
+# "tokens (prompt + longer answer): 0 – 300; pairs: 22; fits: ≤ max length".
+BARS = """sel => [...document.querySelectorAll(sel + ' g[aria-roledescription="rect mark container"] path')]
+              .map(p => p.getAttribute('aria-label') || '')"""
+BAR = re.compile(r": ([\d,]+) – ([\d,]+); pairs: (\d+); fits: (.+)$")
+
+
+def bars(page, sel: str = "#data-hist") -> list[tuple[int, int, int, str]]:
+    """(bin start, bin end, pairs, fits) of each bar drawn."""
+    found = [BAR.search(label) for label in page.evaluate(f"({BARS})('{sel}')")]
+    return [(int(m[1].replace(",", "")), int(m[2].replace(",", "")), int(m[3]), m[4]) for m in found if m]
+
+
+def spread_file(tmp_path: Path, n: int = 60) -> Path:
+    """Pairs whose lengths spread from about 40 to 3,500 tokens (prompts of growing length)."""
+    rows = [{"prompt": "Tell me about the river. " * (1 + i * i // 6), "chosen": f"The river {i} flows east.",
+             "rejected": "No."} for i in range(n)]
+    path = tmp_path / "spread.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def stats_line(page, max_length: int) -> tuple[int, int, int]:
+    """The Data tab's text at `max_length`: (truncated, pairs, dropped)."""
+    line = f"At max length {max_length}:"
+    page.wait_for_function(f"() => document.body.innerText.includes({json.dumps(line)})", timeout=60_000)
+    body = page.locator("body").inner_text()
+    found = re.search(rf"{line} (\d+) of (\d+) pairs will be truncated, (\d+) dropped", body)
+    assert found, body[-2000:]
+    return tuple(int(g) for g in found.groups())
+
+
+def settled_bars(page, fits_expected: int) -> list[tuple[int, int, int, str]]:
+    """The bars once the chart shows `fits_expected` pairs as fitting (or its last drawing after 20 s)."""
+    drawn = []
+    for _ in range(80):
+        drawn = bars(page)
+        if drawn and sum(b[2] for b in drawn if b[3] == "≤ max length") == fits_expected:
+            page.wait_for_timeout(1000)  # and still so a moment later (no late redraw with other rows)
+            return bars(page)
+        page.wait_for_timeout(250)
+    return drawn
+
+
+def test_histogram_rebins_when_max_length_changes(app_url, page, tmp_path):
+    """Issue: after Max length 1024 -> 300 the chart kept the old counts on the new bins and counted
+    pairs as fitting that the text said would be truncated; and a bin held pairs on both sides of
+    the limit."""
+    page.goto(app_url[0])
+    upload(page, spread_file(tmp_path))
+    for max_length in (1024, 300, 700):
+        if max_length != 1024:
+            set_number(page, "data-max-length", max_length)
+        truncated, n, dropped = stats_line(page, max_length)
+        fit = n - truncated - dropped
+        drawn = settled_bars(page, fit)
+        shot(page, f"data-hist-{max_length}")
+        assert sum(b[2] for b in drawn if b[3] == "≤ max length") == fit, (max_length, drawn)
+        assert sum(b[2] for b in drawn) == n, (max_length, drawn)
+        assert any(end == max_length for _, end, _, _ in drawn), (max_length, drawn)  # the limit is an edge
+        for _, end, _, fits in drawn:  # every bar on its side of the limit
+            assert (end <= max_length) == (fits == "≤ max length"), (max_length, drawn)
