@@ -11,9 +11,11 @@ import gradio as gr
 import pandas as pd
 
 from mlx_orpo.config import FIELD_SPECS, TrainConfig
-from mlx_orpo.data import DataError, load_pairs
+from mlx_orpo.data import DataError, load_pairs, read_columns
+from mlx_orpo.fields import mapping_text
 from mlx_orpo.tokenize import encode_pairs, fit_pairs, render_prompt
 
+from . import mapping
 from .paths import PathError, discard, received_upload, relative, store_upload
 from .session import Context, Session
 
@@ -36,10 +38,22 @@ def _has_replacement(pair) -> bool:
     return any("\ufffd" in m["content"] for m in pair.prompt) or "\ufffd" in pair.chosen + pair.rejected
 
 
-def _load(ctx: Context, session: Session, source: str, label: str) -> str:
-    """Validate `source` into the session; return the report as Markdown."""
-    pairs, report = load_pairs(source, skip_bad_rows=True)
-    session.data, session.data_label = source, label
+def _read(ctx: Context, session: Session, source: str, label: str) -> str:
+    """`_load`, learning the source's columns first: a file whose columns need a mapping keeps them
+    for the mapping's dropdowns (and `source` for Apply mapping), and is read with a guessed mapping."""
+    found = read_columns(source)
+    mappable = mapping.needs_mapping(found)
+    session.file_columns = found if mappable else []
+    session.mapping_source = (source, label) if mappable else None
+    session.mapping = (mapping.guess(found) or None) if mappable else None
+    return _load(ctx, session, source, label, session.mapping)
+
+
+def _load(ctx: Context, session: Session, source: str, label: str, columns: dict | None = None) -> str:
+    """Validate `source` (its columns mapped by `columns`) into the session; return the report as Markdown."""
+    pairs, report = load_pairs(source, skip_bad_rows=True, columns=columns)
+    mapped = f" (columns {mapping_text(columns)})" if columns else ""
+    session.data, session.data_label, session.columns = source, label + mapped, columns
     session.pairs, session.skipped, session.encoded, session.encoded_model = pairs, report.skipped, [], None
     session.system_rows = sum(1 for p in pairs if p.prompt and p.prompt[0]["role"] == "system")
     session.replacement_rows = sum(1 for p in pairs if _has_replacement(p))
@@ -51,6 +65,8 @@ def _load(ctx: Context, session: Session, source: str, label: str) -> str:
     if session.replacement_rows:
         notes.append(f"**{session.replacement_rows} pairs contain U+FFFD (�)**, the mark of text lost to a "
                      "wrong encoding before this file was written; they train as they are.")
+    if columns:
+        notes.append(f"Columns mapped: `{mapping_text(columns)}` (saved with the run as `--columns`).")
     return (f"**{label}** — format `{report.format}`: {report.rows} rows read, **{report.pairs} pairs** kept"
             + (f", **{skipped} bad rows** (listed below; training skips them)." if skipped else ", no bad rows.")
             + "".join(f"  \n{n}" for n in notes)
@@ -159,7 +175,7 @@ def _analyse(ctx, session, model, max_length, load):
     except (DataError, PathError, OSError, ValueError) as exc:
         message = str(exc).replace(str(ctx.runs_dir.resolve()) + "/", "")
         session.data, session.data_label, session.pairs, session.skipped = None, "the shipped demo set", [], []
-        session.hist_layout = None
+        session.hist_layout, session.columns = None, None
         report = f"⚠️ **Not usable:** {message}\n\nTraining would use the shipped demo set."
         return session, report, EMPTY_BAD, EMPTY_PREVIEW, EMPTY_HIST, ""
     try:
@@ -183,13 +199,16 @@ def upload(ctx: Context, session: Session, file, model: str, max_length: int):
             discard(path)
             raise
         try:
-            return _load(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
-        except Exception as exc:  # whatever refused it, a refused upload is not kept
-            discard(stored, path)
+            return _read(ctx, session, str(stored.resolve()), relative(ctx.runs_dir, stored))
+        except Exception as exc:
+            if isinstance(exc, DataError) and session.mapping_source is not None:  # kept for its mapping
+                raise DataError(f"{exc}\n\nChoose which of its columns plays each role below, then "
+                                "press **Apply mapping**.") from None
+            discard(stored, path)  # whatever else refused it, a refused upload is not kept
             if not isinstance(exc, (DataError, OSError, ValueError)):
                 raise
             raise PathError(f"{exc}\n\nThe file was not kept.") from None
-    return _analyse(ctx, session, model, max_length, load)
+    return _analyse(ctx, session, model, max_length, _forget_mapping(session, load))
 
 
 def hub(ctx: Context, session: Session, name: str, model: str, max_length: int):
@@ -198,8 +217,8 @@ def hub(ctx: Context, session: Session, name: str, model: str, max_length: int):
         if not _HUB.match(name_) or ".." in name_ or Path(name_.partition(":")[0]).exists():
             raise PathError(f"{name_!r} is not a Hub dataset name (owner/name[:split]); "
                             "upload local files instead")
-        return _load(ctx, session, name_, f"Hub dataset {name_}")
-    return _analyse(ctx, session, model, max_length, load)
+        return _read(ctx, session, name_, f"Hub dataset {name_}")
+    return _analyse(ctx, session, model, max_length, _forget_mapping(session, load))
 
 
 def demo(ctx: Context, session: Session, model: str, max_length: int):
@@ -209,7 +228,27 @@ def demo(ctx: Context, session: Session, model: str, max_length: int):
         report = _load(ctx, session, str(DEMO_DATA_PATH), "the shipped demo set")
         session.data = None  # the trainer's own default
         return report
+    return _analyse(ctx, session, model, max_length, _forget_mapping(session, load))
+
+
+def apply_mapping(ctx: Context, session: Session, model: str, max_length: int, *roles):
+    """Read the file again with the mapping the dropdowns show (in mapping.ROLES order)."""
+    def load():
+        if session.mapping_source is None:
+            raise ValueError("upload a file whose columns need a mapping first")
+        session.mapping = mapping.chosen_mapping(roles)
+        if session.mapping is None:
+            raise ValueError("choose a column for each role (at least prompt, chosen and rejected)")
+        return _load(ctx, session, *session.mapping_source, session.mapping)
     return _analyse(ctx, session, model, max_length, load)
+
+
+def _forget_mapping(session: Session, load):
+    """`load` for new data: the last file's columns and mapping are forgotten first."""
+    def fresh():
+        session.file_columns, session.mapping_source, session.mapping = [], None, None
+        return load()
+    return fresh
 
 
 def restats(ctx: Context, session: Session, model: str, max_length: int):
@@ -233,6 +272,7 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                 hub_btn = gr.Button("Load from Hub")
                 demo_btn = gr.Button("Use demo set")
     report = gr.Markdown("No data chosen yet: training will use the shipped demo set.", elem_id="data-report")
+    box, roles, apply = mapping.build()
     bad = gr.Dataframe(EMPTY_BAD, label="Bad rows (skipped)", wrap=True, max_height=240, interactive=False)
     gr.Markdown(f"**Preview:** the first {PREVIEW_PAIRS} pairs, the prompt rendered with the model's chat "
                 "template (line breaks as the model sees them).")
@@ -252,10 +292,13 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
         hub_btn.click(lambda s, h, m, n: hub(ctx, s, h, m, n), [state, hub_name, model, max_length], views,
                       api_name="hub_data"),
         demo_btn.click(lambda s, m, n: demo(ctx, s, m, n), [state, model, max_length], views, api_name="demo_data"),
+        apply.click(lambda s, m, n, *r: apply_mapping(ctx, s, m, n, *r), [state, model, max_length, *roles], views,
+                    api_name="map_columns"),
     ]
     layout = dict(fn=hist_layout, inputs=state, outputs=hist, show_progress="hidden", api_visibility="private")
     for event in loaded:
-        event.then(**layout)
+        event.then(**layout).then(lambda s: mapping.views(s.file_columns, s.mapping), state, [box, *roles],
+                                  show_progress="hidden", api_visibility="private")
     max_length.change(lambda s, m, n: restats(ctx, s, m, n), [state, model, max_length], [hist, stats],
                       api_name="token_stats", show_progress="hidden").then(**layout)
     model.change(lambda s, m, n: (*restats(ctx, s, m, n), _safe_preview(ctx, s, m)), [state, model, max_length],

@@ -56,8 +56,8 @@ def form(**overrides) -> list:
 def test_upload_good_file_reports_pairs_bad_rows_preview_and_lengths(client, served, tmp_path):
     runs = served[1]
     path = write_jsonl(tmp_path / "my prefs.jsonl", GOOD_ROWS + [{"prompt": "no answers"}], ["not json"])
-    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
-                                                       api_name="/upload_data")
+    report, bad, preview, hist, stats, *_ = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
+                                                           api_name="/upload_data")
     assert "4 pairs" in report and "2 bad rows" in report and "prompt_strings" in report
     assert [row[0] for row in bad["data"]] == ["uploads/my_prefs.jsonl, line 5", "uploads/my_prefs.jsonl, line 6"]
     assert "missing key 'chosen'" in bad["data"][0][1] and "not valid JSON" in bad["data"][1][1]
@@ -78,6 +78,31 @@ def test_token_stats_count_truncation_at_the_chosen_max_length(client, tmp_path)
     hist, stats = client.predict("smollm2-135m", 64, api_name="/token_stats")
     assert "At max length 64:** 1 of 5 pairs will be truncated" in stats
     assert any(row[2] == "over max length" for row in rows(hist))
+
+
+def test_columns_with_other_names_are_mapped_guessed_or_chosen(client, served, tmp_path):
+    runs = served[1]
+    other = [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in GOOD_ROWS]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "qa.jsonl", other))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert "4 pairs" in report and "Columns mapped: `prompt=question,chosen=good,rejected=bad`" in report, report
+    farm = [{"instruction": r["prompt"], "output_1": a, "output_2": b, "preference": p}
+            for r, (a, b, p) in zip(GOOD_ROWS, [("x", "y", 1), ("y", "x", 2)] * 2)]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "farm.jsonl", farm))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert "4 pairs" in report and "label=preference" in report, report
+    odd = [{"a": r["prompt"], "b": r["chosen"], "c": r["rejected"]} for r in GOOD_ROWS]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "odd.jsonl", odd))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert report.startswith("⚠️ **Not usable:**") and "Apply mapping" in report, report
+    assert (runs / "uploads" / "odd.jsonl").is_file()  # kept, to be mapped
+    report = client.predict("smollm2-135m", 1024, "a", "b", "c", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "4 pairs" in report and "Columns mapped: `prompt=a,chosen=b,rejected=c`" in report, report
+    report = client.predict("smollm2-135m", 1024, "a", "b", "b", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "--columns maps column 'b' to both chosen and rejected" in report, report
+    report = client.predict("smollm2-135m", 1024, "a", "b", "z", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "uploads/odd.jsonl: --columns rejected=z names a column it does not have (its columns: a, b, c)" \
+        in report, report
 
 
 def test_bad_file_gives_a_readable_report(client, served, tmp_path):

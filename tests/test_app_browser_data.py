@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import test_app_browser as shared
-from test_app_browser import set_number, shot, upload
+from test_app_browser import set_number, shot, text, upload
 
 pytestmark = pytest.mark.slow
 app_url, browser, page = shared.app_url, shared.browser, shared.page  # this module's own server and browser
@@ -78,3 +78,43 @@ def test_histogram_rebins_when_max_length_changes(app_url, page, tmp_path):
         assert any(end == max_length for _, end, _, _ in drawn), (max_length, drawn)  # the limit is an edge
         for _, end, _, fits in drawn:  # every bar on its side of the limit
             assert (end <= max_length) == (fits == "≤ max length"), (max_length, drawn)
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+
+
+def test_columns_with_other_names_are_mapped_and_the_mapping_travels_to_the_run(app_url, page, tmp_path):
+    from mlx_orpo import rundir
+
+    url, runs, _ = app_url
+    rows = [{"q": f"What is {i} + {i}?", "x": f"{2 * i}.", "y": "No idea.", "n": i} for i in range(6)]
+    path = tmp_path / "odd names.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.goto(url)
+    page.get_by_role("tab", name="Data").click()
+    page.locator("#data-file input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => document.querySelector('#data-report').innerText.includes('Apply mapping')",
+                           timeout=120_000)
+    assert "cannot detect the format" in text(page, "#data-report")
+    page.wait_for_selector("#data-mapping", state="visible", timeout=30_000)
+    for role, column in (("prompt", "q"), ("chosen", "x"), ("rejected", "y")):
+        pick(page, f"data-map-{role}", column)
+    page.locator("#data-map-apply").click()
+    page.wait_for_function("() => document.querySelector('#data-report').innerText.includes('6 pairs')",
+                           timeout=60_000)
+    assert "Columns mapped: prompt=q,chosen=x,rejected=y" in text(page, "#data-report")
+    drawn = settled_bars(page, 6)
+    assert sum(b[2] for b in drawn) == 6, drawn
+    shot(page, "data-mapping")
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function("() => document.querySelector('#train-data').innerText.includes('prompt=q')",
+                           timeout=30_000)
+    for elem_id, value in (("train-iters", 1), ("train-max_length", 64), ("train-eval_every", 0)):
+        set_number(page, elem_id, value)
+    page.locator("#train-run-name textarea, #train-run-name input").first.fill("mapped")
+    page.locator("#train-start").click()
+    page.wait_for_function("() => document.querySelector('#train-progress').innerText.includes('finished')",
+                           timeout=300_000)
+    assert rundir.read_config(runs / "mapped")["columns"] == {"prompt": "q", "chosen": "x", "rejected": "y"}
