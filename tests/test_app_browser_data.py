@@ -118,3 +118,46 @@ def test_columns_with_other_names_are_mapped_and_the_mapping_travels_to_the_run(
     page.wait_for_function("() => document.querySelector('#train-progress').innerText.includes('finished')",
                            timeout=300_000)
     assert rundir.read_config(runs / "mapped")["columns"] == {"prompt": "q", "chosen": "x", "rejected": "y"}
+
+
+SIZE = re.compile(r"([\d.]+) (B|KB|MB|GB)")
+UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+
+
+def size_of(text_: str) -> float:
+    number, unit = SIZE.search(text_).groups()
+    return float(number) * UNITS[unit]
+
+
+def size_rows(page) -> dict[str, tuple[float, str]]:
+    """The Export tab's sizes table: {format name: (bytes, room)}."""
+    rows = page.evaluate("""() => [...document.querySelectorAll('#export-sizes tbody tr')]
+                               .map(tr => [...tr.querySelectorAll('td')].map(td => td.innerText))""")
+    return {name: (size_of(size), room) for name, size, room in rows}
+
+
+def test_export_shows_each_formats_size_and_room_before_exporting(app_url, page, smollm2_dir):
+    from helpers import make_run
+
+    url, runs, _ = app_url
+    make_run(runs / "sized", smollm2_dir)  # random adapters on SmolLM2-135M: an exportable run
+    page.goto(url)
+    page.get_by_role("tab", name="Export").click()
+    pick(page, "export-run", "sized")
+    page.wait_for_function("() => document.querySelector('#export-sizes').innerText.includes('GGUF')",
+                           timeout=60_000)
+    rows = size_rows(page)
+    shot(page, "export-sizes")
+    hf, gguf, peft = (rows[next(k for k in rows if k.startswith(p))] for p in ("Hugging Face", "GGUF", "PEFT"))
+    assert 250e6 < hf[0] < 290e6 and 250e6 < gguf[0] < 290e6 and 1e6 < peft[0] < 10e6, rows  # 135M at 16 bits
+    assert all(room == "fits" for _, room in rows.values()), rows
+    assert "Export PEFT · " in page.locator("#export-peft").inner_text()
+    pick(page, "export-gguf-type", "q8_0")
+    page.wait_for_function("() => document.querySelector('#export-gguf').innerText.includes('Export GGUF · 1')",
+                           timeout=30_000)  # about 139 MB: 34 bytes per 32 weights
+    assert 0.5 < size_rows(page)[next(k for k in rows if k.startswith("GGUF"))][0] / gguf[0] < 0.56
+    page.locator("#export-peft").click()  # the size shown is the size written
+    page.wait_for_function("() => document.querySelector('#export-log textarea').value.includes('done:')",
+                           timeout=120_000)
+    written = re.search(r"done: \d+ files, ([\d.]+ \w+)", page.locator("#export-log textarea").input_value())[1]
+    assert abs(size_of(written) / peft[0] - 1) < 0.03, (written, peft)
