@@ -39,13 +39,16 @@ def _has_replacement(pair) -> bool:
 
 
 def _read(ctx: Context, session: Session, source: str, label: str) -> str:
-    """`_load`, learning the source's columns first: a file whose columns need a mapping keeps them
-    for the mapping's dropdowns (and `source` for Apply mapping), and is read with a guessed mapping."""
-    found = read_columns(source)
-    mappable = mapping.needs_mapping(found)
-    session.file_columns = found if mappable else []
-    session.mapping_source = (source, label) if mappable else None
-    session.mapping = (mapping.guess(found) or None) if mappable else None
+    """`_load`; a source that cannot be read as it is and whose columns need a mapping keeps them for
+    the mapping's dropdowns (and `source` for Apply mapping), and is read again with a guessed mapping."""
+    try:
+        return _load(ctx, session, source, label)
+    except DataError:
+        found = read_columns(source)
+        if not mapping.needs_mapping(found):
+            raise
+    session.file_columns, session.mapping_source = found, (source, label)
+    session.mapping = mapping.guess(found) or None
     return _load(ctx, session, source, label, session.mapping)
 
 
