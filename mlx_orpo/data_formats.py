@@ -219,9 +219,9 @@ def _first_preferred(value: Any, columns: dict[str, str]) -> bool:
     """Whether a label value prefers the answer mapped to chosen: 1 or its column's name; 2 or the
     rejected column's name prefers the other."""
     first, second = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    if text is not None and re.fullmatch(r"[12]\.0*", text):  # 1.0 from a float column, or its CSV text
+        text = text[0]
     if text in (_FIRST, first):
         return True
     if text in (_SECOND, second):

@@ -450,7 +450,8 @@ def test_a_label_column_says_which_output_is_preferred(tmp_path):
     rows = [{"instruction": "Say hi.", "output_1": "Hi!", "output_2": "Go away.", "preference": 1},
             {"instruction": "Say bye.", "output_1": "Whatever.", "output_2": "Goodbye!", "preference": 2},
             {"instruction": "Count.", "output_1": "1 2 3", "output_2": "many", "preference": "output_1"},
-            {"instruction": "Sky?", "output_1": "green", "output_2": "blue", "preference": "2"}]
+            {"instruction": "Sky?", "output_1": "green", "output_2": "blue", "preference": "2"},
+            {"instruction": "Sea?", "output_1": "wet", "output_2": "dry", "preference": 1.0}]
     path = tmp_path / "farm.csv"
     with path.open("w", newline="") as f:  # CSV: every label is text
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -460,7 +461,7 @@ def test_a_label_column_says_which_output_is_preferred(tmp_path):
     for source in (str(path), write_jsonl(tmp_path / "farm.jsonl", rows)):
         pairs, _ = load_pairs(source, columns=columns)
         assert [(p.chosen, p.rejected) for p in pairs] == [
-            ("Hi!", "Go away."), ("Goodbye!", "Whatever."), ("1 2 3", "many"), ("blue", "green")]
+            ("Hi!", "Go away."), ("Goodbye!", "Whatever."), ("1 2 3", "many"), ("blue", "green"), ("wet", "dry")]
 
 
 def test_a_label_that_prefers_neither_output_is_a_bad_row(tmp_path):
