@@ -153,7 +153,7 @@ def test_explicit_settings_come_from_the_command_line_and_the_yaml_file(tmp_path
 @pytest.mark.parametrize("n_pairs", [12, 10])
 def test_micro_batches_weighted_to_the_step_match_one_batch_on_unequal_lengths(tmp_path, n_pairs):
     """Batch 4, batch 2 x accumulation 2 with checkpointing and batch 1 x 4: the same pairs in every
-    step (trainer.step_order) and each micro-batch weighted to its share of the step's tokens and
+    step (feeding.step_order) and each micro-batch weighted to its share of the step's tokens and
     pairs, so the same loss per step and the same adapters up to float32 rounding. 10 pairs: the
     epoch's short step (2 pairs) is one micro-batch of 2 or two of 1, and the steps after it and
     in the next epoch stay the same."""

@@ -18,7 +18,7 @@ from helpers import APP_MAX_LEN, APP_MODEL, cfg_for, file_data, make, pairs, tin
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
-from mlx_orpo import runcheck, rundir
+from mlx_orpo import feeding, report, runcheck, rundir
 from mlx_orpo.config import TrainConfig, load_yaml
 from mlx_orpo.data import DataError, load_splits
 from mlx_orpo.files import file_digest
@@ -153,7 +153,7 @@ def test_hub_data_is_fingerprinted_by_its_pairs():
 def sigterm_at_collate(monkeypatch, n: int):
     """Send this process SIGTERM as the trainer collates its n-th batch (micro-batch or evaluation)."""
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -161,8 +161,14 @@ def sigterm_at_collate(monkeypatch, n: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     return calls
+
+
+def collate_in_the_loop(monkeypatch, collate):
+    """Make `collate` what the loop collates its micro-batches and evaluation batches with."""
+    monkeypatch.setattr(feeding, "collate", collate)
+    monkeypatch.setattr(trainer_mod, "collate", collate)
 
 
 def train(run, cfg, data, resume=False, log=None):
@@ -202,7 +208,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
     data = pairs(16)
     cfg = cfg_for(tmp_path, iters=4, batch_size=1, eval_every=2, eval_max_pairs=4, save_every=10)
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -211,7 +217,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     state = train(tmp_path, cfg, data)
     assert state.step == 2 and len(calls) == 4
     assert [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL] == []  # partial: not recorded
@@ -244,7 +250,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path,
 
 
 def test_a_long_step_is_warned_about_with_its_estimated_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "SLOW_STEP_SECONDS", 0)
+    monkeypatch.setattr(report, "SLOW_STEP_SECONDS", 0)
     logged = []
     train(tmp_path, cfg_for(tmp_path, iters=1, grad_accum=3, batch_size=1, eval_every=0), pairs(8),
           log=logged.append)
