@@ -24,6 +24,8 @@ from .distributed import Cluster
 from .loss import METRIC_KEYS
 from .step import StepResult
 
+# A train record's mean global gradient norm over its window's applied steps, before clipping.
+GRAD_NORM = "grad_norm"
 SLOW_STEP_SECONDS = 600  # an optimizer step longer than this gets a warning with its estimated time
 
 
@@ -79,6 +81,10 @@ class Reporter:
         if result.applied:
             for k in METRIC_KEYS:
                 state.window[k] = state.window.get(k, 0.0) + result.metrics[k].item()
+            # The norm is evaluated already, by the step's finite check: .item() only reads it. A window
+            # that a version-1 or -2 checkpoint began holds no norms for its steps before the resume.
+            if state.window_steps == 0 or GRAD_NORM in state.window:
+                state.window[GRAD_NORM] = state.window.get(GRAD_NORM, 0.0) + result.grad_norm.item()
             state.window_steps += 1
         else:
             state.skipped_steps += 1
@@ -106,6 +112,7 @@ class Reporter:
         entry.update({k: (state.window[k] / state.window_steps if state.window_steps else None)
                       for k in METRIC_KEYS})
         entry.update({
+            GRAD_NORM: state.window[GRAD_NORM] / state.window_steps if GRAD_NORM in state.window else None,
             "learning_rate": self.optimizer.learning_rate.item(),
             "tokens_per_sec": state.window_tokens / max(elapsed, 1e-9),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
