@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="With --resume: continue although the data files differ from those the run started "
                              "with (logged; the resumed steps are then not those of the run as started).")
+    parser.add_argument("--allow-changed-model", action="store_true",
+                        help="With --resume: continue although the base model's files differ from those the run "
+                             "started with (logged).")
     for name, spec in FIELD_SPECS.items():
         # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
         default = "" if spec.default is None else f" (default: {spec.shown_default})"  # None's help says what happens
@@ -77,10 +80,15 @@ EXIT_STOPPED = 4  # stopped by SIGTERM/SIGINT with a checkpoint saved: resumable
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.allow_changed_data and not args.resume:
-        parser.error("--allow-changed-data goes with --resume RUN_DIR")
+    for given, name in ((args.allow_changed_data, "--allow-changed-data"),
+                        (args.allow_changed_model, "--allow-changed-model")):
+        if given and not args.resume:
+            parser.error(f"{name} goes with --resume RUN_DIR")
     try:
         cfg = resolve_config(args)
+    except rundir.CorruptFileError as exc:  # the run's own files, not the command line: no usage
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         parser.error(str(exc))
     # Until the training loop installs its own handler (checkpoint, then exit), a stop
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
-                               explicit=explicit_settings(args))
+                               allow_changed_model=args.allow_changed_model, explicit=explicit_settings(args))
     except (DataError, ModelNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

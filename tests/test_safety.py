@@ -103,13 +103,14 @@ def test_a_folder_holding_only_what_the_app_writes_first_is_empty_enough(tmp_pat
 # -- 2. a resume is the same run, or it is refused ------------------------------------------------------------
 
 def started_run(tmp_path: Path, data: Path) -> Path:
-    """The files a run has once its checks passed (config.json, marker, data fingerprint)."""
+    """The files a run has once its checks passed (config.json, marker, data and model records)."""
     run = tmp_path / "run"
     run.mkdir()
     cfg = TrainConfig(data=str(data), output_dir=str(run), iters=4, pad_to="multiple", pad_multiple=32).validate()
     cfg.save(run / rundir.CONFIG)
     rundir.write_marker(run)
     runcheck.write_fingerprint(run, runcheck.data_fingerprint(cfg, load_splits(str(data))))
+    runcheck.write_model_record(run, cfg.model)
     return run
 
 
