@@ -189,6 +189,8 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
         f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
         + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+    if data.report.ignored:
+        log(f"data: not read: {'; '.join(data.report.ignored)}")
     if data.report.duplicates:
         log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen and "
             f"rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
