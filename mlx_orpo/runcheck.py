@@ -26,7 +26,7 @@ from pathlib import Path
 from . import rundir
 from .config import FIELDS, TrainConfig
 from .fields import flag
-from .files import atomic_write_text, file_digest, overlap
+from .files import atomic_write_text, dangling_link, file_digest, overlap
 from .model_identity import identify, is_record, model_changes
 
 # Files a front end may put in a run directory before the trainer starts (the app's log and the
@@ -57,6 +57,9 @@ def check_output_dir(run_dir: Path, model: str | None, *, resume: bool) -> None:
             raise RunCheckError(f"{flag} {run_dir} contains the model {source}; choose a new folder for the run")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunCheckError(f"{flag} {run_dir} is a file, not a folder; choose a new folder for the run")
+    if (link := dangling_link(run_dir)) is not None:
+        raise RunCheckError(f"{flag} {run_dir}: {link}; create what it points to, remove the link, or choose "
+                            "another folder for the run")
     is_run = run_dir.is_dir() and rundir.format_version(run_dir) is not None
     if resume:
         if not is_run:

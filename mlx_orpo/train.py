@@ -91,9 +91,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValueError as exc:
         parser.error(str(exc))
-    # Until the training loop installs its own handler (checkpoint, then exit), a stop
-    # request ends the process quietly: nothing has been trained yet, so nothing is lost.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Until the training loop installs its own handler (checkpoint, then exit), a stop request ends
+    # the process with one line: nothing has been trained yet, so nothing is lost.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    try:
+        return _train(cfg, args)
+    except (KeyboardInterrupt, StopRequested) as exc:
+        how = "stopped (SIGTERM)" if isinstance(exc, StopRequested) else "interrupted"
+        print(f"error: {how} before training started; {_what_was_written(cfg, resume=bool(args.resume))}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, StopRequested) else 130
+
+
+class StopRequested(BaseException):
+    """SIGTERM before the training loop took over stop requests (a BaseException, as KeyboardInterrupt
+    is: the run's clean-up on the way out runs, nothing catches it as an error)."""
+
+
+def _stop_requested(signum, frame):
+    raise StopRequested
+
+
+def _what_was_written(cfg: TrainConfig, *, resume: bool) -> str:
+    """What a run stopped before training left, and how to go on (cfg.output_dir is set once the run's
+    folder is chosen; a folder holding nothing else is removed on the way out)."""
+    from .checkpoint import list_checkpoints
+
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    if run_dir is None or not (run_dir / rundir.CONFIG).is_file():
+        return "nothing was trained or written"
+    if list_checkpoints(run_dir):
+        return f"nothing more was trained; continue with: python -m mlx_orpo.train --resume {run_dir}"
+    return (f"{run_dir} holds the run's settings and no checkpoint; python -m mlx_orpo.train --resume {run_dir} "
+            "starts it from step 0" + ("" if resume else ", or remove the folder"))
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """Train (or resume) the run; the exit status, with one `error:` line for what the user can fix."""
     from .api import run_training, stopped
     from .data import DataError
     from .distributed import Cluster, PeerLostError
@@ -118,9 +152,6 @@ def main(argv: list[str] | None = None) -> int:
                  if cfg.output_dir and exc.errno is not None and Path(cfg.output_dir, rundir.CONFIG).exists()
                  else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before the training loop took over stop requests
-        print("error: interrupted before training started; nothing was trained", file=sys.stderr)
-        return 130
     if stopped(run_dir, since=started):  # the trainer said where it stopped and how to continue
         return EXIT_STOPPED
     if Cluster.init().is_main:

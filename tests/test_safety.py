@@ -392,15 +392,19 @@ def test_a_full_disk_while_checkpointing_is_an_os_error_and_leaves_no_temporary(
     assert not stale.exists() and any(".tmp-123-step-000001" in line for line in logged)
 
 
-def test_a_disk_filling_up_during_an_hf_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys):
-    """The free-space check passes (the disk fills while writing): one error line, no partial output."""
+@pytest.mark.parametrize("fmt, out", [("hf", "hf"), ("gguf", "model.gguf")])
+def test_a_disk_filling_up_during_an_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys, fmt, out):
+    """The free-space check passes (the disk fills while writing): one error line naming the disk, the
+    space the export needs and the space that was free, as the check does; no partial output."""
     import mlx_orpo.output as output
     from mlx_orpo import export
 
     monkeypatch.setattr(output, "check_free_space", lambda *a: None)
-    assert export.main(["--model", str(smollm2_dir), "--format", "hf", "--out", str(tiny_disk / "hf")]) == 2
+    assert export.main(["--model", str(smollm2_dir), "--format", fmt, "--out", str(tiny_disk / out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "No space left on device" in err and "free some disk space" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
+    assert f"the disk mounted at {tiny_disk}" in err and "the export needs about" in err, err
+    assert "64.0 KB was free" in err and "free some disk space" in err, err
     assert list(tiny_disk.iterdir()) == []
 
 
