@@ -43,7 +43,7 @@ def identify(spec: str | None, previous: dict | None = None) -> dict:
     """The record of the base model `spec` names, as it is now. `previous`: an earlier record, whose
     hashes are kept for the files whose size and modification time it holds."""
     folder, revision = model_folder(spec)
-    record = {"model": spec, "path": str(folder) if folder else None, "revision": revision, "files": {}}
+    record = {"model": spec, "path": str(folder.absolute()) if folder else None, "revision": revision, "files": {}}
     if folder is None or revision is not None:  # a Hub revision names its files' contents
         return record
     known = (previous or {}).get("files", {})
@@ -86,4 +86,6 @@ def model_changes(recorded: dict, now: dict) -> list[str]:
         elif old["sha256"] != new["sha256"]:
             changes.append(f"{folder / name} changed ({old['bytes']} bytes then, {new['bytes']} now"
                            + (", same size, other contents)" if old["bytes"] == new["bytes"] else ")"))
+    if changes and recorded.get("path") and recorded.get("path") != now.get("path"):
+        changes.insert(0, f"the model is read from {now.get('path')}, the run's was {recorded['path']}")
     return changes

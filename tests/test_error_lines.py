@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_error_line
 
 import mlx_orpo.api as api
 from mlx_orpo import rundir, train
@@ -24,29 +25,22 @@ def run(*args, module="mlx_orpo.train", **kw):
                           env=env, **kw)
 
 
-def one_error_line(done) -> str:
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "usage:" not in done.stderr, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    return errors[0]
-
-
 def test_an_unknown_key_in_a_runs_config_names_the_file(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     rundir.write_marker(run_dir)
     (run_dir / rundir.CONFIG).write_text(json.dumps({**TrainConfig(output_dir=str(run_dir)).to_dict(), "bogus": 1}))
-    line = one_error_line(run("--resume", str(run_dir)))
+    line = assert_one_error_line(run("--resume", str(run_dir)))
     assert f"{run_dir / rundir.CONFIG}: corrupt run config, unknown fields ['bogus']" in line
 
 
 def test_a_dangling_symlink_as_the_output_is_named_as_one(tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for out in ("dangling", "dangling/run"):
-        line = one_error_line(run("--output-dir", out, "--iters", "1", cwd=tmp_path))
+        line = assert_one_error_line(run("--output-dir", out, "--iters", "1", cwd=tmp_path))
         assert f"dangling is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in line, line
     (tmp_path / "adapters").mkdir()
-    line = one_error_line(run("--format", "peft", "--adapters", "adapters", "--out", "dangling/x",
+    line = assert_one_error_line(run("--format", "peft", "--adapters", "adapters", "--out", "dangling/x",
                               module="mlx_orpo.export", cwd=tmp_path))
     assert "dangling is a symbolic link" in line and "which does not exist" in line, line
     assert not (tmp_path / "nowhere").exists()

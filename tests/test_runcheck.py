@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_error_line, fake_model
 
 from mlx_orpo import model_identity, runcheck, rundir
 from mlx_orpo.config import TrainConfig
@@ -19,21 +20,6 @@ def cli(*args, module="mlx_orpo.train"):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
                           env=env)
-
-
-def one_error_line(done) -> str:
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    return errors[0]
-
-
-def fake_model(folder: Path) -> Path:
-    """A model folder as the checks see it (they refuse before anything loads it)."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights-A")
-    return folder
 
 
 def started_run(tmp_path: Path, version: int = rundir.VERSION) -> tuple[Path, TrainConfig, tuple]:
@@ -82,7 +68,7 @@ def test_a_data_record_of_the_wrong_shape_is_one_error_line(tmp_path):
     run, _, _ = started_run(tmp_path)
     (run / rundir.DATA).write_text('{"data": 5}')
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    line = one_error_line(cli("--resume", str(run)))
+    line = assert_one_error_line(cli("--resume", str(run)))
     assert str(run / rundir.DATA) in line and "--allow-changed-data" in line
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the damaged record is not written over
 
@@ -99,22 +85,26 @@ def test_the_base_model_is_hashed_once_and_a_change_is_named(tmp_path, monkeypat
     monkeypatch.undo()
     os.utime(base / "model.safetensors", ns=(1, 1))  # touched: hashed again, and the same
     assert model_identity.model_changes(record, model_identity.identify(str(base), previous=record)) == []
-    (base / "model.safetensors").write_bytes(b"weights-B")
+    (base / "model.safetensors").write_bytes(b"Weights")
     assert model_identity.model_changes(record, model_identity.identify(str(base), previous=record)) == [
-        f"{base / 'model.safetensors'} changed (9 bytes then, 9 now, same size, other contents)"]
+        f"{base / 'model.safetensors'} changed (7 bytes then, 7 now, same size, other contents)"]
+    other = fake_model(tmp_path / "other")  # another model named (an export's --model): said first
+    (other / "model.safetensors").write_bytes(b"other weights")
+    assert model_identity.model_changes(record, model_identity.identify(str(other)))[0] == \
+        f"the model is read from {other}, the run's was {base}"
 
 
 def test_a_changed_base_model_refuses_the_resume_unless_allowed(tmp_path):
     run, cfg, splits = started_run(tmp_path)
     runcheck.check_run(cfg, run, splits, resume=True)  # unchanged: passes
-    (Path(cfg.model) / "model.safetensors").write_bytes(b"weights-B")
+    (Path(cfg.model) / "model.safetensors").write_bytes(b"Weights")
     pattern = rf"base model of {run} changed .*{Path(cfg.model) / 'model.safetensors'} changed .*--allow-changed-model"
     with pytest.raises(runcheck.RunCheckError, match=pattern):
         runcheck.check_run(cfg, run, splits, resume=True)
     logged = []
     runcheck.check_run(cfg, run, splits, resume=True, allow_changed_model=True, log=logged.append)
     assert len(logged) == 1 and logged[0].startswith("warning: --allow-changed-model:")
-    line = one_error_line(cli("--resume", str(run)))
+    line = assert_one_error_line(cli("--resume", str(run)))
     assert "model.safetensors changed" in line and "--allow-changed-model" in line
 
 
@@ -156,10 +146,11 @@ def exportable_run(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_an_export_on_a_changed_base_model_is_refused_by_name(tmp_path):
     run, base = exportable_run(tmp_path)
-    (base / "model.safetensors").write_bytes(b"weights-B")
+    (base / "model.safetensors").write_bytes(b"Weights")
     for fmt in ("hf", "gguf"):  # mlx goes through the same fuse.load_fused
         out = tmp_path / f"out.{fmt}" if fmt == "gguf" else tmp_path / fmt
-        line = one_error_line(cli("--adapters", str(run), "--format", fmt, "--out", str(out), module="mlx_orpo.export"))
+        line = assert_one_error_line(cli("--adapters", str(run), "--format", fmt, "--out", str(out),
+                                         module="mlx_orpo.export"))
         assert f"{base / 'model.safetensors'} changed" in line and "--allow-changed-model" in line, line
         assert not out.exists()
     logged = []
@@ -176,8 +167,8 @@ def test_a_run_of_a_newer_format_version_is_refused_on_resume_and_export(tmp_pat
     both = rf"format version 99, and this mlx-orpo reads versions 1 to {rundir.VERSION}"
     with pytest.raises(ValueError, match=both):
         runcheck.check_run(cfg, run, splits, resume=True)
-    assert "version 99" in one_error_line(cli("--resume", str(run)))
+    assert "version 99" in assert_one_error_line(cli("--resume", str(run)))
     for fmt in ("hf", "peft"):
-        line = one_error_line(cli("--adapters", str(tmp_path / "e" / "run"), "--format", fmt, "--out",
+        line = assert_one_error_line(cli("--adapters", str(tmp_path / "e" / "run"), "--format", fmt, "--out",
                                   str(tmp_path / fmt), module="mlx_orpo.export"))
         assert "format version 99" in line and f"1 to {rundir.VERSION}" in line, line

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from helpers import APP_MAX_LEN, APP_MODEL, cfg_for, file_data, make, pairs, tiny_model, upload_raw
+from helpers import (
+    APP_MAX_LEN,
+    APP_MODEL,
+    assert_one_error_line,
+    cfg_for,
+    fake_model,
+    file_data,
+    make,
+    pairs,
+    tiny_model,
+    upload_raw,
+)
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
@@ -29,24 +40,6 @@ def cli(*args, module="mlx_orpo.train", cwd=None, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=env)
-
-
-def assert_one_error_line(done, *words):
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
-
-
-def fake_model(folder: Path) -> Path:
-    """A model directory as the checks see it (they refuse before anything loads it)."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
 
 
 def write_data(path: Path, n=6, start=0) -> Path:
