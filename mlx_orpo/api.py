@@ -90,7 +90,8 @@ class PreparedRun:
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
+                 allow_changed_data: bool = False, allow_changed_model: bool = False,
+                 explicit: frozenset[str] | set[str] = frozenset()) -> Path:
     """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
 
     The run's --memory-budget is resolved once (`fit.fit_to_memory`): a new run is first fitted to it
@@ -98,7 +99,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     run trains (`budget.memory_limit`).
     Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
     SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
-    `allow_changed_data`: resume even though the data differs from the run's (logged).
+    `allow_changed_data`, `allow_changed_model`: resume even though the data or the base model differs
+    from the run's (logged).
     """
     cfg.validate()
     cluster = Cluster.init()
@@ -110,7 +112,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[
     refusal, fingerprint = None, None
     try:
         fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                                         log=log, main=cluster.is_main)
+                                         allow_changed_model=allow_changed_model, log=log, main=cluster.is_main)
     except (ValueError, OSError) as exc:
         refusal = exc
     # Data-parallel: every rank stops when any rank refuses.
@@ -187,6 +189,8 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
         f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
         + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+    if data.report.ignored:
+        log(f"data: not read: {'; '.join(data.report.ignored)}")
     if data.report.duplicates:
         log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen and "
             f"rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
@@ -202,6 +206,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None,
         if not resume:  # a resumed run keeps its format version (a version-1 run reads its records as such)
             rundir.write_marker(run_dir)
         runcheck.write_fingerprint(run_dir, fingerprint)
+        runcheck.write_model_record(run_dir, cfg.model)
         cfg.save(run_dir / rundir.CONFIG)
         adapter_cfg["model_path"] = str(path)
         atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
