@@ -95,7 +95,7 @@ def budget_run(out: Path, smol: str, config: dict) -> dict:
     cfg = TrainConfig(model=smol).validate()
     planned = plan_of(cfg, config)
     budget = planned // 2
-    result = train(out / "smollm2-1024", smol, "--memory-budget", str(budget))
+    result = train(out / "smollm2-1024", smol, "--memory-budget", f"{budget}B")
     fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
     return {"case": "SmolLM2-135M, defaults, 1024", "planned_unfitted": planned, "budget": budget,
             "predicted": plan_of(fitted, config), **result}
@@ -106,7 +106,7 @@ def smol_512_run(out: Path, smol: str, config: dict) -> dict:
     cfg = TrainConfig(model=smol, max_length=512).validate()
     smallest = fit_candidates(cfg)[-1]
     budget = int(plan_of(smallest, config) * 1.01)
-    result = train(out / "smollm2-512", smol, "--max-length", "512", "--memory-budget", str(budget))
+    result = train(out / "smollm2-512", smol, "--max-length", "512", "--memory-budget", f"{budget}B")
     fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
     return {"case": "SmolLM2-135M, 512", "planned_unfitted": plan_of(cfg, config), "budget": budget,
             "predicted": plan_of(fitted, config), **result}

@@ -107,7 +107,7 @@ def test_the_warning_the_refusal_and_the_planner_give_the_same_advice(capsys):
                               f"memory ({format_bytes(budget)}); the run may swap or be killed. ")
     assert warning.endswith(f"Settings that fit: {first}.")
     assert fits_warning(cfg, smol, DeviceMemory(100 * GB, "this test's memory", 0.75)) is None
-    assert plan_main(["--model", "smollm2-135m", "--budget", str(budget)]) == 0
+    assert plan_main(["--model", "smollm2-135m", "--budget", f"{budget}B"]) == 0
     assert capsys.readouterr().out.split("settings that fit:\n")[1].splitlines()[0] == f"  {first}"
 
 
@@ -128,6 +128,38 @@ def test_the_fit_plans_for_the_batches_it_is_given():
     assert fitted == cfg and changes == []
     assert prediction.total == predict_peak(cfg, MISTRAL, on_gpu=True, shapes=short(cfg)).total < budget
     assert fit(cfg, budget, model_config=MISTRAL, on_gpu=True).changes  # planned for 1024 tokens
+
+
+def test_a_budget_the_data_fits_changes_nothing_and_the_log_says_so(smollm2_dir):
+    """The default run's batches (the demo set's) peak at about 1.5 GB; planned at --max-length 1024 it
+    was predicted at 15 GB, so a 4 GB budget turned gradient checkpointing on for batches it never
+    builds. Planned for the data, it trains as configured, and a budget its batches do not fit is fitted
+    for them."""
+    from mlx_orpo.api import plan_run
+
+    cfg = TrainConfig(memory_budget="4GB").validate()
+    plan = plan_run(cfg, explicit={"memory_budget"})
+    assert plan.cfg == cfg and plan.memory.changes == []
+    assert plan.lines[0].startswith("memory: the run fits as configured: predicted peak ")
+    assert plan.lines[0].endswith("within the budget 4.00 GB (--memory-budget)")
+    tight = plan_run(TrainConfig(memory_budget="1GB").validate())
+    assert [str(c) for c in tight.memory.changes] == ["--grad-checkpoint off -> on"]
+    assert tight.cfg.grad_checkpoint and not cfg.grad_checkpoint  # the caller's config is left as it is
+    assert tight.memory.prediction.total <= GB < plan.memory.prediction.total
+
+
+def test_a_step_larger_than_the_data_is_said_before_training(smollm2_dir):
+    """--grad-accum 100000 started without a word, and a SIGTERM 45 s later left no checkpoint: one
+    optimizer step took the whole epoch. The plan says so, with the step's size and the steps left."""
+    from mlx_orpo.api import plan_run, step_span_note
+
+    plan = plan_run(TrainConfig(grad_accum=100000).validate())
+    notes = [line for line in plan.lines if "--grad-accum" in line]
+    assert notes == ["warning: --grad-accum 100000 x --batch-size 2 asks for 200000 pairs per optimizer step, "
+                     "more than the 76 training pairs: each step takes one epoch (76 pairs, 38 micro-batches), "
+                     "which leaves 1 optimizer step; nothing is reported or saved within a step"]
+    assert step_span_note(TrainConfig(grad_accum=4).validate(), 76) is None
+    assert "which leaves 3 optimizer steps" in step_span_note(TrainConfig(grad_accum=50, epochs=3).validate(), 76)
 
 
 def test_memory_budget_values():
@@ -184,7 +216,7 @@ def test_the_cli_refuses_a_budget_nothing_fits_before_loading_the_model(tmp_path
     assert "Traceback" not in done.stderr and "model:" not in done.stdout  # stopped before loading
     assert not (out / "config.json").exists()
     # A setting given explicitly is not overridden: the error says so and what would fit without it.
-    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--no-grad-checkpoint", "--memory-budget", "4GB",
+    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--no-grad-checkpoint", "--memory-budget", "1GB",
                            "--output-dir", str(out)], capture_output=True, text=True, timeout=600, env=cli_env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "You gave --grad-checkpoint explicitly" in done.stderr and "--grad-checkpoint off -> on" in done.stderr
@@ -203,7 +235,7 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     fitted_cfg = with_(configured, grad_checkpoint=True, batch_size=1, grad_accum=2)
     budget = peak(fitted_cfg, load_model_config(str(smollm2_dir)), gpu=False)
     assert peak(with_(configured, grad_checkpoint=True), load_model_config(str(smollm2_dir)), gpu=False) > budget
-    fitted = TrainConfig(**base, memory_budget=str(budget), output_dir=str(tmp_path / "fitted")).validate()
+    fitted = TrainConfig(**base, memory_budget=f"{budget}B", output_dir=str(tmp_path / "fitted")).validate()
     lines = []
     for cfg in (configured, fitted):
         run_training(cfg, log=lines.append, progress=False)
@@ -227,7 +259,7 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     # A resume keeps the fitted settings and does not refit: under a budget one byte smaller, which no
     # plan fits, the resumed CLI run goes on (a resume may change the budget, not the run's steps).
     done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--resume", str(tmp_path / "fitted"),
-                           "--memory-budget", str(budget - 1)], capture_output=True, text=True, timeout=600)
+                           "--memory-budget", f"{budget - 1}B"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "memory: " not in done.stdout and "resumed from" in done.stdout  # no fit line
     saved = json.loads((tmp_path / "fitted" / "config.json").read_text())

@@ -105,6 +105,43 @@ def test_the_peak_is_the_largest_of_the_batches_given():
     assert predict_peak(cfg, smol, on_gpu=False, shapes=short).total == max(alone) < default.total / 4
 
 
+
+def test_a_run_plans_for_the_batches_its_data_makes(smollm2_dir):
+    """api.plan_run reads and tokenizes the data before any weights load and predicts for the batches the
+    trainer builds of it: the demo set's longest pair is about a tenth of --max-length 1024, and its plan
+    is far below the ceiling's (the planner used to predict 15.18 GB for a run that peaks at 1.45 GB)."""
+    from mlx_orpo.api import plan_run
+
+    cfg = TrainConfig().validate()  # the README's default run: demo data, batch 2, max length 1024
+    plan = plan_run(cfg)
+    ceiling = predict_peak(cfg, KNOWN_CONFIGS["smollm2-135m"])
+    assert plan.memory.prediction.total < ceiling.total / 5
+    assert plan.memory.changes == [] and plan.cfg == cfg
+    assert plan.longest_pair < cfg.max_length / 2
+    far = [line for line in plan.lines if "far above the data's longest pair" in line]
+    assert len(far) == 1 and format_bytes(ceiling.total) in far[0]
+    assert any(line.startswith("memory: planned for ") and "76 training and 4 held-out pairs" in line
+               for line in plan.lines)
+
+
+def test_evaluation_batches_count(tmp_path, smollm2_dir):
+    """Held-out pairs longer than the training pairs are planned for: their evaluation batches run
+    forward only, but hold their logits, and can be the run's peak."""
+    import json
+
+    from mlx_orpo.api import plan_run
+
+    long_pairs = tmp_path / "long.jsonl"
+    words = " ".join(["river stone light"] * 300)
+    long_pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: describe it.", "chosen": words,
+                                              "rejected": words + " again"}) + "\n" for i in range(2)))
+    cfg = TrainConfig(eval_data=str(long_pairs), grad_checkpoint=True).validate()
+    plan = plan_run(cfg)
+    assert plan.memory.prediction.layout.endswith("evaluation")
+    shorter = plan_run(TrainConfig(grad_checkpoint=True).validate())
+    assert plan.memory.prediction.total > shorter.memory.prediction.total * 1.5
+
+
 if __name__ == "__main__":
     import sys
 
