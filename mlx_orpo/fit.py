@@ -75,7 +75,12 @@ class Plan(NamedTuple):
 
 
 class DoesNotFit(ValueError):
-    """No plan the fit may choose is predicted to fit the budget; the message says what would."""
+    """No plan the fit may choose is predicted to fit the budget; the message says what would, and
+    `advice` (when given) holds the whole advice."""
+
+    def __init__(self, message: str, advice: Advice | None = None):
+        super().__init__(message)
+        self.advice = advice
 
 
 def _with(cfg: TrainConfig, **changes) -> TrainConfig:
@@ -224,7 +229,7 @@ def fit(cfg: TrainConfig, budget: int | Budget, *, model_config: dict | None = N
     fit, when none of the plans fits. cfg itself is left as it is. `shapes`: as advise's."""
     advice = advise(cfg, budget, model_config=model_config, explicit=explicit, on_gpu=on_gpu, shapes=shapes)
     if advice.fitted is None:
-        raise DoesNotFit(advice.refusal())
+        raise DoesNotFit(advice.refusal(), advice)
     return advice.fitted
 
 
@@ -249,7 +254,12 @@ class MemoryPlan:
     budget: Budget | None           # MLX's memory limit for the run (None: --memory-budget off)
     prediction: Prediction | None   # cfg's predicted peak (None: the model's config.json was unreadable)
     lines: list[str]                # what the run logs about it, in order
-    changes: list[Change] = field(default_factory=list)  # what the fit changed
+    advice: Advice | None = None    # the fit's whole advice (a new run with a budget)
+
+    @property
+    def changes(self) -> list[Change]:
+        """What the fit changed."""
+        return self.advice.fitted.changes if self.advice else []
 
 
 def fit_to_memory(cfg: TrainConfig, budget: Budget | None, *, model_config: dict | None,
@@ -278,6 +288,5 @@ def fit_to_memory(cfg: TrainConfig, budget: Budget | None, *, model_config: dict
         return MemoryPlan(cfg, budget, prediction, [line])
     advice = advise(cfg, budget, model_config=model_config, explicit=explicit, shapes=shapes)
     if advice.fitted is None:
-        raise DoesNotFit(advice.refusal())
-    fitted = advice.fitted
-    return MemoryPlan(fitted.cfg, budget, fitted.prediction, [advice.fit_line()], fitted.changes)
+        raise DoesNotFit(advice.refusal(), advice)
+    return MemoryPlan(advice.fitted.cfg, budget, advice.fitted.prediction, [advice.fit_line()], advice)

@@ -16,7 +16,7 @@ from helpers import cfg_for, pairs, run
 from mlx_orpo.budget import Budget, DeviceMemory, format_bytes, mac_working_set, resolve
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.fit import DoesNotFit, fit, fit_candidates, fits_warning
-from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak
+from mlx_orpo.predict import KNOWN_CONFIGS, predict_peak
 from mlx_orpo.rundir import read_records
 from mlx_orpo.train import build_parser, explicit_settings
 
@@ -227,14 +227,14 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     """The real model through the API: batch 2 as configured (--memory-budget off), and the same run
     with a budget only batch 1 x --grad-accum 2 with checkpointing fits, which run_training picks.
     Same pairs per step, so the same losses per step and the same adapters up to float32 rounding."""
-    from mlx_orpo.api import run_training
+    from mlx_orpo.api import plan_run, run_training
 
     base = dict(model=str(smollm2_dir), iters=3, max_length=128, report_every=1, eval_every=0, eval_max_pairs=2,
                 save_every=10, lr_schedule="constant", warmup_steps=0, learning_rate=5e-4, seed=0)
     configured = TrainConfig(**base, memory_budget="off", output_dir=str(tmp_path / "configured")).validate()
-    fitted_cfg = with_(configured, grad_checkpoint=True, batch_size=1, grad_accum=2)
-    budget = peak(fitted_cfg, load_model_config(str(smollm2_dir)), gpu=False)
-    assert peak(with_(configured, grad_checkpoint=True), load_model_config(str(smollm2_dir)), gpu=False) > budget
+    planned = lambda cfg: plan_run(cfg).memory.prediction.total  # for the batches of the run's data
+    budget = planned(with_(configured, grad_checkpoint=True, batch_size=1, grad_accum=2))
+    assert planned(with_(configured, grad_checkpoint=True)) > budget
     fitted = TrainConfig(**base, memory_budget=f"{budget}B", output_dir=str(tmp_path / "fitted")).validate()
     lines = []
     for cfg in (configured, fitted):
@@ -261,7 +261,7 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--resume", str(tmp_path / "fitted"),
                            "--memory-budget", f"{budget - 1}B"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "memory: " not in done.stdout and "resumed from" in done.stdout  # no fit line
+    assert "(not refitted)" in done.stdout and "fitted:" not in done.stdout and "resumed from" in done.stdout
     saved = json.loads((tmp_path / "fitted" / "config.json").read_text())
     assert (saved["grad_checkpoint"], saved["batch_size"], saved["grad_accum"], saved["iters"]) == (True, 1, 2, 3)
 

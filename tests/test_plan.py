@@ -124,23 +124,62 @@ def test_a_run_plans_for_the_batches_its_data_makes(smollm2_dir):
                for line in plan.lines)
 
 
+def test_the_planner_plans_for_the_data_it_is_given(capsys, smollm2_dir):
+    """python -m mlx_orpo.plan --data: the plan a run on that data makes, where it planned for the
+    longest batch the settings allow (and so advised checkpointing for the demo set under 4 GB)."""
+    from mlx_orpo.demo_data import DEMO_DATA_PATH
+    from mlx_orpo.plan import main as plan_main
+
+    assert plan_main(["--budget", "4GB"]) == 0
+    assert "does NOT fit in 4.00 GB" in capsys.readouterr().out
+    assert plan_main(["--data", str(DEMO_DATA_PATH), "--budget", "4GB"]) == 0
+    out = capsys.readouterr().out
+    assert "planned for " in out and "76 training and 4 held-out pairs" in out and "fits in 4.00 GB" in out
+    assert plan_main(["--data", str(DEMO_DATA_PATH), "--budget", "0.6GB"]) == 0
+    assert "does NOT fit in 0.60 GB" in capsys.readouterr().out
+
+
+def long_pairs(path, n: int = 2, words: int = 300) -> str:
+    """n preference pairs whose answers run to about 3 x `words` tokens, as a JSONL file."""
+    import json
+
+    text = " ".join(["river stone light"] * words)
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}: describe it.", "chosen": text,
+                                        "rejected": text + " again"}) + "\n" for i in range(n)))
+    return str(path)
+
+
 def test_evaluation_batches_count(tmp_path, smollm2_dir):
     """Held-out pairs longer than the training pairs are planned for: their evaluation batches run
     forward only, but hold their logits, and can be the run's peak."""
-    import json
-
     from mlx_orpo.api import plan_run
 
-    long_pairs = tmp_path / "long.jsonl"
-    words = " ".join(["river stone light"] * 300)
-    long_pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: describe it.", "chosen": words,
-                                              "rejected": words + " again"}) + "\n" for i in range(2)))
-    cfg = TrainConfig(eval_data=str(long_pairs), grad_checkpoint=True).validate()
+    cfg = TrainConfig(eval_data=long_pairs(tmp_path / "long.jsonl"), grad_checkpoint=True).validate()
     plan = plan_run(cfg)
     assert plan.memory.prediction.layout.endswith("evaluation")
     shorter = plan_run(TrainConfig(grad_checkpoint=True).validate())
     assert plan.memory.prediction.total > shorter.memory.prediction.total * 1.5
 
+
+
+@pytest.mark.slow
+def test_the_prediction_bounds_the_measured_peak_within_1_3x(tmp_path, smollm2_dir):
+    """One real step of SmolLM2-135M on the demo set with checkpointing, and an evaluation of held-out
+    pairs eight times longer, which peaks the run: the plan, made before the weights loaded, is at least
+    the measured MLX peak and at most 1.3 times it, as the run's memory.json records them."""
+    from mlx_orpo import rundir
+    from mlx_orpo.api import Run
+
+    cfg = TrainConfig(model=str(smollm2_dir), eval_data=long_pairs(tmp_path / "long.jsonl"), grad_checkpoint=True,
+                      iters=1, eval_every=0, save_every=10, output_dir=str(tmp_path / "run")).validate()
+    with Run(cfg, log=lambda line: None, progress=False) as run:
+        run.setup()
+        run.train()
+        run.save()
+    assert run.plan.memory.prediction.layout.endswith("evaluation")
+    record = rundir.read_memory_records(run.run_dir)[-1]
+    assert record["predicted_peak_bytes"] == run.plan.memory.prediction.total and record["steps"] == 1
+    assert 1.0 <= record["predicted_peak_bytes"] / record["measured_peak_bytes"] <= 1.3, record
 
 if __name__ == "__main__":
     import sys

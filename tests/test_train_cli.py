@@ -49,6 +49,9 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
     assert {p.name for p in (run_dir / "checkpoints" / "step-000008").iterdir()} == set(rundir.CHECKPOINT_FILES)
     assert rundir.format_version(run_dir) == rundir.VERSION and rundir.read_config(run_dir)["iters"] == 8
     assert rundir.read_status(run_dir).phase == rundir.FINISHED
+    # The memory plan, made for the data's batches before the weights loaded, bounds the measured peak closely.
+    memory = rundir.read_memory_records(run_dir)[-1]
+    assert 1.0 <= memory["predicted_peak_bytes"] / memory["measured_peak_bytes"] <= 1.3, memory
 
 
 def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
