@@ -42,6 +42,15 @@ class PreparedData:
     eval_stats: EncodeStats
     report: object  # data.LoadReport
 
+    @property
+    def longest_pair(self) -> int:
+        """Tokens of the longest pair (prompt + longer answer), training and held-out."""
+        return max(p.length for p in self.train + self.eval)
+
+    def described(self) -> str:
+        return (f"{self.report.source}: {len(self.train)} training and {len(self.eval)} held-out pairs, the "
+                f"longest {self.longest_pair} tokens")
+
 
 def read_data(cfg: TrainConfig):
     """Read and validate the preference pairs: (train, eval, LoadReport). Fails fast, before any model loads."""
@@ -99,28 +108,24 @@ class RunPlan:
     lines: list[str]       # what the run logs about it, in order
 
     @property
-    def longest_pair(self) -> int:
-        return max(p.length for p in self.data.train + self.data.eval)
-
-    @property
     def planned_for(self) -> str:
         """Which data the prediction is for, in words."""
-        return (f"{self.data.report.source}: {len(self.data.train)} training and {len(self.data.eval)} held-out "
-                f"pairs, the longest {self.longest_pair} tokens")
+        return self.data.described()
 
 
 def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozenset(), splits=None,
              cluster: Cluster | None = None, resume: bool = False, tokenizer=None) -> RunPlan:
-    """The plan of a run from its settings and its data, before any weights load: the data read
-    (unless `splits`, read_data's, are given) and tokenized with the model's tokenizer, the memory budget
-    resolved (rank 0's on every rank of `cluster`), and the run fitted to it for
-    the batches this data makes (predict.data_shapes: the trainer's widths, padding, shared-prompt layout
-    and step grouping, and its evaluation batches). The one planner behind a run's setup (`Run.setup`)
-    and the app's preview, so the preview is what Start runs. cfg itself is left as it is.
+    """The plan of a run from its settings and its data, before any weights load: the data read (unless
+    `splits`, read_data's, are given) and tokenized with the model's tokenizer (`tokenizer`, or loaded
+    alone), the memory budget resolved (rank 0's on every rank of `cluster`), and the run fitted to it
+    for the batches this data makes (predict.data_shapes: the trainer's widths, padding, shared-prompt
+    layout and step grouping, and its evaluation batches). The one planner behind a run's setup
+    (`Run.setup`), `python -m mlx_orpo.plan --data` and the app's preview, so a preview is what Start
+    runs. cfg itself is left as it is.
 
     `explicit`: the settings the user gave (the fit keeps them); `resume`: keep cfg's settings (a resumed
-    run is not refitted). Raises DoesNotFit (a ValueError whose message says what would fit) when
-    nothing allowed fits, and read_data's errors for bad data."""
+    run is not refitted). Raises DoesNotFit (a ValueError whose message says what would fit; its
+    `advice` holds the rest) when nothing allowed fits, and read_data's errors for bad data."""
     cluster = cluster or Cluster()
     budget = resolve(cfg.memory_budget, gpu=on_gpu(), cluster=cluster)
     try:
@@ -141,18 +146,16 @@ def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozense
             return data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared, world=cluster.size)
 
     memory = fit_to_memory(cfg, budget, model_config=model_config, explicit=explicit, resume=resume, shapes=shapes)
-    plan = RunPlan(memory.cfg, memory, data, tokenizer, lines)
     lines += memory.lines
     if memory.prediction is not None:
-        lines.append(f"memory: planned for {plan.planned_for}")
-        if cfg.max_length >= FAR_ABOVE * plan.longest_pair:
-            ceiling = predict_peak(memory.cfg, model_config)
+        lines.append(f"memory: planned for {data.described()}")
+        if cfg.max_length >= FAR_ABOVE * data.longest_pair:
             lines.append(f"memory: --max-length {cfg.max_length} is far above the data's longest pair "
-                         f"({plan.longest_pair} tokens); data that filled it would peak at "
-                         f"{format_bytes(ceiling.total)}")
+                         f"({data.longest_pair} tokens); data that filled it would peak at "
+                         f"{format_bytes(predict_peak(memory.cfg, model_config).total)}")
     if note := step_span_note(memory.cfg, len(data.train), cluster.size):
         lines.append(note)
-    return plan
+    return RunPlan(memory.cfg, memory, data, tokenizer, lines)
 
 
 def step_span_note(cfg: TrainConfig, train_pairs: int, world: int = 1) -> str | None:
@@ -232,9 +235,12 @@ class Run:
         fingerprint = self._check()
         # The folders this run creates (the run directory and any missing parents, such as runs/).
         self._created = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
-        if self.cluster.is_main:  # one writer per run: held from before the "already a run here?" check to the end
+        if self.cluster.is_main:  # one writer per run, from the "already a run here?" check to the end
             self._stack.enter_context(RunLock(self.run_dir))
-            runcheck.check_output_dir(self.run_dir, cfg.model, resume=self.resume)  # what changed since
+            # Checked before the lock; what another process could have changed since is the folder.
+            runcheck.check_output_dir(self.run_dir, cfg.model, resume=self.resume)
+        if self.resume:
+            runcheck.check_same_run(cfg, self.run_dir)
         cfg.output_dir = str(self.run_dir)
         log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
             + (f"; data-parallel over {self.cluster.size} processes" if self.cluster.size > 1 else ""))

@@ -117,7 +117,7 @@ def test_a_run_plans_for_the_batches_its_data_makes(smollm2_dir):
     ceiling = predict_peak(cfg, KNOWN_CONFIGS["smollm2-135m"])
     assert plan.memory.prediction.total < ceiling.total / 5
     assert plan.memory.changes == [] and plan.cfg == cfg
-    assert plan.longest_pair < cfg.max_length / 2
+    assert plan.data.longest_pair < cfg.max_length / 2
     far = [line for line in plan.lines if "far above the data's longest pair" in line]
     assert len(far) == 1 and format_bytes(ceiling.total) in far[0]
     assert any(line.startswith("memory: planned for ") and "76 training and 4 held-out pairs" in line
