@@ -55,6 +55,7 @@ def written_now(tmp_path: Path) -> dict:
         "metrics.jsonl eval": sorted(next(r for r in records if r["kind"] == rundir.EVAL)),
         "status.json": sorted(f.name for f in fields(rundir.Status)),
         "status phases": sorted(rundir.PHASES),
+        "memory.json records": sorted(f.name for f in fields(rundir.MemoryRecord)),  # what api.Run.save writes
     }
 
 
