@@ -24,7 +24,7 @@ from .output import (
     MARGIN,
     ExportResult,
     check_destination,
-    check_free_space,
+    disk_space,
     output_bytes,
     output_files,
     tensor_shapes,
@@ -305,8 +305,7 @@ def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False
     template = getattr(hf_tokenizer(fused.tokenizer), "chat_template", None)
     if out.suffix == ".gguf":  # a single file (and its Modelfile), each renamed into place
         check_destination(gguf_file, force)
-        check_free_space(gguf_file.parent, needed)
-        with atomic_output(gguf_file) as tmp:
+        with disk_space(gguf_file, needed), atomic_output(gguf_file) as tmp:
             write_gguf(fused, tmp, gguf_type)
         atomic_write_text(model_file, modelfile(gguf_file.name, template))
         files = output_files(gguf_file) + output_files(model_file)
