@@ -49,9 +49,10 @@ def stats_line(page, max_length: int) -> tuple[int, int, int]:
 
 
 def settled_bars(page, fits_expected: int) -> list[tuple[int, int, int, str]]:
-    """The bars once the chart shows `fits_expected` pairs as fitting (or its last drawing after 20 s)."""
+    """The bars once the chart shows `fits_expected` pairs as fitting (or its last drawing after 60 s:
+    on a loaded 2-core machine the chart's redraw has taken over 20 s)."""
     drawn = []
-    for _ in range(80):
+    for _ in range(240):
         drawn = bars(page)
         if drawn and sum(b[2] for b in drawn if b[3] == "≤ max length") == fits_expected:
             page.wait_for_timeout(1000)  # and still so a moment later (no late redraw with other rows)
