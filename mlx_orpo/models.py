@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -53,7 +54,8 @@ def resolve_model(spec: str | None) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"{path}: no such GGUF file")
-        return str(_imported(path, path.stem))
+        # One conversion per file: two models.gguf in two folders are two models.
+        return str(_imported(path, f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: a model directory needs config.json and *.safetensors")
@@ -80,10 +82,13 @@ def looks_like_path(spec: str) -> bool:
 
 
 def _imported(gguf: Path, name: str) -> Path:
+    """The model folder `gguf` is converted to in the cache: converted once, and again when the file is
+    newer than its conversion (other weights written under the same name must not train as the old)."""
     from .gguf_import import import_gguf
 
     out = cache_dir() / "models" / name
-    if not (out / "model.safetensors").is_file():
+    weights = out / "model.safetensors"
+    if not weights.is_file() or gguf.stat().st_mtime_ns > weights.stat().st_mtime_ns:
         import_gguf(gguf, out)
     return out
 

@@ -172,3 +172,33 @@ def test_a_run_of_a_newer_format_version_is_refused_on_resume_and_export(tmp_pat
         line = assert_one_error_line(cli("--adapters", str(tmp_path / "e" / "run"), "--format", fmt, "--out",
                                   str(tmp_path / fmt), module="mlx_orpo.export"))
         assert "format version 99" in line and f"1 to {rundir.VERSION}" in line, line
+
+
+def test_a_gguf_rewritten_in_place_is_converted_again(tmp_path, monkeypatch):
+    """A .gguf base is trained on as its conversion in the cache: a file rewritten after it was
+    converted is converted again (its run's model.json then tells the two apart), and two files of one
+    name in two folders are two models."""
+    import mlx_orpo.gguf_import as gguf_import
+    from mlx_orpo.models import resolve_model
+
+    converted = []
+
+    def import_gguf(gguf, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(gguf.read_bytes())
+        converted.append(gguf)
+
+    monkeypatch.setenv("MLX_ORPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_import, "import_gguf", import_gguf)
+    (tmp_path / "a").mkdir()
+    gguf = tmp_path / "a" / "model.gguf"
+    gguf.write_bytes(b"weights")
+    first = resolve_model(str(gguf))
+    assert resolve_model(str(gguf)) == first and converted == [gguf]
+    gguf.write_bytes(b"Weights")
+    os.utime(gguf, ns=(time_ns := os.stat(Path(first) / "model.safetensors").st_mtime_ns + 10**9, time_ns))
+    assert resolve_model(str(gguf)) == first and converted == [gguf, gguf]
+    assert (Path(first) / "model.safetensors").read_bytes() == b"Weights"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.gguf").write_bytes(b"other")
+    assert resolve_model(str(tmp_path / "b" / "model.gguf")) != first
