@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import TrainConfig
+from .files import dangling_link
 
 # Short names users can type; the embedded default works offline.
 MODEL_ALIASES = {
@@ -53,7 +54,8 @@ def resolve_model(spec: str | None) -> str:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelNotFoundError(f"{path}: no such GGUF file")
+            link = dangling_link(path)
+            raise ModelNotFoundError(f"{path}: no such GGUF file" + (f" ({link})" if link else ""))
         # One conversion per file: two models.gguf in two folders are two models.
         return str(_imported(path, f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"))
     if path.is_dir():
@@ -65,8 +67,9 @@ def resolve_model(spec: str | None) -> str:
     if spec in MODEL_ALIASES:
         return MODEL_ALIASES[spec]
     if looks_like_path(spec):
-        raise ModelNotFoundError(f"{path}: no such model directory or .gguf file (was it moved or deleted?); "
-                                 "give --model an existing directory, a .gguf file, an alias or a Hub id")
+        why = dangling_link(path) or "was it moved or deleted?"
+        raise ModelNotFoundError(f"{path}: no such model directory or .gguf file ({why}); give --model an "
+                                 "existing directory, a .gguf file, an alias or a Hub id")
     if spec.count("/") == 1 and not path.exists():
         return spec  # a Hugging Face repo id; mlx_lm downloads it
     raise ModelNotFoundError(

@@ -88,6 +88,9 @@ def test_the_base_model_is_hashed_once_and_a_change_is_named(tmp_path, monkeypat
     (base / "model.safetensors").write_bytes(b"Weights")
     assert model_identity.model_changes(record, model_identity.identify(str(base), previous=record)) == [
         f"{base / 'model.safetensors'} changed (7 bytes then, 7 now, same size, other contents)"]
+    (base / "chat_template.jinja").write_text("{{ messages }}")  # the prompts a run renders: part of the model
+    assert f"{base / 'chat_template.jinja'} was added" in model_identity.model_changes(
+        record, model_identity.identify(str(base), previous=record))
     other = fake_model(tmp_path / "other")  # another model named (an export's --model): said first
     (other / "model.safetensors").write_bytes(b"other weights")
     assert model_identity.model_changes(record, model_identity.identify(str(other)))[0] == \
