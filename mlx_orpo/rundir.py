@@ -12,6 +12,7 @@ settings (config.json), its metrics records and its status.
       data.json                 the data's fingerprint (file sizes and SHA-256), checked on resume
       model.json                what identifies the base model (model_identity.py), checked on resume and export
       status.json               what the trainer is doing now (Status), for the app
+      memory.json               predicted and measured peak memory, a record per process that trained it
       .lock                     held by the one trainer writing here (runlock.py)
       train.log                 the trainer's output, when the app launched it
       launch.yaml               the resolved config the app launched the trainer with (--config)
@@ -50,7 +51,8 @@ STATUS = "status.json"
 LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
-RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH)
+MEMORY = "memory.json"
+RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH, MEMORY)
 
 # A checkpoint: CHECKPOINTS/step-NNNNNN/. The manifest holds the size and SHA-256 of each VERIFIED file.
 OPTIMIZER = "optimizer.safetensors"
@@ -260,6 +262,30 @@ def _step_of(line: str) -> int | None:
     except json.JSONDecodeError:
         return None
     return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One process's run, as memory.json records it: each run is a calibration point of the planner."""
+    steps: int                           # optimizer steps done when it ended
+    predicted_peak_bytes: int | None     # the plan's (predict.py), for the data's batches; None: not planned
+    measured_peak_bytes: int             # mx.get_peak_memory() over its training and evaluations
+    budget_bytes: int | None             # the --memory-budget it ran under (None: off)
+    planned_for: str                     # the data the prediction was made for
+    device: str                          # where MLX computed
+
+
+def append_memory_record(run: Path, record: MemoryRecord) -> None:
+    """Add one process's record to the run's memory.json ({"records": [...]}); records that cannot be
+    read back are replaced (the calibration they held is lost anyway)."""
+    atomic_write_text(Path(run) / MEMORY, json.dumps({"records": [*read_memory_records(run),
+                                                                   dataclasses.asdict(record)]}, indent=2) + "\n")
+
+
+def read_memory_records(run: Path) -> list[dict]:
+    """The run's memory.json records (MemoryRecord's fields); [] when there are none."""
+    records = _json_object(Path(run) / MEMORY).get("records")
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
 def eval_due(step: int, total: int | None, eval_every: int) -> bool:

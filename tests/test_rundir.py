@@ -55,6 +55,7 @@ def written_now(tmp_path: Path) -> dict:
         "metrics.jsonl eval": sorted(next(r for r in records if r["kind"] == rundir.EVAL)),
         "status.json": sorted(f.name for f in fields(rundir.Status)),
         "status phases": sorted(rundir.PHASES),
+        "memory.json records": sorted(f.name for f in fields(rundir.MemoryRecord)),  # what api.Run.save writes
     }
 
 
@@ -197,6 +198,26 @@ def test_a_version_1_run_resumes_exactly(tmp_path, largest_first):
                      manifests=False)
     assert rundir.format_version(cut) == 1
     assert_same_run(written, cut)
+
+
+def test_a_report_window_that_a_version_2_checkpoint_began_has_no_gradient_norm(tmp_path):
+    """Version-2 checkpoints hold no gradient norms in their report window: the window one of them began
+    reports null, the windows after it their norms."""
+    run = tmp_path / "run"
+    kw = dict(KW, report_every=2, save_every=1, keep_checkpoints=4)
+    train(run, cfg_for(run, **kw), DATA)
+    first, *later = ckpt.list_checkpoints(run)
+    for checkpoint in later:
+        shutil.rmtree(checkpoint)
+    state = json.loads((first / rundir.STATE).read_text())
+    assert state["window_steps"] == 1
+    del state["window"]["grad_norm"]
+    (first / rundir.STATE).write_text(json.dumps(state))
+    (first / rundir.MANIFEST).write_text(json.dumps({name: file_digest(first / name) for name in rundir.VERIFIED}))
+    old_run(run, 2)
+    train(run, cfg_for(run, **kw), DATA, resume=True)
+    norms = [r["grad_norm"] for r in rundir.read_records(run) if r["kind"] == rundir.TRAIN]
+    assert norms[0] is None and isinstance(norms[1], float) and norms[1] > 0
 
 
 # -- a run that lacks what its version always writes is damaged -----------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -29,7 +30,7 @@ from helpers import (
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
-from mlx_orpo import runcheck, rundir
+from mlx_orpo import feeding, report, runcheck, rundir
 from mlx_orpo.config import TrainConfig, load_yaml
 from mlx_orpo.data import DataError, load_splits
 from mlx_orpo.files import file_digest
@@ -147,7 +148,7 @@ def test_hub_data_is_fingerprinted_by_its_pairs():
 def sigterm_at_collate(monkeypatch, n: int):
     """Send this process SIGTERM as the trainer collates its n-th batch (micro-batch or evaluation)."""
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -155,8 +156,14 @@ def sigterm_at_collate(monkeypatch, n: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     return calls
+
+
+def collate_in_the_loop(monkeypatch, collate):
+    """Make `collate` what the loop collates its micro-batches and evaluation batches with."""
+    monkeypatch.setattr(feeding, "collate", collate)
+    monkeypatch.setattr(trainer_mod, "collate", collate)
 
 
 def train(run, cfg, data, resume=False, log=None):
@@ -196,7 +203,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
     data = pairs(16)
     cfg = cfg_for(tmp_path, iters=4, batch_size=1, eval_every=2, eval_max_pairs=4, save_every=10)
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -205,7 +212,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     state = train(tmp_path, cfg, data)
     assert state.step == 2 and len(calls) == 4
     assert [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL] == []  # partial: not recorded
@@ -238,7 +245,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path,
 
 
 def test_a_long_step_is_warned_about_with_its_estimated_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "SLOW_STEP_SECONDS", 0)
+    monkeypatch.setattr(report, "SLOW_STEP_SECONDS", 0)
     logged = []
     train(tmp_path, cfg_for(tmp_path, iters=1, grad_accum=3, batch_size=1, eval_every=0), pairs(8),
           log=logged.append)
@@ -269,6 +276,47 @@ def test_a_crafted_or_false_gguf_is_refused_before_mlx_reads_it(tmp_path):
         cut.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
         with pytest.raises(GGUFImportError, match="lies outside the"):
             check_gguf(cut)
+
+
+def gguf_file(path: Path, *, version=3, metadata=(), tensors=(("w", (8,), 0, 0),), data=32, counts=None) -> Path:
+    """A GGUF file: `metadata` as (key, type, raw value bytes), `tensors` as (name, dims, type, offset),
+    then `data` bytes of tensor data after the header padded to 32 (None: the header alone); `counts`
+    replaces the header's."""
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    header = b"GGUF" + struct.pack("<IQQ", version, *(counts or (len(tensors), len(metadata))))
+    header += b"".join(string(key) + struct.pack("<I", kind) + value for key, kind, value in metadata)
+    for name, dims, kind, offset in tensors:
+        header += string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset)
+    path.write_bytes(header if data is None else header + bytes(-len(header) % 32 + data))
+    return path
+
+
+@pytest.mark.parametrize("layout, problem", [
+    (dict(version=4), "GGUF version 4; versions 2 and 3 are read"),
+    (dict(tensors=(), metadata=[("k", 9, b"")], data=None), "the header runs past the end of the 37-byte file"),
+    (dict(counts=(4, 0)), "it claims 4 tensors and 0 metadata entries, more than 96 bytes can hold"),
+    (dict(metadata=[("k", 8, struct.pack("<Q", 10**6))]), "a metadata string of 1000000 bytes runs past"),
+    (dict(metadata=[("general.alignment", 4, struct.pack("<I", 24))]), "general.alignment 24 is not a power of two"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 8, 2**40))]), "k: 1099511627776 strings cannot fit the file"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 10, 2**40))]), "k: an array of 8796093022208 bytes runs past"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 9, 1))]), "k: unknown array element type 9"),
+    (dict(metadata=[("k", 13, b"")]), "k: unknown metadata type 13"),
+    (dict(tensors=[("w", (1, 1, 1, 1, 8), 0, 0)]), "tensor 'w' has 5 dimensions"),
+    (dict(tensors=[("w", (256,), 16, 0)]), "tensor 'w' has unknown type 16"),
+    (dict(tensors=[("w", (31,), 2, 0)]), "tensor 'w' has shape [31], not whole blocks of 32"),
+    (dict(tensors=[("w", (0,), 0, 0)]), "tensor 'w' has shape [0], not whole blocks of 1"),
+    (dict(tensors=[("w", (8,), 0, 4)]), "tensor 'w' (32 bytes at offset 4) lies outside"),
+    (dict(tensors=[("w", (16,), 0, 0)]), "tensor 'w' (64 bytes at offset 0) lies outside the"),
+])
+def test_each_bound_of_a_gguf_header_refuses_a_crafted_file(tmp_path, layout, problem):
+    from mlx_orpo.gguf_import import GGUFImportError, check_gguf
+
+    check_gguf(gguf_file(tmp_path / "fine.gguf"))
+    crafted = gguf_file(tmp_path / "crafted.gguf", **layout)
+    with pytest.raises(GGUFImportError, match=rf"crafted.gguf: damaged or not a GGUF file \({re.escape(problem)}"):
+        check_gguf(crafted)
 
 
 def adapter_dir(tmp_path: Path, rank=8, **config) -> Path:

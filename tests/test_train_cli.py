@@ -53,6 +53,9 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run, smollm2
     # The base model it trained on, identified by its files' hashes (checked on resume and export).
     recorded = json.loads((run_dir / rundir.MODEL).read_text())["files"]["model.safetensors"]
     assert recorded["sha256"] == file_digest(smollm2_dir / "model.safetensors")["sha256"]
+    # The memory plan, made for the data's batches before the weights loaded, bounds the measured peak closely.
+    memory = rundir.read_memory_records(run_dir)[-1]
+    assert 1.0 <= memory["predicted_peak_bytes"] / memory["measured_peak_bytes"] <= 1.3, memory
 
 
 def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
