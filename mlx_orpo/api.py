@@ -160,7 +160,7 @@ def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozense
 
 def step_span_note(cfg: TrainConfig, train_pairs: int, world: int = 1) -> str | None:
     """A warning when one optimizer step asks for more pairs than the data holds: such a step takes
-    one epoch (trainer.step_order groups a step's pairs within an epoch), so the run has few steps,
+    one epoch (feeding.step_order groups a step's pairs within an epoch), so the run has few steps,
     and nothing is reported or saved within one."""
     asked = cfg.batch_size * world * cfg.grad_accum
     if asked <= train_pairs:

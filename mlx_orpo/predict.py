@@ -267,12 +267,12 @@ class BatchShapes(NamedTuple):
 def data_shapes(cfg: TrainConfig, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], *,
                 gpu: bool, shared: bool, world: int = 1) -> BatchShapes:
     """The shapes of the batches the trainer builds of these pairs with cfg's settings: the micro-batches
-    of one epoch's optimizer steps (trainer.step_order, padded by cfg's widths on a GPU or the CPU), each
+    of one epoch's optimizer steps (feeding.step_order, padded by cfg's widths on a GPU or the CPU), each
     rank's round-robin share of them with `world` data-parallel ranks, and the evaluation batches
     (trainer.evaluate: the first --eval-max-pairs held-out pairs by length, cfg.batch_size at a time).
     Every epoch makes the same shapes: epochs differ only in the order of pairs that tie on (length,
     prompt length), and those pad alike. `shared`: whether the model runs each prompt once."""
-    from .trainer import step_order  # the trainer's own grouping of pairs into steps and micro-batches
+    from .feeding import step_order  # the trainer's own grouping of pairs into steps and micro-batches
 
     widths = Widths.for_config(cfg, gpu)
     steps = step_order(train_pairs, cfg.batch_size * world, cfg.grad_accum, cfg.seed, 0, widths=widths,
