@@ -205,3 +205,17 @@ def test_a_gguf_rewritten_in_place_is_converted_again(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.gguf").write_bytes(b"other")
     assert resolve_model(str(tmp_path / "b" / "model.gguf")) != first
+
+
+def test_a_hub_model_is_identified_by_its_revision(tmp_path, monkeypatch):
+    """A Hub model is its snapshot's commit in the local cache (the cache only: no download here)."""
+    import mlx_lm.utils
+
+    snapshot = tmp_path / "hub" / "models--o--m" / "snapshots" / "abc123"
+    monkeypatch.setattr(mlx_lm.utils, "hf_repo_to_path", lambda repo: snapshot)
+    record = model_identity.identify("o/m")
+    assert (record["revision"], record["files"]) == ("abc123", {})
+    monkeypatch.setattr(mlx_lm.utils, "hf_repo_to_path", lambda repo: snapshot.with_name("def456"))
+    assert model_identity.model_changes(record, model_identity.identify("o/m")) == [
+        "o/m was revision abc123, now def456"]
+    assert model_identity.model_changes(record, record) == []
