@@ -15,7 +15,18 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from helpers import APP_MAX_LEN, APP_MODEL, cfg_for, file_data, make, pairs, tiny_model, upload_raw
+from helpers import (
+    APP_MAX_LEN,
+    APP_MODEL,
+    assert_one_error_line,
+    cfg_for,
+    fake_model,
+    file_data,
+    make,
+    pairs,
+    tiny_model,
+    upload_raw,
+)
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
@@ -30,24 +41,6 @@ def cli(*args, module="mlx_orpo.train", cwd=None, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=env)
-
-
-def assert_one_error_line(done, *words):
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
-
-
-def fake_model(folder: Path) -> Path:
-    """A model directory as the checks see it (they refuse before anything loads it)."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
 
 
 def write_data(path: Path, n=6, start=0) -> Path:
@@ -104,13 +97,14 @@ def test_a_folder_holding_only_what_the_app_writes_first_is_empty_enough(tmp_pat
 # -- 2. a resume is the same run, or it is refused ------------------------------------------------------------
 
 def started_run(tmp_path: Path, data: Path) -> Path:
-    """The files a run has once its checks passed (config.json, marker, data fingerprint)."""
+    """The files a run has once its checks passed (config.json, marker, data and model records)."""
     run = tmp_path / "run"
     run.mkdir()
     cfg = TrainConfig(data=str(data), output_dir=str(run), iters=4, pad_to="multiple", pad_multiple=32).validate()
     cfg.save(run / rundir.CONFIG)
     rundir.write_marker(run)
     runcheck.write_fingerprint(run, runcheck.data_fingerprint(cfg, load_splits(str(data))))
+    runcheck.write_model_record(run, cfg.model)
     return run
 
 
@@ -439,15 +433,19 @@ def test_a_full_disk_while_checkpointing_is_an_os_error_and_leaves_no_temporary(
     assert not stale.exists() and any(".tmp-123-step-000001" in line for line in logged)
 
 
-def test_a_disk_filling_up_during_an_hf_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys):
-    """The free-space check passes (the disk fills while writing): one error line, no partial output."""
+@pytest.mark.parametrize("fmt, out", [("hf", "hf"), ("gguf", "model.gguf")])
+def test_a_disk_filling_up_during_an_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys, fmt, out):
+    """The free-space check passes (the disk fills while writing): one error line naming the disk, the
+    space the export needs and the space that was free, as the check does; no partial output."""
     import mlx_orpo.output as output
     from mlx_orpo import export
 
     monkeypatch.setattr(output, "check_free_space", lambda *a: None)
-    assert export.main(["--model", str(smollm2_dir), "--format", "hf", "--out", str(tiny_disk / "hf")]) == 2
+    assert export.main(["--model", str(smollm2_dir), "--format", fmt, "--out", str(tiny_disk / out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "No space left on device" in err and "free some disk space" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
+    assert f"the disk mounted at {tiny_disk}" in err and "the export needs about" in err, err
+    assert "64.0 KB was free" in err and "free some disk space" in err, err
     assert list(tiny_disk.iterdir()) == []
 
 
