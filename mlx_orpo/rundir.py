@@ -52,7 +52,8 @@ LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
 MEMORY = "memory.json"
-RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH, MEMORY)
+RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH,
+             MEMORY)
 
 # A checkpoint: CHECKPOINTS/step-NNNNNN/. The manifest holds the size and SHA-256 of each VERIFIED file.
 OPTIMIZER = "optimizer.safetensors"
