@@ -97,8 +97,8 @@ FORMATS = {
     1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0},
               state={"world_size": 1, "largest_first": False, "step_groups": False},
               memory_limit=True, manifests=False, data_record=False, model_record=False, record_kinds=False),
-    # Some version-2 runs predate step groups (their steps are version 1's) and data.json; none
-    # records its base model.
+    # Some version-2 runs train without step groups (their steps are version 1's) and have no data.json;
+    # none records its base model.
     2: Format(config={"memory_budget": "off"}, state={"step_groups": False}, memory_limit=True,
               data_record=False, model_record=False),
     3: Format(),
