@@ -139,11 +139,16 @@ def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozense
     shapes = None
     if model_config is not None:
         shared = shared_prompt(ModelShape.from_config(model_config), model_config)
+        made = {}  # plans that batch alike (other --lora-layers or --bits) share their shapes
 
         def shapes(option: TrainConfig) -> BatchShapes | None:
             if (option.max_length, option.prompt_budget) != (cfg.max_length, cfg.prompt_budget):
                 return None  # tokenized for other lengths: planned at the option's ceiling
-            return data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared, world=cluster.size)
+            key = (option.batch_size, option.grad_accum, option.pad_to, option.pad_multiple, option.eval_max_pairs)
+            if key not in made:
+                made[key] = data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared,
+                                        world=cluster.size)
+            return made[key]
 
     memory = fit_to_memory(cfg, budget, model_config=model_config, explicit=explicit, resume=resume, shapes=shapes)
     lines += memory.lines
