@@ -95,6 +95,7 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values, fi
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(False)
+    cfg.columns = session.columns  # the Data tab's column mapping, which its data was read with
     if session.skipped:  # the Data tab listed them; train on the rest, as its report says
         cfg.skip_bad_rows = True
     if not fit:
@@ -171,11 +172,12 @@ def adopt_data(ctx: Context, session: Session, cfg: dict) -> None:
         return
     if Path(source).is_file():  # an upload: read it as the Data tab did, for its bad-row count
         try:
-            session.pairs, report = load_pairs(source, skip_bad_rows=True)
+            session.pairs, report = load_pairs(source, skip_bad_rows=True, columns=cfg.get("columns"))
         except (DataError, OSError, ValueError):
             return
         session.skipped = report.skipped
     session.data, session.data_label = source, runfiles.data_label(ctx.runs_dir, source)
+    session.columns = cfg.get("columns")
 
 
 def _message(job: Job, status: str, log: str) -> str:

@@ -56,7 +56,7 @@ def read_data(cfg: TrainConfig):
     """Read and validate the preference pairs: (train, eval, LoadReport). Fails fast, before any model loads."""
     return load_splits(data_source(cfg), eval_source=cfg.eval_data, format=cfg.format,
                        eval_fraction=cfg.eval_fraction, seed=cfg.seed, skip_bad_rows=cfg.skip_bad_rows,
-                       system=cfg.system)
+                       system=cfg.system, columns=cfg.columns)
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, splits=None) -> PreparedData:

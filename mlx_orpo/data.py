@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data_formats import FORMATS, RowError, detect_format, normalise_row
+from .data_formats import FORMATS, RowError, check_columns, detect_format, map_columns, normalise_row
 from .files import dangling_link
 
-__all__ = ["FORMATS", "DataError", "LoadReport", "PreferencePair", "load_pairs", "load_splits"]
+__all__ = ["FORMATS", "DataError", "LoadReport", "PreferencePair", "load_pairs", "load_splits", "read_columns"]
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 EVAL_SPLIT_NAMES = ("valid", "validation", "test")
@@ -274,7 +274,33 @@ def _check_unicode(prompt, chosen: str, rejected: str) -> None:
                            "(not valid Unicode text)") from None
 
 
-def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: str | None, label: str):
+def _columns_found(rows: list[_Row]) -> list[str]:
+    """Every column (key) of the rows that are objects, in the order they first appear."""
+    return list(dict.fromkeys(str(k) for row in rows if isinstance(row.value, dict) for k in row.value))
+
+
+def _mapped_rows(rows: list[_Row], columns: dict[str, str], label: str) -> list[_Row]:
+    """The rows with --columns applied; a mapped column that no row has is the file's fault, named."""
+    found = _columns_found(rows)
+    for role, column in columns.items():
+        if found and column not in found:
+            raise DataError(f"{label}: --columns {role}={column} names a column it does not have "
+                            f"(its columns: {', '.join(found)})")
+
+    def mapped(row: _Row) -> _Row:
+        if isinstance(row.value, RowError):
+            return row
+        try:
+            return _Row(row.origin, row.where, map_columns(row.value, columns))
+        except RowError as e:
+            return _Row(row.origin, row.where, e)
+    return [mapped(row) for row in rows]
+
+
+def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: str | None, label: str,
+                     columns: dict[str, str] | None = None):
+    if columns:
+        rows = _mapped_rows(rows, columns, label)
     if fmt == "auto":
         fmt, first_problem = None, None
         for row in rows:  # the first row that parses decides; a broken first row then reports its own fault
@@ -313,9 +339,13 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
     return pairs, LoadReport(label, fmt, len(rows), len(pairs), skipped)
 
 
-def _check_format(format: str) -> None:
+def _check_format(format: str, columns: dict[str, str] | None = None) -> None:
     if format != "auto" and format not in FORMATS:
         raise DataError(f"unknown format '{format}'; expected 'auto' or one of: {', '.join(FORMATS)}")
+    try:
+        check_columns(columns)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 # -- public API -------------------------------------------------------------------
@@ -328,16 +358,24 @@ def load_pairs(
     split: str = "train",
     skip_bad_rows: bool = False,
     system: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[PreferencePair], LoadReport]:
     """Read one split of `source` (file, directory or Hub "org/name[:split]") into pairs.
 
     `format` is "auto" (detected from the first readable row) or one of FORMATS.
     `split` picks `<split>.<ext>` in a directory or the Hub split; a file ignores it.
     `system` is prepended as a system message to rows that have none.
+    `columns` ({role: column}, see data_formats.map_columns) renames the file's columns first.
     """
-    _check_format(format)
+    _check_format(format, columns)
     label, rows = _rows_for(str(source), split)
-    return _pairs_from_rows(rows, format, skip_bad_rows, system, label)
+    return _pairs_from_rows(rows, format, skip_bad_rows, system, label, columns)
+
+
+def read_columns(source: str, split: str = "train") -> list[str]:
+    """The columns of `source`'s rows (those that are objects), in the order they first appear: what
+    a --columns mapping may name."""
+    return _columns_found(_rows_for(str(source), split)[1])
 
 
 def _held_out_source(source: str) -> str | None:
@@ -392,23 +430,25 @@ def load_splits(
     seed: int = 0,
     skip_bad_rows: bool = False,
     system: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[PreferencePair], list[PreferencePair], LoadReport]:
     """(train pairs, held-out pairs, report).
 
     The held-out set is `eval_source` if given; else the directory's valid/validation/test
     file or the Hub dataset's validation/test split; else `eval_fraction` carved off with
     `random.Random(seed)`. The report's rows/pairs/skipped cover both parts;
-    `eval_source` and `eval_pairs` say where the held-out pairs came from.
+    `eval_source` and `eval_pairs` say where the held-out pairs came from. `columns` maps both parts.
     """
-    _check_format(format)
+    _check_format(format, columns)
     source = str(source)
-    train, report = load_pairs(source, format=format, skip_bad_rows=skip_bad_rows, system=system)
+    read = dict(format=format, skip_bad_rows=skip_bad_rows, system=system, columns=columns)
+    train, report = load_pairs(source, **read)
     held_out = str(eval_source) if eval_source is not None else _held_out_source(source)
     if held_out is None:
         train, valid = carve_eval(train, eval_fraction, seed)
         report.eval_source = f"{eval_fraction:g} of {report.source} (seed {seed})" if valid else ""
     else:
-        valid, eval_report = load_pairs(held_out, format=format, skip_bad_rows=skip_bad_rows, system=system)
+        valid, eval_report = load_pairs(held_out, **read)
         report.rows += eval_report.rows
         report.skipped += eval_report.skipped
         report.eval_source = eval_report.source

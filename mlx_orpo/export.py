@@ -20,19 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-from .output import ExportResult, check_apart, check_destination, output_files, write_dir_atomically
+from .output import (
+    MARGIN,
+    ExportResult,
+    check_apart,
+    check_destination,
+    output_bytes,
+    output_files,
+    tensor_shapes,
+    tokenizer_bytes,
+    write_dir_atomically,
+)
 
 FORMATS = ("hf", "mlx", "gguf", "peft", "import-peft")
 DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32",
           "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
-_SLACK = 64 << 20  # tokenizer files, metadata, filesystem overhead
 
 
 # ---- fused model directories (hf, mlx) ---------------------------------------------------------------------
@@ -61,9 +71,9 @@ def write_model_dir(fused, directory: Path, *, config: dict, weights_format: str
         shutil.copy(fused.base_path / "generation_config.json", directory / "generation_config.json")
 
 
-def _param_count(model) -> int:
+def _tensors(model) -> list[tuple[int, int]]:
     from mlx.utils import tree_flatten
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    return tensor_shapes(v for _, v in tree_flatten(model.parameters()))
 
 
 def _hf_config(fused, dtype: str) -> dict:
@@ -74,7 +84,8 @@ def _hf_config(fused, dtype: str) -> dict:
 
 
 def export_hf(fused, out: Path, *, force: bool = False) -> ExportResult:
-    needed = _param_count(fused.model) * _BYTES[fused.dtype] + _SLACK
+    needed = output_bytes("hf", _tensors(fused.model), dtype=fused.dtype,
+                          other_files=tokenizer_bytes(fused.base_path)) + MARGIN
     write_dir_atomically(out, force, needed, lambda d: write_model_dir(
         fused, d, config=_hf_config(fused, fused.dtype), weights_format="pt"))
     usage = ("python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
@@ -91,7 +102,8 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = T
 
     config = _hf_config(fused, fused.dtype)
     dtype, error = fused.dtype, None
-    n_params = _param_count(fused.model)
+    needed = output_bytes("mlx", _tensors(fused.model), dtype=fused.dtype, bits=bits, group_size=group_size,
+                          other_files=tokenizer_bytes(fused.base_path)) + MARGIN
     if bits:
         tokens = reference_tokens(fused.tokenizer)
         reference = logits(fused.model, tokens)
@@ -99,10 +111,7 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = T
         error = logit_error(reference, logits(fused.model, tokens))
         error["computed_in"] = fused.dtype
         dtype = f"{bits}-bit affine, group size {group_size} ({fused.dtype} scales)"
-        needed = n_params * (bits / 8 + 4 / group_size) + _SLACK
-    else:
-        needed = n_params * _BYTES[fused.dtype] + _SLACK
-    write_dir_atomically(out, force, int(needed), lambda d: write_model_dir(fused, d, config=config,
+    write_dir_atomically(out, force, needed, lambda d: write_model_dir(fused, d, config=config,
                                                                               weights_format="mlx"))
     usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
     result = ExportResult("mlx", out, output_files(out), dtype, usage, logit_error=error)
@@ -197,6 +206,56 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
         _push(result, push_to_hub, log)
     log(result.summary())
     return result
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What an export of one format would write, before it is made, and the room for it."""
+    format: str
+    bytes: int  # the output's estimated size
+    free: int   # free bytes on the disk it would go to
+
+    @property
+    def fits(self) -> bool:
+        """Whether the export's own disk check would let it start (the estimate and a margin are free)."""
+        return self.bytes + MARGIN <= self.free
+
+
+# safetensors dtype names -> ours (adapters are saved in one of these)
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def estimate_sizes(adapters: str | Path, out_dir: str | Path, *, model: str | None = None, dtype: str = "f16",
+                   gguf_type: str = "f16", bits: int | None = None,
+                   group_size: int = TrainConfig.group_size) -> dict[str, SizeEstimate]:
+    """{format: SizeEstimate} for hf, mlx, gguf and peft exports of `adapters` into `out_dir`, with the
+    options `export` takes, without loading any weights: the fused model's tensors come from the base
+    model's config.json (predict.ModelShape), the adapter's from its safetensors header, and both are
+    counted by output.output_bytes, as each export's own disk check counts them."""
+    from . import models, rundir
+    from .checkpoint import check_safetensors
+    from .fuse import check_adapter_dir, run_model_spec
+    from .predict import ModelShape, load_model_config
+
+    adapter_dir = check_adapter_dir(adapters)
+    base = model or run_model_spec(adapter_dir)
+    resolved = Path(models.resolve_model(base))
+    fused = ModelShape.from_config(load_model_config(base)).tensors()
+    files = tokenizer_bytes(resolved) if resolved.is_dir() else 0
+    header = [v for k, v in check_safetensors(adapter_dir / rundir.ADAPTERS).items() if k != "__metadata__"]
+    adapter = [(math.prod(v["shape"]), len(v["shape"])) for v in header]
+    dtype = DTYPES[dtype]
+    sizes = {
+        "hf": output_bytes("hf", fused, dtype=dtype, other_files=files),
+        "mlx": output_bytes("mlx", fused, dtype=dtype, bits=bits, group_size=group_size, other_files=files),
+        "gguf": output_bytes("gguf", fused, gguf_type=gguf_type, other_files=files),
+        "peft": output_bytes("peft", adapter, dtype=_SAFETENSORS_DTYPES.get(header[0]["dtype"], "float32")),
+    }
+    target = Path(out_dir).expanduser().absolute()
+    while not target.exists():  # the folder the export would create lies on its nearest existing parent's disk
+        target = target.parent
+    free = shutil.disk_usage(target).free
+    return {fmt: SizeEstimate(fmt, size, free) for fmt, size in sizes.items()}
 
 
 def check_not_training(adapters: Path) -> None:

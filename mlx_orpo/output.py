@@ -70,6 +70,51 @@ def check_apart(out: Path, source: str | Path | None, what: str) -> None:
                      "choose an output outside it")
 
 
+# Free space asked beyond an export's estimated size: filesystem overhead and the files the estimate
+# leaves out (configs, a Modelfile).
+MARGIN = 64 << 20
+_WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
+GGUF_WIDTH = {"f16": 2.0, "q8_0": 34 / 32, "f32": 4.0}  # bytes per element of a 2-D tensor (q8_0: 32 in 34)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+def output_bytes(format: str, tensors, *, dtype: str = "float16", gguf_type: str = "f16", bits: int | None = None,
+                 group_size: int = 64, other_files: int = 0) -> int:
+    """The bytes an export writes: `tensors` ((elements, dimensions) of each parameter of the fused
+    model; for peft, of the adapter) at the format's width, plus `other_files` (the tokenizer's files,
+    copied beside the weights or, in a GGUF, its vocabulary). The up-front disk check and the app's
+    sizes before an export both count with this.
+
+    hf, mlx: `dtype`; mlx with `bits`: matrices at `bits` plus a scale and a bias per group (in
+    `dtype`), the norms at `dtype`; gguf: 1-D tensors float32, 2-D at `gguf_type`; peft: `dtype`."""
+    width = _WIDTH[dtype]
+    if format == "gguf":
+        per = {1: 4.0, 2: GGUF_WIDTH[gguf_type]}
+    elif format == "mlx" and bits:
+        per = {1: width, 2: bits / 8 + 2 * width / group_size}
+    elif format in ("hf", "mlx", "peft", "import-peft"):
+        per = {1: width, 2: width}
+    else:
+        raise ValueError(f"unknown export format {format!r}")
+    return int(sum(size * per[2 if ndim >= 2 else 1] for size, ndim in tensors)) + other_files
+
+
+def tensor_shapes(arrays) -> list[tuple[int, int]]:
+    """(elements, dimensions) of each array (MLX or NumPy), as output_bytes counts them."""
+    return [(int(v.size), int(v.ndim)) for v in arrays]
+
+
+def dtype_name(array) -> str:
+    """'float32' for an MLX or NumPy float32 array."""
+    return str(array.dtype).replace("mlx.core.", "")
+
+
+def tokenizer_bytes(model_dir: Path) -> int:
+    """Bytes of the tokenizer files in a model directory (an export copies them or their contents)."""
+    return sum((model_dir / name).stat().st_size for name in TOKENIZER_FILES if (model_dir / name).is_file())
+
+
 def check_free_space(directory: Path, needed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import FIELDS, TrainConfig
-from .fields import flag
+from .fields import flag, shown
 from .files import atomic_write_text, dangling_link, file_digest, overlap
 from .model_identity import identify, is_record, model_changes
 
@@ -88,7 +88,7 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
     for name in sorted(set(FIELDS) - RESUMABLE_CHANGES):
         ours, theirs = _comparable(getattr(cfg, name)), _comparable(saved[name])
         if ours != theirs:
-            changed.append(f"{flag(name)} {_show(theirs)} (given: {_show(ours)})")
+            changed.append(f"{flag(name)} {shown(theirs)} (given: {shown(ours)})")
     if changed:
         raise RunCheckError(f"--resume continues {run_dir} as it was started; it was run with "
                             f"{'; '.join(changed)}. Leave those options out, or start a new run with "
@@ -97,12 +97,6 @@ def check_same_run(cfg: TrainConfig, run_dir: Path) -> None:
 
 def _comparable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _show(value) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return "(none)" if value is None else str(value)
 
 
 def data_fingerprint(cfg: TrainConfig, splits) -> dict:

@@ -93,13 +93,14 @@ class Format:
 FORMATS = {
     # No marker. An evaluation record is told from a report by its `eval_` keys. Single-process runs
     # with plain multiples of --pad-multiple, epochs in their shuffled order and --grad-accum
-    # micro-batches per step, each weighted alone; no MLX memory limit unless memory_limit gave one.
-    1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0},
+    # micro-batches per step, each weighted alone; no MLX memory limit unless memory_limit gave one;
+    # the data's own column names (no --columns, in versions 1 and 2).
+    1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0, "columns": None},
               state={"world_size": 1, "largest_first": False, "step_groups": False},
               memory_limit=True, manifests=False, data_record=False, model_record=False, record_kinds=False),
     # Some version-2 runs train without step groups (their steps are version 1's) and have no data.json;
     # none records its base model.
-    2: Format(config={"memory_budget": "off"}, state={"step_groups": False}, memory_limit=True,
+    2: Format(config={"memory_budget": "off", "columns": None}, state={"step_groups": False}, memory_limit=True,
               data_record=False, model_record=False),
     3: Format(),
 }

@@ -47,10 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if spec.kind is list:  # names separated by spaces: --lora-targets q_proj v_proj
             kwargs.update(nargs="+", type=str)
+        if spec.kind is dict:  # name=name pairs: --columns prompt=question,chosen=good
+            kwargs.update(type=_reader(spec), metavar="ROLE=COLUMN,...")
         if spec.choices is not None:
             kwargs["choices"] = spec.choices
         parser.add_argument(*flags, **{"type": spec.kind, **kwargs})
     return parser
+
+
+def _reader(spec):
+    """argparse's `type` for an option read as a YAML value is (FieldSpec.read), its error as argparse's."""
+    def read(text: str):
+        try:
+            return spec.read(text, spec.flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return read
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:

@@ -112,3 +112,26 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
     assert "prefs.jsonl" in done.stderr and "line 2" in done.stderr and "rejected" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_mapped_run_saves_its_columns_and_a_resume_keeps_them(tmp_path):
+    rows = [{"question": f"What is {i} + {i}?", "good": f"{2 * i}.", "bad": "No idea, sorry."} for i in range(6)]
+    data = tmp_path / "other names.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    missing = subprocess.run(cli("--data", str(data), "--columns", "prompt=question,chosen=best,rejected=bad",
+                                 "--output-dir", str(run)), capture_output=True, text=True, timeout=300)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert errors == [f"error: {data}: --columns chosen=best names a column it does not have "
+                      "(its columns: question, good, bad)"], missing.stderr[-2000:]
+    columns = "prompt=question,chosen=good,rejected=bad"
+    done = subprocess.run(cli("--data", str(data), "--columns", columns, "--iters", "1", "--max-length", "64",
+                              "--batch-size", "1", "--eval-every", "0", "--output-dir", str(run)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert rundir.read_config(run)["columns"] == {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    other = subprocess.run(cli("--resume", str(run), "--columns", "prompt=question,chosen=bad,rejected=good"),
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and f"--columns {columns} (given: prompt=question,chosen=bad,rejected=good)" \
+        in other.stderr, other.stderr[-2000:]
