@@ -14,6 +14,7 @@ import pandas as pd
 
 from mlx_orpo import rundir
 from mlx_orpo.checkpoint import list_checkpoints
+from mlx_orpo.config import TrainConfig, load_yaml
 
 from .paths import EXPORTS, UPLOADS, child, relative
 
@@ -58,6 +59,17 @@ def read_config(run: Path) -> dict:
     """The run's settings (rundir.read_config), or {} while it has none (or they cannot be read)."""
     try:
         return rundir.read_config(run)
+    except (OSError, ValueError):
+        return {}
+
+
+def job_settings(run: Path) -> dict:
+    """A job's settings: its config.json, else (while the trainer loads) the launch.yaml the app gave it
+    over the defaults; {} when neither can be read."""
+    if settings := read_config(run):
+        return settings
+    try:
+        return {**TrainConfig().to_dict(), **load_yaml(run / rundir.LAUNCH)}
     except (OSError, ValueError):
         return {}
 

@@ -36,4 +36,3 @@ class Session:
     system_rows: int = 0             # pairs that carry their own system prompt
     replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
     last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)
-    shown_job: tuple = ()            # the job whose settings this tab's form shows

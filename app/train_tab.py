@@ -194,17 +194,16 @@ def _message(job: Job, status: str, log: str) -> str:
 
 
 def refresh(ctx: Context, session: Session):
-    """Timer tick: (session, progress, log, message, resume choices, data line, run name, *plots,
-    *buttons, *form); draws the server's job, skips what has not changed, counts the ETA down."""
-    skip_rest = [gr.skip()] * (N_PLOTS + 3 + len(FORM))
+    """Timer tick: (session, progress, log, message, resume choices, data line, *plots, *buttons); draws
+    the server's job, skips what has not changed, counts the ETA down. It never touches the form."""
+    skip_rest = [gr.skip()] * (N_PLOTS + 3)
     job = ctx.jobs.current()
     if job is None:
         if session.last_seen == ("none",):
-            return session, *[gr.skip()] * 6, *skip_rest
+            return session, *[gr.skip()] * 5, *skip_rest
         session.last_seen = ("none",)
         return (session, runfiles.progress_html(runfiles.Progress(), "idle", None), gr.skip(), gr.skip(),
-                gr.skip(), data_line(ctx, session), gr.skip(), *[gr.skip()] * N_PLOTS, *buttons(False),
-                *[gr.skip()] * len(FORM))
+                gr.skip(), data_line(ctx, session), *[gr.skip()] * N_PLOTS, *buttons(False))
     run, running = job.run_dir, job.running
     status_now = rundir.read_status(run)
     if status_now is not None and status_now.time >= job.started:
@@ -222,35 +221,55 @@ def refresh(ctx: Context, session: Session):
                   for f in (rundir.CONFIG, rundir.METRICS, rundir.LOG))
     seen = (str(run), job.started, *sizes, status_now and status_now.time, running, job.stop_requested)
     if seen == session.last_seen:
-        return session, bar, *[gr.skip()] * 5, *skip_rest
+        return session, bar, *[gr.skip()] * 4, *skip_rest
     session.last_seen = seen
     log = runfiles.log_tail(run)
-    key = (str(run), job.started)
-    form = [gr.skip()] * len(FORM)
-    name_box = gr.skip()
-    if session.shown_job != key:  # this tab first sees the job: show its settings and data
-        session.shown_job = key
-        cfg = runfiles.read_config(run)
-        if cfg:
-            form = form_values(cfg)
-            name_box = run.name
-            adopt_data(ctx, session, cfg)
-        else:
-            session.shown_job = ()  # config.json comes once the trainer has loaded; try again then
     resume_choice = gr.skip() if running else resume_dropdown(
         ctx, run.name if run.name in resumable(ctx) else None, keep=False)
-    return (session, bar, log, _message(job, label, log), resume_choice, data_line(ctx, session), name_box,
-            *plot_values([(run.name, runfiles.records(run))]), *buttons(running, job.stop_requested is not None),
-            *form)
+    return (session, bar, log, _message(job, label, log), resume_choice, data_line(ctx, session),
+            *plot_values([(run.name, runfiles.records(run))]), *buttons(running, job.stop_requested is not None))
+
+
+def open_form(ctx: Context, session: Session):
+    """The form's values when a page opens, filled before it can be edited (it is built locked): the
+    settings of the server's job (running, or the last one started here), else the defaults. After this
+    only "Load settings" fills it, so nothing changes under the user's hands. (session, *widgets)"""
+    job = ctx.jobs.current()
+    settings = runfiles.job_settings(job.run_dir) if job is not None else {}
+    if settings:
+        adopt_data(ctx, session, settings)
+    return session, *[gr.update(value=value, interactive=True) for value in form_values(settings)]
+
+
+def load_settings(ctx: Context, session: Session, name: str | None):
+    """The "Load settings" action: (session, message, data line, model, *widgets) from a run's config.json;
+    the run's data too, when this tab has chosen none."""
+    keep = [gr.skip()] * (len(FORM) + 2)
+    try:
+        run = child(ctx.runs_dir, name or "")
+        cfg = rundir.read_config(run)
+    except (PathError, OSError, rundir.CorruptFileError) as exc:
+        return session, f"⚠️ **Cannot load settings:** {exc}", *keep
+    adopt_data(ctx, session, cfg)
+    return (session, f"Loaded the settings of **{run.name}** (model `{cfg['model']}`, data "
+                     f"{runfiles.data_label(ctx.runs_dir, cfg.get('data'))}); Start begins a new run with them.",
+            data_line(ctx, session), cfg["model"], *form_values(cfg))
 
 
 def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     defaults = TrainConfig()
     widgets = []
+    with gr.Row(equal_height=True):
+        settings_run = gr.Dropdown(runfiles.list_runs(ctx.runs_dir), value=None, label="Settings of run",
+                                   allow_custom_value=True, scale=3, elem_id="train-settings-run",
+                                   info="Fill the form with a past run's settings (and its data, if this tab has "
+                                        "chosen none).")
+        load_btn = gr.Button("Load settings", scale=1, elem_id="train-load-settings")
     with gr.Accordion("Hyperparameters (defaults from TrainConfig)", open=True):
         for i in range(0, len(FORM), FORM_ROW):
             with gr.Row():
-                widgets += [widget(name, getattr(defaults, name)) for name in FORM[i:i + FORM_ROW]]
+                widgets += [widget(name, getattr(defaults, name), interactive=False)
+                            for name in FORM[i:i + FORM_ROW]]
                 if i + FORM_ROW >= len(FORM):  # the last row
                     run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                           elem_id="train-run-name")
@@ -289,8 +308,13 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, *button_row],
                      api_name="resume_training")
     timer.tick(lambda s: refresh(ctx, s), state,
-               [state, progress, log, status, resume_run, data_info, run_name, *plots, *button_row, *widgets],
+               [state, progress, log, status, resume_run, data_info, *plots, *button_row],
                api_name="refresh_training", show_progress="hidden")
     resume_run.focus(lambda: resume_dropdown(ctx), None, resume_run, queue=False, api_visibility="private")
-    return {"data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
+    settings_run.focus(lambda: gr.Dropdown(choices=runfiles.list_runs(ctx.runs_dir)), None, settings_run,
+                       queue=False, api_visibility="private")
+    load_btn.click(lambda s, n: load_settings(ctx, s, n), [state, settings_run],
+                   [state, status, data_info, model, *widgets], api_name="load_settings")
+    return {"open": (lambda s: open_form(ctx, s), [state], [state, *widgets]),
+            "data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
             "progress": progress}

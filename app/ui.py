@@ -60,6 +60,9 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
         runs_tab_.select(lambda v: runs_tab.overlay_choices(ctx, v), past["other"], past["other"], **GLUE)
+        # The Train form is built locked and filled once here (the data tab's max length follows it).
+        fill, inputs, outputs = train["open"]
+        demo.load(fill, inputs, outputs, **GLUE).then(lambda n: n, train["max_length"], data["max_length"], **GLUE)
         demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"],
                                                                          chat["pairs"]], **GLUE)
         demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)

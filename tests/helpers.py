@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import sys
 import time
@@ -148,6 +149,17 @@ GOOD_ROWS = [
 APP_MODEL, APP_MAX_LEN = "smollm2-135m", 128  # what the app's data checks are asked with
 
 
+def form(**overrides) -> list:
+    """The Train tab's widget values in FORM order, as its API takes them: TrainConfig defaults plus overrides."""
+    from app.form import FORM
+
+    cfg = TrainConfig()
+    values = {name: getattr(cfg, name) for name in FORM}
+    values.update(bits="none")
+    values.update(overrides)
+    return [values[name] for name in FORM]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,3 +184,33 @@ def upload_raw(url: str, path: Path) -> str:
         response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f)})
     response.raise_for_status()
     return response.json()[0]
+
+
+# -- the app in a real browser (fixtures app_url, browser and page are in conftest.py) ---------------------
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("ORPO_SHOTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
+
+
+def new_page(browser):
+    """A page in a fresh context: its own browser session, as a second tab or another person would be."""
+    return browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"), full_page=True)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def text(page, sel: str) -> str:
+    return page.locator(sel).inner_text()
+
+
+def enabled(page, elem_id: str) -> bool:
+    return page.locator(f"#{elem_id}").is_enabled()
