@@ -18,8 +18,8 @@ from mlx_orpo.runlock import holder as run_holder
 from mlx_orpo.train import EXIT_STOPPED
 
 from . import runfiles
-from .estimate import estimate_markdown, fit_markdown
-from .form import FORM, config_from_form, form_values, help_text, widget
+from .estimate import plan_markdown
+from .form import FORM, config_from_form, form_values, widget
 from .jobs import Job
 from .paths import PathError, child, new_run_dir
 from .plots import plot_values
@@ -37,13 +37,23 @@ def warnings(cfg: TrainConfig) -> list[str]:
     return []
 
 
-def memory(model: str, *values, fit: bool = True) -> str:
-    """The estimate, what "Fit to memory" would do, and warnings about the settings."""
+def run_config(session: Session, model: str, values) -> TrainConfig:
+    """The settings Start launches a run with: the form's, this tab's data, and skip_bad_rows when the
+    Data tab listed bad rows (the run trains on the rest, as its report says). ValueError naming a field."""
+    cfg = config_from_form(model, list(values))
+    cfg.data = session.data
+    if session.skipped:
+        cfg.skip_bad_rows = True
+    return cfg
+
+
+def preview(session: Session, model: str, *values) -> str:
+    """What Start would run, as the run will do it: its memory plan (plan_markdown) and warnings."""
     try:
-        cfg = config_from_form(model, list(values))
+        cfg = run_config(session, model, values)
     except ValueError as exc:
         return f"**Memory estimate:** unavailable ({exc})"
-    return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}" + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+    return plan_markdown(cfg) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
 
 
 def resumable(ctx: Context) -> list[str]:
@@ -84,23 +94,18 @@ def _busy_message(job: Job, verb: str) -> str:
             "another tab; it is shown below. Stop it first.")
 
 
-def start(ctx: Context, session: Session, run_name: str, model: str, *values, fit: bool = True):
-    """Start a fresh run: (session, status message, *buttons). The timer draws the job.
-    `fit`: the "Fit to memory" switch; off trains as typed (--memory-budget off)."""
+def start(ctx: Context, session: Session, run_name: str, model: str, *values):
+    """Start a fresh run: (session, status message, *buttons). The timer draws the job."""
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "start"), *buttons(True)
     try:
-        cfg = config_from_form(model, list(values))
+        cfg = run_config(session, model, values)
         resolve_model(cfg.model)  # an unknown alias or a missing path fails here, not in the subprocess
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(False)
-    if session.skipped:  # the Data tab listed them; train on the rest, as its report says
-        cfg.skip_bad_rows = True
-    if not fit:
-        cfg.memory_budget = "off"
     try:
-        ctx.jobs.launch(run, session.data, cfg, data_label=session.data_label)
+        ctx.jobs.launch(run, cfg.data, cfg, data_label=session.data_label)
     except RuntimeError as exc:  # another tab started one a moment ago
         with contextlib.suppress(OSError):
             run.rmdir()
@@ -273,10 +278,8 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                 if i + FORM_ROW >= len(FORM):  # the last row
                     run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                           elem_id="train-run-name")
-    fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
-                          info="Before Start, change the settings you left at their defaults to the fastest plan "
-                               "predicted to fit the memory budget: " + help_text("memory_budget"))
-    estimate = gr.Markdown(memory(defaults.model, *form_values(defaults.to_dict())), elem_id="train-estimate")
+    estimate = gr.Markdown(preview(Session(), defaults.model, *form_values(defaults.to_dict())),
+                           elem_id="train-estimate")
     with gr.Row(equal_height=True):
         start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
         stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False, scale=1)
@@ -296,14 +299,11 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     button_row = [start_btn, stop_btn, resume_btn]
 
     # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
-    # and an estimate from before the last edit could land last. The switch comes last, so the API's
-    # callers that leave it out get its default (on).
-    gr.on([w.change for w in [model, *widgets, fit_box]], lambda m, *v: memory(m, *v[:-1], fit=v[-1]),
-          [model, *widgets, fit_box], estimate, show_progress="hidden", trigger_mode="always_last",
-          api_visibility="private")
-    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]),
-                    [state, run_name, model, *widgets, fit_box], [state, status, *button_row],
-                    api_name="start_training")
+    # and an estimate from before the last edit could land last.
+    gr.on([w.change for w in [model, *widgets]], preview, [state, model, *widgets], estimate,
+          show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
+                    [state, status, *button_row], api_name="start_training")
     stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")
     resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, *button_row],
                      api_name="resume_training")
@@ -316,5 +316,6 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     load_btn.click(lambda s, n: load_settings(ctx, s, n), [state, settings_run],
                    [state, status, data_info, model, *widgets], api_name="load_settings")
     return {"open": (lambda s: open_form(ctx, s), [state], [state, *widgets]),
+            "preview": (preview, [state, model, *widgets], estimate),
             "data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
             "progress": progress}

@@ -54,8 +54,9 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         # The two max-length boxes are one setting; .input fires on user edits only (no ping-pong).
         data["max_length"].input(lambda n: n, data["max_length"], train["max_length"], **GLUE)
         train["max_length"].input(lambda n: n, train["max_length"], data["max_length"], **GLUE)
-        for event in data["loaded"]:
-            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE)
+        for event in data["loaded"]:  # other data: Start's line and its memory plan
+            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE).then(
+                *train["preview"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)

@@ -23,7 +23,8 @@ from helpers import GOOD_ROWS, form, write_jsonl  # noqa: E402
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
 from app.form import FORM, choice_options, config_from_form, field_value, form_values  # noqa: E402
-from app.train_tab import memory  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.train_tab import preview  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 
 
@@ -206,8 +207,8 @@ def test_the_app_launches_the_cli_with_its_resolved_config_as_yaml(tmp_path):
 
 
 def test_warmup_longer_than_the_run_is_flagged():
-    assert "longer than the run" in memory("smollm2-135m", *form(iters=6, warmup_steps=10))
-    assert "longer than the run" not in memory("smollm2-135m", *form(iters=20, warmup_steps=10))
+    assert "longer than the run" in preview(Session(), "smollm2-135m", *form(iters=6, warmup_steps=10))
+    assert "longer than the run" not in preview(Session(), "smollm2-135m", *form(iters=20, warmup_steps=10))
 
 
 def test_histogram_bins_meet_the_max_length():

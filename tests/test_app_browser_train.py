@@ -8,15 +8,15 @@ tests run in file order and share its runs folder, each waiting for its own run 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 import pytest
-from helpers import form, new_page, set_number, shot, text
+from helpers import form, set_number, shot, text
 
 from mlx_orpo import rundir
+from mlx_orpo.runlock import holder
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +30,16 @@ def client_for(url: str):
 
 
 def wait_for_end(run: Path, timeout: float = 300) -> str:
-    """Until the trainer in `run` has finished, stopped or failed; its last status phase ("error" if it failed)."""
+    """Until the trainer in `run` has finished, stopped or failed and let go of the run; its last status
+    phase ("error" if it failed)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = rundir.read_status(run)
-        if status is not None and status.phase in (rundir.FINISHED, rundir.STOPPED):
-            return status.phase
         log = run / rundir.LOG
-        if log.is_file() and "error:" in log.read_text(errors="replace"):
-            return "error"
+        failed = log.is_file() and "error:" in log.read_text(errors="replace")
+        ended = failed or (status is not None and status.phase in (rundir.FINISHED, rundir.STOPPED))
+        if ended and holder(run) is None:
+            return "error" if failed else status.phase
         time.sleep(0.5)
     pytest.fail(f"{run.name} did not end: {(run / rundir.LOG).read_text(errors='replace')[-2000:]}")
 
@@ -95,3 +96,45 @@ def test_what_is_typed_right_after_opening_the_tab_is_what_start_runs(app_url, p
     assert wait_for_end(runs / "second") == rundir.FINISHED
     assert rundir.read_config(runs / "second")["iters"] == 3
     assert sorted(p.name for p in runs.iterdir() if p.name != "uploads") == ["first", "second"]
+
+
+# -- 2. the memory preview is what Start runs ----------------------------------------------------------------
+
+SETTINGS = re.compile(r"batch (\d+) × grad-accum (\d+), max length (\d+), gradient checkpointing (on|off)")
+
+
+def set_checkbox(page, elem_id: str, on: bool) -> None:
+    box = page.locator(f"#{elem_id} input[type=checkbox]")
+    if box.is_checked() != on:
+        box.click()
+
+
+@pytest.mark.parametrize(("name", "budget", "max_length"), [
+    ("plan-off", "off", 2048),  # the run trains as set: a preview that fits it anyway would not be what runs
+    ("plan-fit", "3GB", 1024),  # predicted 15 GB as set: checkpointing is turned on, in the preview and the run
+])
+def test_the_memory_preview_is_what_start_runs(app_url, page, name, budget, max_length):
+    url, runs, _ = app_url
+    open_train_tab(page, url)
+    for elem_id, value in (("train-iters", 1), ("train-max_length", max_length), ("train-batch_size", 2),
+                           ("train-grad_accum", 1), ("train-eval_every", 0), ("train-warmup_steps", 0)):
+        set_number(page, elem_id, value)
+    set_checkbox(page, "train-grad_checkpoint", False)
+    fill_text(page, "train-memory_budget", budget)
+    page.locator("#train-memory_budget textarea, #train-memory_budget input").first.press("Tab")
+    fill_text(page, "train-run-name", name)
+    shown = "Memory budget: off" if budget == "off" else "Memory budget: 3.00 GB"
+    page.wait_for_function(f"() => document.querySelector('#train-estimate').innerText.includes('{shown}') && "
+                           f"document.querySelector('#train-estimate').innerText.includes('max length {max_length}')",
+                           timeout=30_000)
+    preview = text(page, "#train-estimate")
+    shot(page, f"train-preview-{name}")
+    batch, accum, length, checkpointing = SETTINGS.findall(preview)[-1]  # the settings Start trains with
+    assert "Started" in click_start(page)
+    assert wait_for_end(runs / name) == rundir.FINISHED, (runs / name / rundir.LOG).read_text()
+    ran = rundir.read_config(runs / name)
+    assert (ran["batch_size"], ran["grad_accum"], ran["max_length"], ran["grad_checkpoint"]) == \
+        (int(batch), int(accum), int(length), checkpointing == "on"), preview
+    assert ran["memory_budget"] == budget
+    if budget != "off":
+        assert ran["grad_checkpoint"], preview  # the fit did change something
