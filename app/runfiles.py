@@ -6,6 +6,7 @@ The metrics file is the contract with the trainer; everything here only reads.
 from __future__ import annotations
 
 import html
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,8 @@ def curve_frame(records: list[dict], keys: list[tuple[str, str]], run_label: str
         for key, label in keys:
             for split, name in (("train", key), ("eval", f"eval_{key}")):
                 value = r.get(name)
-                if isinstance(value, (int, float)) and value == value:  # skip NaN
+                # null (a window of skipped steps), NaN and inf are not drawn: Vega cannot place them
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     rows.append((r["step"], float(value), f"{prefix}{label} ({split})"))
     return pd.DataFrame(rows, columns=["step", "value", "series"])
 
@@ -166,7 +168,7 @@ def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *
     recs = records(run) if recs is None else recs
     status = rundir.read_status(run)
     step = max((r["step"] for r in recs), default=0)
-    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) \
+    total = next((r["total_steps"] for r in reversed(recs) if isinstance(r.get("total_steps"), int)), None) \
         or read_config(run).get("iters")
     fresh = status is not None and status.time >= since
     if fresh:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import form, set_number, shot, text
+from helpers import form, odd_runs, set_number, shot, text
 
 from mlx_orpo import rundir
 from mlx_orpo.runlock import holder
@@ -138,3 +138,34 @@ def test_the_memory_preview_is_what_start_runs(app_url, page, name, budget, max_
     assert ran["memory_budget"] == budget
     if budget != "off":
         assert ran["grad_checkpoint"], preview  # the fit did change something
+
+
+# -- 3. the Runs tab renders any run ---------------------------------------------------------------------------
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+
+
+def wait_for_text(page, sel: str, wanted: str, timeout: float = 30_000) -> None:
+    page.wait_for_function("([sel, wanted]) => document.querySelector(sel).innerText.includes(wanted)",
+                           arg=[sel, wanted], timeout=timeout)
+
+
+def test_the_runs_tab_renders_any_run_the_trainer_can_write(app_url, page):
+    """A null loss (every step of a window skipped), NaN, one record, no step at all, no evaluation, and
+    two damaged files: each renders, the damaged file named, and no error ever reaches the page."""
+    url, runs, _ = app_url
+    expected = odd_runs(runs)
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()  # opens on the newest run: the null loss
+    wait_for_text(page, "#runs-summary", expected["null-loss"])
+    for name, says in expected.items():
+        choose(page, "runs-run", name)
+        wait_for_text(page, "#runs-summary", says)
+        assert name in text(page, "#runs-summary")
+    choose(page, "runs-other", "null-loss")
+    wait_for_text(page, "#runs-summary", "Overlaid with null-loss")
+    shot(page, "runs-odd")
+    assert page.locator(".toast-body.error").count() == 0, text(page, ".toast-body.error")
