@@ -85,6 +85,9 @@ class Job:
                 os.kill(self.pid, signal.SIGTERM)
 
 
+WATCH_S = 0.5  # how often the server reads its job's status.json
+
+
 class Jobs:
     """The server's one training job: the last one started here, or a trainer found holding a run's lock."""
 
@@ -92,6 +95,24 @@ class Jobs:
         self.runs_dir = runs_dir
         self.job: Job | None = None
         self._lock = threading.Lock()  # two Starts from two tabs at once: one wins, the other is refused
+        self._watching = False
+
+    def watch(self) -> None:
+        """Keep the server's own record of its job's step and evaluation times (`Job.rate`, which the
+        ETA reads) from now on, whether or not a browser tab is open: a thread reads the job's status.json
+        every WATCH_S seconds. It also finds a trainer started elsewhere as soon as it holds its run."""
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, name="orpo-job-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            job = self.current()
+            if job is not None and job.running:
+                status = rundir.read_status(job.run_dir)
+                if status is not None and status.time >= job.started:
+                    job.rate.observe(status)
+            time.sleep(WATCH_S)
 
     def current(self) -> Job | None:
         """The running job, else the last one this server started (its outcome stays on show)."""

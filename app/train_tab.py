@@ -211,8 +211,6 @@ def refresh(ctx: Context, session: Session):
                 gr.skip(), data_line(ctx, session), *[gr.skip()] * N_PLOTS, *buttons(False))
     run, running = job.run_dir, job.running
     status_now = rundir.read_status(run)
-    if status_now is not None and status_now.time >= job.started:
-        job.rate.observe(status_now)
     p = runfiles.progress(run, None, running, since=job.started, resume=job.resume)
     if running:
         label = "stopping" if job.stop_requested else p.label

@@ -32,6 +32,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
     runs = Path(runs_dir).expanduser().resolve()
     runs.mkdir(parents=True, exist_ok=True)
     ctx = Context(runs, int(max_upload_mb * 1e6), models or Models())
+    ctx.jobs.watch()  # the ETA's record of step and evaluation times is the server's, tab or no tab
     with gr.Blocks(title="mlx-orpo") as demo:
         state = gr.State(Session())
         with gr.Row(equal_height=True):

@@ -9,6 +9,8 @@ tests run in file order and share its runs folder, each waiting for its own run 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,3 +171,43 @@ def test_the_runs_tab_renders_any_run_the_trainer_can_write(app_url, page):
     wait_for_text(page, "#runs-summary", "Overlaid with null-loss")
     shot(page, "runs-odd")
     assert page.locator(".toast-body.error").count() == 0, text(page, ".toast-body.error")
+
+
+# -- 4. the ETA is the server's, from the first steps ----------------------------------------------------------
+
+
+def eta_shown(progress: str) -> bool:
+    return bool(re.search(r"ETA (\d+h )?(\d+m )?\d+s", progress))
+
+
+def test_a_tab_opened_during_the_first_evaluation_shows_an_eta_at_once(app_url, page, cli_env):
+    """No tab is open while the first steps run (the trainer is started from the terminal); a tab opened
+    during the first evaluation shows an ETA while that evaluation still runs, from the server's own
+    record of the step times, instead of "estimating…" until the next step."""
+    url, runs, _ = app_url
+    run = runs / "eta-cli"
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_orpo.train", "--output-dir", str(run), "--iters", "5",
+                             "--max-length", "64", "--batch-size", "2", "--eval-every", "3", "--eval-fraction", "0.2",
+                             "--eval-max-pairs", "0", "--report-every", "1", "--warmup-steps", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=cli_env)
+    try:
+        deadline = time.time() + 600
+        while (status := rundir.read_status(run)) is None or status.phase != rundir.EVALUATING:
+            assert proc.poll() is None and time.time() < deadline, "the run never reached its first evaluation"
+            time.sleep(0.2)
+        open_train_tab(page, url)
+        page.wait_for_function("() => /ETA (\\d+h )?(\\d+m )?\\d+s/.test(document.querySelector('#train-progress')"
+                               ".innerText)", timeout=300_000)
+        shown_at, progress = time.time(), text(page, "#train-progress")
+        status = rundir.read_status(run)
+        shot(page, "train-eta-first-evaluation")
+        assert status.phase == rundir.EVALUATING and status.step == 3, (status, progress)
+        assert "evaluating" in progress and "eta-cli" in progress, progress
+        assert proc.wait(timeout=600) == 0
+        eta = re.search(r"ETA (?:(\d+)h )?(?:(\d+)m )?(\d+)s", progress).groups()
+        print(f"ETA shown during the first evaluation: {progress.split(' · ')[-1]}; the run ended "
+              f"{time.time() - shown_at:.0f} s later ({sum(int(g or 0) * f for g, f in zip(eta, (3600, 60, 1)))} s)")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
