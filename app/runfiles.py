@@ -95,7 +95,7 @@ def adapter_dir(run: Path, checkpoint: str | None) -> Path:
 
 
 def curve_frame(records: list[dict], keys: list[tuple[str, str]], run_label: str = "") -> pd.DataFrame:
-    """Long table (step, value, series) of train and eval values of `keys`, for one plot."""
+    """Long table (step, value, series, run) of train and eval values of `keys`, for one plot."""
     rows = []
     prefix = f"{run_label} · " if run_label else ""
     for r in records:
@@ -104,8 +104,8 @@ def curve_frame(records: list[dict], keys: list[tuple[str, str]], run_label: str
                 value = r.get(name)
                 # null (a window of skipped steps), NaN and inf are not drawn: Vega cannot place them
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    rows.append((r["step"], float(value), f"{prefix}{label} ({split})"))
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+                    rows.append((r["step"], float(value), f"{prefix}{label} ({split})", run_label))
+    return pd.DataFrame(rows, columns=["step", "value", "series", "run"])
 
 
 def curve_frames(runs: list[tuple[str, list[dict]]]) -> dict[str, pd.DataFrame]:

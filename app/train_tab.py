@@ -95,7 +95,9 @@ def _busy_message(job: Job, verb: str) -> str:
 
 
 def start(ctx: Context, session: Session, run_name: str, model: str, *values):
-    """Start a fresh run: (session, status message, *buttons). The timer draws the job."""
+    """Start a fresh run: (session, status message, *buttons). The timer draws the job (and redraws the
+    bar, which the click set to "starting", whatever the outcome)."""
+    session.last_seen = ()
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "start"), *buttons(True)
     try:
@@ -110,7 +112,6 @@ def start(ctx: Context, session: Session, run_name: str, model: str, *values):
         with contextlib.suppress(OSError):
             run.rmdir()
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(True)
-    session.last_seen = ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
     notes = "".join(f"  \n⚠️ {w}" for w in warnings(cfg))
     return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`).{notes}",
@@ -127,6 +128,7 @@ def stop(ctx: Context):
 
 
 def resume(ctx: Context, session: Session, name: str):
+    session.last_seen = ()  # the timer redraws the bar, which the click set to "resuming"
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "resume"), *buttons(True)
     try:
@@ -144,7 +146,6 @@ def resume(ctx: Context, session: Session, name: str):
         ctx.jobs.launch(run, None, None, resume=True, data_label=label)
     except RuntimeError as exc:
         return session, f"⚠️ **Cannot resume:** {exc}", *buttons(True)
-    session.last_seen = ()
     return session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", *buttons(True)
 
 
@@ -300,6 +301,12 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     # and an estimate from before the last edit could land last.
     gr.on([w.change for w in [model, *widgets]], preview, [state, model, *widgets], estimate,
           show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+    # The click clears the bar at once (unqueued), so the last job's outcome ("failed (exit 2)") is never
+    # shown beside the new job's "Started"; the timer then draws the new job.
+    start_btn.click(lambda: runfiles.progress_html(runfiles.Progress(), "starting", None), None, progress,
+                    queue=False, api_visibility="private")
+    resume_btn.click(lambda: runfiles.progress_html(runfiles.Progress(), "resuming", None), None, progress,
+                     queue=False, api_visibility="private")
     start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
                     [state, status, *button_row], api_name="start_training")
     stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import form, odd_runs, set_number, shot, text
+from helpers import EVAL_RECORD, TRAIN_RECORD, form, odd_runs, set_number, shot, text, written_run
 
 from mlx_orpo import rundir
 from mlx_orpo.runlock import holder
@@ -211,3 +211,56 @@ def test_a_tab_opened_during_the_first_evaluation_shows_an_eta_at_once(app_url, 
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
+
+
+# -- 5. smaller things ----------------------------------------------------------------------------------------
+
+
+def test_after_start_the_bar_never_shows_the_last_runs_outcome(app_url, page):
+    """A run that failed (exit 2: nothing fits a 100 MB budget), then Start: from the moment the page says
+    "Started", the bar never shows the failed run's outcome."""
+    url, runs, _ = app_url
+    open_train_tab(page, url)
+    for elem_id, value in (("train-iters", 1), ("train-max_length", 64), ("train-batch_size", 2),
+                           ("train-eval_every", 0), ("train-warmup_steps", 0)):
+        set_number(page, elem_id, value)
+    fill_text(page, "train-memory_budget", "100MB")
+    fill_text(page, "train-run-name", "too-big")
+    assert "Started" in click_start(page)
+    assert wait_for_end(runs / "too-big") == "error"
+    wait_for_text(page, "#train-progress", "failed (exit 2)")
+    fill_text(page, "train-memory_budget", "auto")
+    fill_text(page, "train-run-name", "after-failure")
+    page.evaluate("""() => {
+        window.seen = [];
+        const note = () => window.seen.push([document.querySelector('#train-status').innerText,
+                                             document.querySelector('#train-progress').innerText]);
+        new MutationObserver(note).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
+    assert "Started" in click_start(page)
+    wait_for_text(page, "#train-progress", "after-failure")
+    seen = page.evaluate("() => window.seen")
+    after = [bar for status, bar in seen if "Started" in status]
+    assert after and not [bar for bar in after if "failed" in bar], after
+    assert wait_for_end(runs / "after-failure") == rundir.FINISHED
+
+
+def test_overlaid_runs_differ_by_dash_and_marker_besides_colour(app_url, page):
+    url, runs, _ = app_url
+    records = [{**TRAIN_RECORD, "step": step, "loss": 2.5 - step / 10} for step in (1, 2, 3)] + [EVAL_RECORD]
+    written_run(runs, "dash-a", records)
+    written_run(runs, "dash-b", [{**r, "loss": r.get("loss", 0) + 0.2} if "loss" in r else r for r in records])
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
+    choose(page, "runs-run", "dash-a")
+    choose(page, "runs-other", "dash-b")
+    wait_for_text(page, "#runs-loss", "dash-b · loss")
+    lines = page.evaluate("""() => [...document.querySelectorAll('#runs-loss path[aria-roledescription="line mark"]')]
+        .filter(p => (p.getAttribute('d') || '').includes('L'))
+        .map(p => [p.getAttribute('aria-label') || '', p.getAttribute('stroke-dasharray') || 'solid'])""")
+    dashes = {run: {dash for label, dash in lines if f"{run} ·" in label} for run in ("dash-a", "dash-b")}
+    assert all(len(d) == 1 for d in dashes.values()) and dashes["dash-a"] != dashes["dash-b"], lines
+    shapes = page.evaluate("""() => [...document.querySelectorAll('#runs-loss path[aria-roledescription="point"]')]
+        .map(p => (p.getAttribute('d') || '').replace(/[-\\d.e]+/g, '#'))""")
+    assert len(set(shapes)) >= 2, shapes  # a circle for one run, a square for the other
+    shot(page, "runs-overlay-dashes")
