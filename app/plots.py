@@ -1,4 +1,4 @@
-"""The six training-curve plots, shared by the Train and Runs tabs.
+"""The training-curve plots (runfiles.CURVES), shared by the Train and Runs tabs.
 
 Each plot is a whole Vega-Lite chart (Altair) drawn anew at every update: Gradio's LinePlot fixes
 its colour domain when it first draws, so a series renamed or added later (an overlaid run, the
@@ -74,14 +74,16 @@ def chart(key: str, frame: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
 
 
 def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
+    """The chart, or an empty plot whose label says that the runs' records hold none of its values (a run
+    without reports yet, or one whose trainer did not record them, such as grad_norm before it existed)."""
     if not len(frame):
-        return gr.Plot(None, show_label=True)
+        return gr.Plot(None, label=f"{CURVES[key][0]} (none recorded)", show_label=True)
     return gr.Plot(chart(key, frame, runs), show_label=False)
 
 
 def plot_values(runs: list[tuple[str, list[dict]]]) -> list:
     if not runs:
-        return [gr.Plot(None, show_label=True) for _ in CURVES]
+        return [gr.Plot(None, label=title, show_label=True) for title, _, _ in CURVES.values()]
     frames = curve_frames(runs)
     names = [name for name, _ in runs]
     return [plot_update(key, frames[key], names) for key in CURVES]

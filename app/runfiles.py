@@ -24,6 +24,9 @@ CURVES = {
     "loss": ("Loss and NLL", "loss (nats)", [("loss", "loss"), ("nll_loss", "NLL")]),
     "log_odds": ("Log odds ratio", "log odds", [("log_odds_chosen", "log odds ratio (log OR)"),
                                                 ("log_odds_ratio", "log σ(log OR)")]),
+    "lr": ("Learning rate", "learning rate", [("learning_rate", "learning rate")]),
+    # grad_norm: the norm of each report window's gradients before clipping (runs of older trainers lack it)
+    "grad_norm": ("Gradient norm", "norm", [("grad_norm", "gradient norm")]),
     "rewards": ("Rewards (β · mean log p)", "reward", [("rewards/chosen", "chosen"),
                                                        ("rewards/rejected", "rejected")]),
     "accuracy": ("Accuracy and margin", "accuracy / margin", [("rewards/accuracies", "accuracy"),
