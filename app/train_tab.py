@@ -20,8 +20,8 @@ from mlx_orpo.train import EXIT_STOPPED
 from . import runfiles
 from .estimate import plan_markdown
 from .form import FORM, config_from_form, form_values, widget
-from .jobs import Job
-from .paths import PathError, child, new_run_dir
+from .jobs import Job, command_line
+from .paths import PathError, child, new_run_dir, sanitise
 from .plots import plot_values
 from .session import Context, Session
 
@@ -54,6 +54,17 @@ def preview(session: Session, model: str, *values) -> str:
     except ValueError as exc:
         return f"**Memory estimate:** unavailable ({exc})"
     return plan_markdown(cfg) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+
+
+def command(ctx: Context, session: Session, run_name: str, model: str, *values) -> str:
+    """The terminal command that repeats what Start would run (jobs.command_line), into RUNS/NAME when a
+    run name is typed."""
+    try:
+        cfg = run_config(session, model, values)
+    except ValueError as exc:
+        return f"# not a valid run: {exc}"
+    name = sanitise(run_name, "") if run_name and run_name.strip() else None
+    return command_line(cfg, ctx.runs_dir / name if name else None)
 
 
 def resumable(ctx: Context) -> list[str]:
@@ -279,6 +290,10 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
                                           elem_id="train-run-name")
     estimate = gr.Markdown(preview(Session(), defaults.model, *form_values(defaults.to_dict())),
                            elem_id="train-estimate")
+    with gr.Accordion("The same run from a terminal", open=False):
+        terminal = gr.Code(command(ctx, Session(), "", defaults.model, *form_values(defaults.to_dict())),
+                           language="shell", interactive=False, show_label=False, elem_id="train-command")
+    plan_and_command = lambda s, r, m, *v: (preview(s, m, *v), command(ctx, s, r, m, *v))
     with gr.Row(equal_height=True):
         start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
         stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False, scale=1)
@@ -299,8 +314,8 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
 
     # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
     # and an estimate from before the last edit could land last.
-    gr.on([w.change for w in [model, *widgets]], preview, [state, model, *widgets], estimate,
-          show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+    gr.on([w.change for w in [model, run_name, *widgets]], plan_and_command, [state, run_name, model, *widgets],
+          [estimate, terminal], show_progress="hidden", trigger_mode="always_last", api_visibility="private")
     # The click clears the bar at once (unqueued), so the last job's outcome ("failed (exit 2)") is never
     # shown beside the new job's "Started"; the timer then draws the new job.
     start_btn.click(lambda: runfiles.progress_html(runfiles.Progress(), "starting", None), None, progress,
@@ -321,6 +336,6 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     load_btn.click(lambda s, n: load_settings(ctx, s, n), [state, settings_run],
                    [state, status, data_info, model, *widgets], api_name="load_settings")
     return {"open": (lambda s: open_form(ctx, s), [state], [state, *widgets]),
-            "preview": (preview, [state, model, *widgets], estimate),
+            "preview": (plan_and_command, [state, run_name, model, *widgets], [estimate, terminal]),
             "data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
             "progress": progress}

@@ -91,6 +91,9 @@ def test_what_is_typed_right_after_opening_the_tab_is_what_start_runs(app_url, p
     set_number(page, "train-iters", 3)
     page.wait_for_timeout(3000)  # a user reads the form before pressing Start
     assert page.locator("#train-iters input").input_value() == "3"
+    page.get_by_text("The same run from a terminal").click()  # and the command that repeats it
+    wait_for_text(page, "#train-command", "--iters 3", timeout=90_000)
+    assert re.search(r"--output-dir \S+/second\b", text(page, "#train-command")), text(page, "#train-command")
     status = click_start(page)
     assert "Started second" in status, status
     launched = (runs / "second" / rundir.LAUNCH).read_text()
