@@ -40,3 +40,24 @@ def test_every_kind_of_field_is_spelled_as_the_cli_reads_it():
         assert getattr(args, name) == value, (name, value)
     with pytest.raises(ValueError, match="--iters: no command-line value means None"):
         FIELD_SPECS["iters"].args(None)
+
+
+def test_load_settings_fills_the_form_from_a_run_and_names_a_damaged_config(tmp_path):
+    from helpers import TRAIN_RECORD, written_run
+
+    from app.cache import Models
+    from app.form import FORM
+    from app.session import Context, Session
+    from app.train_tab import load_settings
+    from mlx_orpo.config import TrainConfig
+
+    ctx = Context(tmp_path, 10**6, Models())
+    saved = {**TrainConfig(iters=7, max_length=300).validate().to_dict(), "data": "owner/prefs"}
+    written_run(tmp_path, "good", [TRAIN_RECORD], config=saved)
+    written_run(tmp_path, "broken", [TRAIN_RECORD], config=[])
+    session, message, _, model, *values = load_settings(ctx, Session(), "good")
+    assert "Loaded the settings of **good**" in message and model == "smollm2-135m"
+    assert values[FORM.index("iters")] == 7 and values[FORM.index("max_length")] == 300
+    assert session.data == "owner/prefs"  # a tab without data of its own takes the run's
+    _, message, *_ = load_settings(ctx, Session(), "broken")
+    assert "Cannot load settings" in message and "config.json" in message
