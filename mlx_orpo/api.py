@@ -1,6 +1,7 @@
 """The Python API behind the CLI, the app and the benchmarks.
 
     model, tokenizer, config, path = load_model("smollm2-135m")
+    plan = plan_run(TrainConfig(iters=20))          # what the run will train with, and its memory
     run_dir = run_training(TrainConfig(iters=20), log=print)
     print(generate(model, tokenizer, [{"role": "user", "content": "Hi"}]))
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +21,14 @@ from mlx.utils import tree_flatten
 
 from . import blas, runcheck, rundir
 from .batching import Widths, collate
-from .budget import Budget, memory_limit
+from .budget import format_bytes, memory_limit, resolve, wired_limit
 from .config import TrainConfig
 from .data import data_source, load_splits
 from .distributed import Cluster
 from .files import atomic_write_text
-from .fit import fit_to_memory
-from .models import attach_adapters, load_model
+from .fit import MemoryPlan, fit_to_memory
+from .models import attach_adapters, load_model, on_gpu, resolve_model
+from .predict import BatchShapes, ModelShape, data_shapes, load_model_config, predict_peak, shared_prompt
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
 from .trainer import total_steps, train
@@ -38,6 +41,15 @@ class PreparedData:
     train_stats: EncodeStats
     eval_stats: EncodeStats
     report: object  # data.LoadReport
+
+    @property
+    def longest_pair(self) -> int:
+        """Tokens of the longest pair (prompt + longer answer), training and held-out."""
+        return max(p.length for p in self.train + self.eval)
+
+    def described(self) -> str:
+        return (f"{self.report.source}: {len(self.train)} training and {len(self.eval)} held-out pairs, the "
+                f"longest {self.longest_pair} tokens")
 
 
 def read_data(cfg: TrainConfig):
@@ -70,71 +82,279 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
+def load_tokenizer(spec: str | None, model_config: dict | None = None):
+    """The model's tokenizer as models.load_model gives it (mlx-lm's, with the model's end-of-sequence
+    ids), without loading the weights. `model_config`: its config.json when already read."""
+    from mlx_lm.utils import load_config
+    from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
+
+    path = Path(resolve_model(spec))
+    if path.is_dir():
+        model_config = load_config(path)  # with generation_config.json's end-of-sequence ids, as mlx-lm reads them
+    return mlx_lm_tokenizer(path, eos_token_ids=(model_config or {}).get("eos_token_id"))
+
+
+# A --max-length at least this many times the data's longest pair is said to be far above it.
+FAR_ABOVE = 2
+
+
 @dataclass
-class PreparedRun:
-    """A run ready to train: the model with adapters attached, its tokenized data and the run directory
-    (config.json, adapter_config.json and the marker written). `run_training` and the scripts share it."""
-    cfg: TrainConfig
-    run_dir: Path
-    cluster: Cluster
-    model: object
+class RunPlan:
+    """What a run trains with, decided before its weights load (`plan_run`)."""
+    cfg: TrainConfig       # the settings the run trains with (the fit's, for a new run with a budget)
+    memory: MemoryPlan     # the budget, the predicted peak on the data's batches, what the fit changed
+    data: PreparedData     # the pairs, tokenized and fitted to the length limits
     tokenizer: object
-    data: PreparedData
-    model_path: Path
-    budget: Budget | None = None  # fit.fit_to_memory's: MLX's memory limit while it trains (None: off)
+    lines: list[str]       # what the run logs about it, in order
+
+    @property
+    def planned_for(self) -> str:
+        """Which data the prediction is for, in words."""
+        return self.data.described()
+
+
+def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozenset(), splits=None,
+             cluster: Cluster | None = None, resume: bool = False, tokenizer=None) -> RunPlan:
+    """The plan of a run from its settings and its data, before any weights load: the data read (unless
+    `splits`, read_data's, are given) and tokenized with the model's tokenizer (`tokenizer`, or loaded
+    alone), the memory budget resolved (rank 0's on every rank of `cluster`), and the run fitted to it
+    for the batches this data makes (predict.data_shapes: the trainer's widths, padding, shared-prompt
+    layout and step grouping, and its evaluation batches). The one planner behind a run's setup
+    (`Run.setup`), `python -m mlx_orpo.plan --data` and the app's preview, so a preview is what Start
+    runs. cfg itself is left as it is.
+
+    `explicit`: the settings the user gave (the fit keeps them); `resume`: keep cfg's settings (a resumed
+    run is not refitted). Raises DoesNotFit (a ValueError whose message says what would fit; its
+    `advice` holds the rest) when nothing allowed fits, and read_data's errors for bad data."""
+    cluster = cluster or Cluster()
+    budget = resolve(cfg.memory_budget, gpu=on_gpu(), cluster=cluster)
+    try:
+        model_config = load_model_config(cfg.model)
+    except (ValueError, OSError, KeyError):
+        model_config = None
+    tokenizer = tokenizer or load_tokenizer(cfg.model, model_config)
+    lines = [] if ensure_chat_template(tokenizer) else [
+        "tokenizer has no chat template; using the fallback '### Role:' template (see README)"]
+    data = prepare_data(cfg, tokenizer, splits)
+    shapes = None
+    if model_config is not None:
+        shared = shared_prompt(ModelShape.from_config(model_config), model_config)
+
+        def shapes(option: TrainConfig) -> BatchShapes | None:
+            if (option.max_length, option.prompt_budget) != (cfg.max_length, cfg.prompt_budget):
+                return None  # tokenized for other lengths: planned at the option's ceiling
+            return data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared, world=cluster.size)
+
+    memory = fit_to_memory(cfg, budget, model_config=model_config, explicit=explicit, resume=resume, shapes=shapes)
+    lines += memory.lines
+    if memory.prediction is not None:
+        lines.append(f"memory: planned for {data.described()}")
+        if cfg.max_length >= FAR_ABOVE * data.longest_pair:
+            lines.append(f"memory: --max-length {cfg.max_length} is far above the data's longest pair "
+                         f"({data.longest_pair} tokens); data that filled it would peak at "
+                         f"{format_bytes(predict_peak(memory.cfg, model_config).total)}")
+    if note := step_span_note(memory.cfg, len(data.train), cluster.size):
+        lines.append(note)
+    return RunPlan(memory.cfg, memory, data, tokenizer, lines)
+
+
+def step_span_note(cfg: TrainConfig, train_pairs: int, world: int = 1) -> str | None:
+    """A warning when one optimizer step asks for more pairs than the data holds: such a step takes
+    one epoch (feeding.step_order groups a step's pairs within an epoch), so the run has few steps,
+    and nothing is reported or saved within one."""
+    asked = cfg.batch_size * world * cfg.grad_accum
+    if asked <= train_pairs:
+        return None
+    steps = total_steps(cfg, train_pairs, world)
+    return (f"warning: --grad-accum {cfg.grad_accum} x --batch-size {cfg.batch_size}"
+            + (f" x {world} processes" if world > 1 else "")
+            + f" asks for {asked} pairs per optimizer step, more than the {train_pairs} training pairs: each "
+            f"step takes one epoch ({train_pairs} pairs, {math.ceil(train_pairs / (cfg.batch_size * world))} "
+            f"micro-batches), which leaves {steps} optimizer step{'s' if steps != 1 else ''}; nothing is "
+            "reported or saved within a step")
+
+
+class Run:
+    """One training run, in the order of torchtune's recipes: `setup` (the checks, the run's lock, its
+    config, the tokenizer and data, the memory plan, then the weights and adapters), `train` (under the
+    run's memory limits), `save` (its last status and its memory record). `run_training` and
+    scripts/reproduce_paper.py run this one sequence:
+
+        with Run(cfg, log=print) as run:
+            run.setup()
+            run.train()
+            run.save()
+
+    Under `mlx.launch` every rank runs it; rank 0 alone logs and writes files. A run that fails before
+    writing its files removes the folders it created.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, explicit: frozenset[str] | set[str] = frozenset(),
+                 allow_changed_data: bool = False, allow_changed_model: bool = False,
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 on_record: Callable[[dict], None] | None = None, splits=None):
+        self.cfg = cfg.validate()
+        self.cluster = Cluster.init()
+        main = self.cluster.is_main
+        self.log = log if main else (lambda _: None)
+        self.progress, self.on_record = progress and main, on_record if main else None
+        self.resume, self.explicit, self.splits = resume, explicit, splits
+        self.allow_changed_data, self.allow_changed_model = allow_changed_data, allow_changed_model
+        self.run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(self.cluster)
+        self.plan: RunPlan | None = None
+        self.model = None
+        self.model_path: Path | None = None
+        self.state = None
+        self.measured_peak: int | None = None
+        self._stack = contextlib.ExitStack()
+        self._created: list[Path] = []
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, failed, *_) -> bool:
+        self._stack.close()  # the lock
+        if failed is not None and self._created and self.cluster.is_main:
+            _remove_if_only_lock(self.run_dir, self._created)
+        return False
+
+    @property
+    def data(self) -> PreparedData:
+        return self.plan.data
+
+    @property
+    def tokenizer(self):
+        return self.plan.tokenizer
 
     @property
     def pad_id(self) -> int:
-        return pad_token_id(self.tokenizer)
+        return pad_token_id(self.plan.tokenizer)
+
+    def setup(self) -> Run:
+        """Check the run (nothing is written before), take its lock, plan it, load the weights and attach
+        the adapters, and write the run's own files (rank 0)."""
+        cfg, log = self.cfg, self.log
+        fingerprint = self._check()
+        # The folders this run creates (the run directory and any missing parents, such as runs/).
+        self._created = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        if self.cluster.is_main:  # one writer per run, from the "already a run here?" check to the end
+            self._stack.enter_context(RunLock(self.run_dir))
+            # Checked before the lock; what another process could have changed since is the folder.
+            runcheck.check_output_dir(self.run_dir, cfg.model, resume=self.resume)
+        if self.resume:
+            runcheck.check_same_run(cfg, self.run_dir)
+        cfg.output_dir = str(self.run_dir)
+        log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
+            + (f"; data-parallel over {self.cluster.size} processes" if self.cluster.size > 1 else ""))
+        self.plan = plan_run(cfg, explicit=self.explicit, splits=self.splits, cluster=self.cluster,
+                             resume=self.resume)
+        for change in self.plan.memory.changes:  # the caller's cfg is the run's: it trains with the fit's
+            setattr(cfg, change.name, change.after)
+        for line in self.plan.lines:
+            log(line)
+        self._log_data()
+        mx.random.seed(cfg.seed)
+        self.model, _, _, self.model_path = load_model(cfg.model, bits=cfg.bits, group_size=cfg.group_size,
+                                                       dtype=cfg.dtype)
+        log(f"model: {cfg.model} ({self.model_path})")
+        adapter_cfg = attach_adapters(self.model, cfg)
+        trainable = sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
+        log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
+            f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
+        # Resolved here, so a resumed run pads (and so orders its batches) as it did, wherever it resumes.
+        widths = Widths.for_config(cfg)
+        cfg.pad_to, cfg.pad_multiple = ("pow2" if widths.pow2 else "multiple"), widths.multiple
+        if self.cluster.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:  # a resumed run keeps its format version (a version-1 run reads its records as such)
+                rundir.write_marker(self.run_dir)
+            runcheck.write_fingerprint(self.run_dir, fingerprint)
+            runcheck.write_model_record(self.run_dir, cfg.model)
+            cfg.save(self.run_dir / rundir.CONFIG)
+            adapter_cfg["model_path"] = str(self.model_path)
+            atomic_write_text(self.run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
+            # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
+            rundir.write_status(self.run_dir, rundir.LOADING, resume=self.resume)
+        return self
+
+    def _check(self) -> dict:
+        """runcheck.check_run before anything is written (the output folder, a resume's identity, its
+        data); any rank's refusal stops every rank. Returns the data's fingerprint to record."""
+        self.splits = self.splits or read_data(self.cfg)
+        refusal, fingerprint = None, None
+        try:
+            fingerprint = runcheck.check_run(self.cfg, self.run_dir, self.splits, resume=self.resume,
+                                             allow_changed_data=self.allow_changed_data,
+                                             allow_changed_model=self.allow_changed_model, log=self.log,
+                                             main=self.cluster.is_main)
+        except (ValueError, OSError) as exc:
+            refusal = exc
+        if self.cluster.size > 1 and self.cluster.sum(mx.array(int(refusal is not None))).item() and refusal is None:
+            raise runcheck.RunCheckError(f"another rank refused the run in {self.run_dir} (its error says why)")
+        if refusal is not None:
+            raise refusal
+        return fingerprint
+
+    def _log_data(self) -> None:
+        data, cfg = self.plan.data, self.cfg
+        self.log(f"data: {data.report.source} [{data.report.format}] {len(data.train)} train / {len(data.eval)} eval "
+                 f"pairs; truncated {data.train_stats.truncated + data.eval_stats.truncated}, dropped "
+                 f"{data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
+                 + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+        if data.report.ignored:
+            self.log(f"data: not read: {'; '.join(data.report.ignored)}")
+        if data.report.duplicates:
+            self.log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen "
+                     f"and rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
+
+    def train(self, *, eval_pairs: list[EncodedPair] | None = None,
+              on_record: Callable[[dict], None] | None = None):
+        """Train (trainer.train) under the run's memory limits: MLX's limit at the budget, and on Metal
+        the memory the run needs wired. Returns the final loop state. `eval_pairs` replaces the run's
+        held-out pairs (a caller that evaluates on its own passes []); `on_record`, the run's."""
+        memory = self.plan.memory
+        with memory_limit(memory.budget, self.log), \
+                wired_limit(memory.prediction and memory.prediction.total, memory.budget, self.log):
+            mx.reset_peak_memory()  # the run's measured peak: training and evaluation, with the weights resident
+            self.state = train(self.model, self.data.train, self.data.eval if eval_pairs is None else eval_pairs,
+                               self.cfg, self.run_dir, pad_id=self.pad_id, resume=self.resume,
+                               on_record=on_record or self.on_record, log=self.log, progress=self.progress,
+                               cluster=self.cluster)
+            self.measured_peak = mx.get_peak_memory()
+        return self.state
+
+    def save(self) -> None:
+        """The run's closing files (rank 0): its predicted and measured peak (rundir.MEMORY, one record
+        per process that trained it) and, when every step is done, the finished status."""
+        if not self.cluster.is_main or self.state is None:
+            return
+        prediction, budget = self.plan.memory.prediction, self.plan.memory.budget
+        rundir.append_memory_record(self.run_dir, rundir.MemoryRecord(
+            self.state.step, prediction and prediction.total, self.measured_peak, budget and budget.bytes,
+            self.plan.planned_for, str(mx.default_device())))
+        steps = total_steps(self.cfg, len(self.data.train), self.cluster.size)
+        if self.state.step >= steps:
+            rundir.write_status(self.run_dir, rundir.FINISHED, step=self.state.step, total_steps=self.state.step)
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
-    """Load the model and data named by cfg, attach adapters and train. Returns the run directory.
+                 allow_changed_data: bool = False, allow_changed_model: bool = False,
+                 explicit: frozenset[str] | set[str] = frozenset()) -> Path:
+    """Set up, train and save the run cfg names (`Run`). Returns the run directory.
 
-    The run's --memory-budget is resolved once (`fit.fit_to_memory`): a new run is first fitted to it
-    (`explicit`: the settings the user gave, which stay as given), and it bounds MLX's memory while the
-    run trains (`budget.memory_limit`).
-    Under `mlx.launch` every rank calls this; rank 0 alone logs and writes files. A run stopped by
-    SIGTERM/SIGINT returns too, with its status "stopped" (rundir.read_status): `stopped(run_dir, since)`.
-    `allow_changed_data`: resume even though the data differs from the run's (logged).
+    A new run is planned for its data's batches and fitted to its --memory-budget (`plan_run`;
+    `explicit`: the settings the user gave, which stay as given) before its weights load, and the budget
+    bounds MLX's memory while it trains. A run stopped by SIGTERM/SIGINT returns too, with its status
+    "stopped" (rundir.read_status): `stopped(run_dir, since)`. `allow_changed_data`, `allow_changed_model`:
+    resume even though the data or the base model differs from the run's (logged).
     """
-    cfg.validate()
-    cluster = Cluster.init()
-    if not cluster.is_main:
-        log, progress, on_record = (lambda _: None), False, None
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cluster)
-    # Checked before the lock creates the folder: a refused run leaves nothing behind.
-    splits = read_data(cfg)
-    refusal, fingerprint = None, None
-    try:
-        fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume, allow_changed_data=allow_changed_data,
-                                         log=log, main=cluster.is_main)
-    except (ValueError, OSError) as exc:
-        refusal = exc
-    # Data-parallel: every rank stops when any rank refuses.
-    if cluster.size > 1 and cluster.sum(mx.array(int(refusal is not None))).item() and refusal is None:
-        raise runcheck.RunCheckError(f"another rank refused the run in {run_dir} (its error says why)")
-    if refusal is not None:
-        raise refusal
-    # The folders this run creates (the run directory and any missing parents, such as runs/).
-    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
-    try:
-        # One writer per run (rank 0 writes): held from before the "already a run here?" check to the end.
-        with RunLock(run_dir) if cluster.is_main else contextlib.nullcontext():
-            run = prepare_run(cfg, run_dir, cluster, resume=resume, log=log, splits=splits,
-                              allow_changed_data=allow_changed_data, explicit=explicit, fingerprint=fingerprint)
-            with memory_limit(run.budget, log):
-                state = train(run.model, run.data.train, run.data.eval, cfg, run_dir, pad_id=run.pad_id,
-                              resume=resume, on_record=on_record, log=log, progress=progress, cluster=cluster)
-            if cluster.is_main and state.step >= total_steps(cfg, len(run.data.train), cluster.size):
-                rundir.write_status(run_dir, rundir.FINISHED, step=state.step, total_steps=state.step)
-    except BaseException:
-        if created and cluster.is_main:
-            _remove_if_only_lock(run_dir, created)
-        raise
-    return run_dir
+    with Run(cfg, resume=resume, explicit=explicit, allow_changed_data=allow_changed_data,
+             allow_changed_model=allow_changed_model, log=log, progress=progress, on_record=on_record) as run:
+        run.setup()
+        run.train()
+        run.save()
+    return run.run_dir
 
 
 def stopped(run_dir: Path, since: float = 0.0) -> bool:
@@ -152,62 +372,6 @@ def _remove_if_only_lock(run_dir: Path, created: list[Path]) -> None:
             (run_dir / rundir.LOCK).unlink(missing_ok=True)
             for folder in created:  # innermost first; rmdir leaves a folder that is not empty
                 folder.rmdir()
-
-
-def prepare_run(cfg: TrainConfig, run_dir: Path, cluster: Cluster | None = None, *, resume: bool = False,
-                log: Callable[[str], None] = print, splits=None, allow_changed_data: bool = False,
-                explicit: frozenset[str] | set[str] = frozenset(), fingerprint: dict | None = None) -> PreparedRun:
-    """Check the run, read its data, fit a new run to its memory budget (cfg changed in place; a resumed
-    run keeps the settings its config.json saved), load the model, attach adapters and write the run's
-    own files (rank 0). `splits`: read_data's result when the caller read the data already; `explicit`:
-    the settings the user gave (the fit keeps them); `fingerprint`: runcheck.check_run's, when the
-    caller ran the checks already (before taking the run's lock)."""
-    cluster = cluster or Cluster()
-    splits = splits or read_data(cfg)
-    # runcheck.py: the output folder, a resume's identity and its data; nothing is written before.
-    if fingerprint is None:
-        fingerprint = runcheck.check_run(cfg, run_dir, splits, resume=resume,
-                                         allow_changed_data=allow_changed_data, log=log, main=cluster.is_main)
-    else:  # checked before the lock; what another process could have changed since is the folder
-        if cluster.is_main:
-            runcheck.check_output_dir(run_dir, cfg.model, resume=resume)
-        if resume:
-            runcheck.check_same_run(cfg, run_dir)
-    cfg.output_dir = str(run_dir)
-    budget = fit_to_memory(cfg, explicit=explicit, log=log, cluster=cluster, resume=resume)
-    log(f"BLAS: {blas.describe()}; MLX device: {mx.default_device()}"
-        + (f"; data-parallel over {cluster.size} processes" if cluster.size > 1 else ""))
-    mx.random.seed(cfg.seed)
-    model, tokenizer, _, path = load_model(cfg.model, bits=cfg.bits, group_size=cfg.group_size, dtype=cfg.dtype)
-    log(f"model: {cfg.model} ({path})")
-    if not ensure_chat_template(tokenizer):
-        log("tokenizer has no chat template; using the fallback '### Role:' template (see README)")
-    data = prepare_data(cfg, tokenizer, splits)
-    log(f"data: {data.report.source} [{data.report.format}] {len(data.train)} train / {len(data.eval)} eval pairs; "
-        f"truncated {data.train_stats.truncated + data.eval_stats.truncated}, "
-        f"dropped {data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
-        + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
-    if data.report.duplicates:
-        log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen and "
-            f"rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
-    adapter_cfg = attach_adapters(model, cfg)
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    log(f"adapters: {adapter_cfg['fine_tune_type']} r={cfg.lora_rank} alpha={cfg.lora_alpha} on "
-        f"{len(adapter_cfg['lora_parameters']['keys'])} modules per block; {trainable / 1e6:.2f}M trainable")
-    # Resolved here, so a resumed run pads (and so orders its batches) as it did, wherever it resumes.
-    widths = Widths.for_config(cfg)
-    cfg.pad_to, cfg.pad_multiple = ("pow2" if widths.pow2 else "multiple"), widths.multiple
-    if cluster.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a resumed run keeps its format version (a version-1 run reads its records as such)
-            rundir.write_marker(run_dir)
-        runcheck.write_fingerprint(run_dir, fingerprint)
-        cfg.save(run_dir / rundir.CONFIG)
-        adapter_cfg["model_path"] = str(path)
-        atomic_write_text(run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
-        # Model and data are in; until the first step (which compiles) ends, the app shows this phase.
-        rundir.write_status(run_dir, rundir.LOADING, resume=resume)
-    return PreparedRun(cfg, run_dir, cluster, model, tokenizer, data, path, budget)
 
 
 def load_with_adapters(model_spec: str | None, adapter_path: str | Path | None = None, dtype: str = "auto"):

@@ -55,6 +55,7 @@ class LoadReport:
     eval_pairs: int = 0
     duplicates: int = 0  # pairs (train and held-out together) that repeat an earlier one exactly
     duplicate_example: str = ""  # "where (same as where)" for the first of them
+    ignored: list[str] = field(default_factory=list)  # a directory's data files not read, each "path (why)"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,18 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
+    if text.lstrip().startswith("["):  # a JSON array saved as .jsonl (often pretty-printed): read as one
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            data = e
+        if isinstance(data, list):
+            yield from _indexed_rows(path, data)
+            return
+        if isinstance(data, json.JSONDecodeError) and not _parses(text.lstrip().split("\n", 1)[0]):
+            raise DataError(f"{path}: looks like a JSON array (it starts with '['), not JSON Lines (one object per "
+                            f"line), but is not valid JSON: {data.msg} at line {data.lineno}, "
+                            f"column {data.colno}") from None
     # split("\n"), not splitlines(): U+2028 and friends may sit inside JSON strings.
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -98,6 +111,14 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
         except RecursionError:
             value = RowError(_TOO_DEEP)
         yield _Row(f"{path}:{lineno}", f"{path}, line {lineno}", value)
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 def _indexed_rows(path: Path | str, items: list) -> Iterator[_Row]:
@@ -189,12 +210,14 @@ def _hub_split_names(name: str) -> list[str]:
 
 
 def _split_file(directory: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for ext in EXTENSIONS:
-            candidate = directory / f"{name}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
+    """The one file of a directory's split (`names`: its aliases, e.g. valid/validation), None when
+    there is none; DataError naming them when there are several, which would leave one unread."""
+    found = [file for name in names for ext in EXTENSIONS if (file := directory / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        every = "both" if len(found) == 2 else "all"
+        raise DataError(f"{directory}: {' and '.join(p.name for p in found)} are {every} {'/'.join(names)} files, "
+                        "and only one would be read; keep one of them (or move the others out of the folder)")
+    return found[0] if found else None
 
 
 def _split_aliases(split: str) -> tuple[str, ...]:
@@ -315,10 +338,11 @@ def load_pairs(
 
 
 def _held_out_source(source: str) -> str | None:
-    """The validation split that comes with `source`, if any (a file, or "name:split")."""
+    """The validation split that comes with `source`, if any (a file, or "name:split"): a directory's
+    valid (or validation) file, else its test file."""
     path = Path(source).expanduser()
     if path.is_dir():
-        file = _split_file(path, EVAL_SPLIT_NAMES)
+        file = _split_file(path, _split_aliases("valid")) or _split_file(path, ("test",))
         return str(file) if file else None
     if path.exists() or not _is_hub_name(source):
         return None
@@ -387,8 +411,27 @@ def load_splits(
         report.eval_source = eval_report.source
     report.pairs = len(train) + len(valid)
     report.eval_pairs = len(valid)
+    report.ignored = _unread_files(source, report.source, report.eval_source)
     report.duplicates, report.duplicate_example = _duplicates([*train, *valid])
     return train, valid, report
+
+
+def _unread_files(source: str, train: str, held_out: str) -> list[str]:
+    """The data files of a directory `source` other than the `train` and `held_out` ones read, each
+    "path (why it was not read)"."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return []
+    ignored = []
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS):
+        if str(file) in (train, held_out):
+            continue
+        if file.stem in EVAL_SPLIT_NAMES:
+            why = f"the held-out pairs are {held_out}" if held_out else "no held-out pairs"
+        else:
+            why = f"only train and {'/'.join(EVAL_SPLIT_NAMES)} files are read"
+        ignored.append(f"{file} ({why})")
+    return ignored
 
 
 def _duplicates(pairs: list[PreferencePair]) -> tuple[int, str]:

@@ -133,12 +133,15 @@ def _push(result: ExportResult, repo: str, log: Callable[[str], None]) -> None:
 def export(model: str | None = None, adapters: str | Path | None = None, format: str = "hf",
            out: str | Path | None = None, *, dtype: str = "float16", gguf_type: str = "f16",
            bits: int | None = None, group_size: int = TrainConfig.group_size, force: bool = False,
-           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None) -> ExportResult:
+           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None,
+           allow_changed_model: bool = False) -> ExportResult:
     """Export `adapters` (a run directory or checkpoint) fused into `model` (default: the run's base).
 
     format: hf | mlx | gguf (fused weights), peft (the adapter alone, PEFT layout),
     import-peft (the reverse: a PEFT LoRA directory -> an mlx-orpo adapter directory).
     `progress` receives one line per stage. Returns what was written and how to use it.
+    A run's adapters are fused only into the base model the run recorded (model.json), unless
+    `allow_changed_model` (logged).
     """
     log = progress or (lambda message: None)
     if format not in FORMATS:
@@ -150,6 +153,7 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     check_apart(out, model, "--model")
     if adapters is not None and format != "import-peft":
         check_not_training(Path(adapters))
+        check_run_version(Path(adapters))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose f16, bf16 or f32")
     dtype = DTYPES[dtype]
@@ -178,7 +182,7 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
         from .fuse import load_fused
 
         log(f"loading {model or 'the run base'} and fusing {adapters or 'no adapters'} ({dtype})")
-        fused = load_fused(model, adapters, dtype=dtype)
+        fused = load_fused(model, adapters, dtype=dtype, allow_changed_model=allow_changed_model, log=log)
         log(f"merged {fused.fused_modules} adapter modules into an in-memory copy of {fused.base_spec} "
             f"(the base on disk is not changed); writing {format} to {out}")
         if format == "hf":
@@ -205,6 +209,14 @@ def check_not_training(adapters: Path) -> None:
                          f"finished, or export one of its checkpoints now: --adapters {adapters}/checkpoints/step-N")
 
 
+def check_run_version(adapters: Path) -> None:
+    """Refuse the adapters of a run whose format version this program does not know (a newer one)."""
+    from . import rundir
+
+    if (run := rundir.run_of(adapters)) is not None:
+        rundir.run_format(run)  # CorruptFileError naming both versions
+
+
 # ---- CLI ---------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=TrainConfig.group_size, help="Quantisation group size for --bits.")
     p.add_argument("--force", action="store_true", help="Replace an existing output.")
     p.add_argument("--push-to-hub", metavar="REPO", help="Upload the export to this Hugging Face repo.")
+    p.add_argument("--allow-changed-model", action="store_true",
+                   help="Fuse a run's adapters into its base model even though the model's files differ from "
+                        "those the run trained on (logged).")
     return p
 
 
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export(args.model, args.adapters, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
                bits=args.bits, group_size=args.group_size, force=args.force, push_to_hub=args.push_to_hub,
-               progress=print)
+               progress=print, allow_changed_model=args.allow_changed_model)
     except (FileExistsError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         from .files import as_write_error, describe_os_error
 

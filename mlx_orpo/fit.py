@@ -12,9 +12,10 @@ The engine looks for settings that fit in one order, and its advice is the first
 3. changes to the run itself, on top of the smallest plan of 1 (the longest shorter --max-length, fewer
    --lora-layers, 4-bit weights), which are offered and never applied.
 
-Before the model loads, `fit_to_memory` resolves the run's budget and changes a new run to the plan
-of 1, or stops it with the advice (DoesNotFit); with --memory-budget off it warns (`fits_warning`)
-when the run is predicted not to fit this machine's memory.
+Before the model's weights load, `fit_to_memory` fits a new run to its budget (the plan of 1), or
+stops it with the advice (DoesNotFit); with --memory-budget off it warns (`fits_warning`) when the run
+is predicted not to fit this machine's memory. A run plans for the batches its data makes
+(`api.plan_run` reads and tokenizes the data first: predict.data_shapes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import models
-from .budget import Budget, DeviceMemory, device_memory, format_bytes, resolve
+from .budget import Budget, DeviceMemory, device_memory, format_bytes
 from .config import TrainConfig
 from .fields import flag
 from .predict import ModelShape, Prediction, adapted_layers, load_model_config, predict_peak
@@ -74,7 +75,12 @@ class Plan(NamedTuple):
 
 
 class DoesNotFit(ValueError):
-    """No plan the fit may choose is predicted to fit the budget; the message says what would."""
+    """No plan the fit may choose is predicted to fit the budget; the message says what would, and
+    `advice` (when given) holds the whole advice."""
+
+    def __init__(self, message: str, advice: Advice | None = None):
+        super().__init__(message)
+        self.advice = advice
 
 
 def _with(cfg: TrainConfig, **changes) -> TrainConfig:
@@ -139,7 +145,8 @@ class Advice:
         predicted peak against the budget."""
         fitted, budget = self.fitted, self.budget
         if not fitted.changes:
-            return f"memory: predicted peak {format_bytes(fitted.prediction.total)} within the budget {budget}"
+            return (f"memory: the run fits as configured: predicted peak {format_bytes(fitted.prediction.total)} "
+                    f"within the budget {budget}")
         return (f"memory: the run as configured is predicted to peak at {format_bytes(self.as_given.total)}, "
                 f"over the budget {budget}; fitted: {', '.join(map(str, fitted.changes))} "
                 f"(same {self.cfg.batch_size * self.cfg.grad_accum} pairs per optimizer step): "
@@ -222,15 +229,16 @@ def fit(cfg: TrainConfig, budget: int | Budget, *, model_config: dict | None = N
     fit, when none of the plans fits. cfg itself is left as it is. `shapes`: as advise's."""
     advice = advise(cfg, budget, model_config=model_config, explicit=explicit, on_gpu=on_gpu, shapes=shapes)
     if advice.fitted is None:
-        raise DoesNotFit(advice.refusal())
+        raise DoesNotFit(advice.refusal(), advice)
     return advice.fitted
 
 
-def fits_warning(cfg: TrainConfig, model_config: dict, memory: DeviceMemory | None = None) -> str | None:
+def fits_warning(cfg: TrainConfig, model_config: dict, memory: DeviceMemory | None = None, *,
+                 shapes: Callable[[TrainConfig], Iterable[tuple[int, ...]]] | None = None) -> str | None:
     """A one-paragraph warning when the run's predicted peak exceeds what MLX may use here (`memory`,
-    default: device_memory()), with the engine's first advice; None when it fits."""
+    default: device_memory()), with the engine's first advice; None when it fits. `shapes`: as advise's."""
     memory = memory or device_memory(models.on_gpu())
-    advice = advise(cfg, Budget(memory.bytes, memory.what), model_config=model_config)
+    advice = advise(cfg, Budget(memory.bytes, memory.what), model_config=model_config, shapes=shapes)
     if advice.fits_as_given:
         return None
     options = advice.options()
@@ -239,32 +247,46 @@ def fits_warning(cfg: TrainConfig, model_config: dict, memory: DeviceMemory | No
                                  else "No setting tried fits; try a smaller model."))
 
 
-def fit_to_memory(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozenset(),
-                  log: Callable[[str], None] = print, cluster=None, resume: bool = False) -> Budget | None:
-    """The run's memory policy before its model loads: resolve cfg's --memory-budget once (rank 0's
-    on every rank of a data-parallel `cluster`) and, for a new run, fit cfg to it in place (one log
-    line says what changed). Returns that budget, which is also MLX's memory limit for the run
-    (`budget.memory_limit`); None for --memory-budget off.
+@dataclass
+class MemoryPlan:
+    """What the memory policy decided for a run, before its weights load (`fit_to_memory`)."""
+    cfg: TrainConfig                # the settings the run trains with (fitted: a copy; else cfg itself)
+    budget: Budget | None           # MLX's memory limit for the run (None: --memory-budget off)
+    prediction: Prediction | None   # cfg's predicted peak (None: the model's config.json was unreadable)
+    lines: list[str]                # what the run logs about it, in order
+    advice: Advice | None = None    # the fit's whole advice (a new run with a budget)
 
-    Raises DoesNotFit (a ValueError) when nothing allowed fits. A resumed run keeps the settings its
-    config.json saved. With --memory-budget off, only fits_warning. Not planned (and said so) when the
-    model's config.json cannot be read without loading the model."""
-    budget = resolve(cfg.memory_budget, gpu=models.on_gpu(), cluster=cluster)
-    if resume:
-        return budget
-    try:
-        model_config = load_model_config(cfg.model)
-    except (ValueError, OSError, KeyError) as exc:
-        log(f"memory: not planned, the model's config.json could not be read before loading ({exc})")
-        return budget
-    if budget is None:
-        if warning := fits_warning(cfg, model_config):
-            log(f"warning: {warning}")
-        return None
-    advice = advise(cfg, budget, model_config=model_config, explicit=explicit)
+    @property
+    def changes(self) -> list[Change]:
+        """What the fit changed."""
+        return self.advice.fitted.changes if self.advice else []
+
+
+def fit_to_memory(cfg: TrainConfig, budget: Budget | None, *, model_config: dict | None,
+                  explicit: frozenset[str] | set[str] = frozenset(), resume: bool = False,
+                  shapes: Callable[[TrainConfig], Iterable[tuple[int, ...]]] | None = None) -> MemoryPlan:
+    """The run's memory policy before its weights load, for the budget `budget.resolve` gave (rank 0's
+    on every rank): a new run is fitted to it (the fastest plan of `advise`; explicit settings kept), a
+    resumed run keeps the settings its config.json saved, and with --memory-budget off the run is only
+    warned when it does not fit this machine (`fits_warning`). `shapes`: the batches each plan's
+    settings make of the run's data (advise's). cfg itself is left as it is.
+
+    Raises DoesNotFit (a ValueError) when nothing allowed fits. Not planned (and said so) when
+    `model_config` is None: the model's config.json could not be read without loading the model."""
+    if model_config is None:
+        return MemoryPlan(cfg, budget, None, ["memory: not planned, the model's config.json could not be read "
+                                              "before loading"])
+    if resume or budget is None:
+        prediction = predict_peak(cfg, model_config, shapes=None if shapes is None else shapes(cfg))
+        if resume:
+            line = (f"memory: resumed with the settings its config.json saved (not refitted): predicted peak "
+                    f"{format_bytes(prediction.total)}")
+        else:
+            warning = fits_warning(cfg, model_config, shapes=shapes)
+            line = (f"warning: {warning}" if warning else
+                    f"memory: predicted peak {format_bytes(prediction.total)} (--memory-budget off)")
+        return MemoryPlan(cfg, budget, prediction, [line])
+    advice = advise(cfg, budget, model_config=model_config, explicit=explicit, shapes=shapes)
     if advice.fitted is None:
-        raise DoesNotFit(advice.refusal())
-    log(advice.fit_line())
-    for change in advice.fitted.changes:
-        setattr(cfg, change.name, change.after)
-    return budget
+        raise DoesNotFit(advice.refusal(), advice)
+    return MemoryPlan(advice.fitted.cfg, budget, advice.fitted.prediction, [advice.fit_line()], advice)

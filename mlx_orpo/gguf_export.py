@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .files import atomic_output, atomic_write_text
-from .output import ExportResult, check_destination, check_free_space, output_files, write_dir_atomically
+from .output import ExportResult, check_destination, disk_space, output_files, write_dir_atomically
 from .tokenize import hf_tokenizer
 
 # model_type (config.json) -> GGUF architecture; llama.cpp runs mistral as llama.
@@ -298,8 +298,7 @@ def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False
     template = getattr(hf_tokenizer(fused.tokenizer), "chat_template", None)
     if out.suffix == ".gguf":  # a single file (and its Modelfile), each renamed into place
         check_destination(gguf_file, force)
-        check_free_space(gguf_file.parent, needed)
-        with atomic_output(gguf_file) as tmp:
+        with disk_space(gguf_file, needed), atomic_output(gguf_file) as tmp:
             write_gguf(fused, tmp, gguf_type)
         atomic_write_text(model_file, modelfile(gguf_file.name, template))
         files = output_files(gguf_file) + output_files(model_file)

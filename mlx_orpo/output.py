@@ -8,12 +8,16 @@ space is checked first.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_output, overlap
+from .files import atomic_output, dangling_link, overlap
 
 
 @dataclass
@@ -49,6 +53,9 @@ def human_size(n: float) -> str:
 def check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+    if (link := dangling_link(out)) is not None:
+        raise FileExistsError(f"--out {out}: {link}; create what it points to, remove the link, or choose "
+                              "another place for the export")
 
 
 def check_apart(out: Path, source: str | Path | None, what: str) -> None:
@@ -67,8 +74,38 @@ def check_free_space(directory: Path, needed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise OSError(f"not enough disk space in {directory}: the export needs about {human_size(needed)}, "
-                      f"{human_size(free)} is free")
+        raise OSError(f"not enough disk space in {directory} (the disk mounted at {mount_point(directory)}): the "
+                      f"export needs about {human_size(needed)}, {human_size(free)} is free")
+
+
+def mount_point(path: Path) -> Path:
+    """The folder the disk holding `path` is mounted at."""
+    path = Path(path).resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+# numpy's tofile (the GGUF writer's) reports a write cut short by a full disk without an errno.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+@contextlib.contextmanager
+def disk_space(out: Path, needed: int) -> Iterator[None]:
+    """Check that the disk of `out` has the `needed` bytes free, then write it in the block. A disk that
+    fills up meanwhile (the estimate was short, or something else wrote there) is reported as the check
+    reports it: the disk, the space needed, and the space free when the export began."""
+    check_free_space(out.parent, needed)
+    free = shutil.disk_usage(out.parent).free
+    try:
+        yield
+    except OSError as exc:
+        short_write = exc.errno is None and _SHORT_WRITE.fullmatch(str(exc))
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and not short_write:
+            raise
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the disk mounted at {mount_point(out.parent)} "
+                      f"filled up while writing; the export needs about {human_size(needed)}, "
+                      f"{human_size(free)} was free when it began", str(out)) from None
 
 
 def output_files(out: Path) -> list[tuple[Path, int]]:
@@ -81,6 +118,5 @@ def write_dir_atomically(out: Path, force: bool, needed: int, write: Callable[[P
     """Check the destination and the free space, then `write(folder)` the output through
     files.atomic_output: it appears whole, replacing an old one only once complete, or not at all."""
     check_destination(out, force)
-    check_free_space(out.parent, needed)
-    with atomic_output(out, directory=True) as tmp:
+    with disk_space(out, needed), atomic_output(out, directory=True) as tmp:
         write(tmp)

@@ -23,7 +23,9 @@ docs/performance.md); everything else is counted.
 The peak is the largest over batch shapes (`batching.batch_shape`'s tuples: what the compiled step's
 memory depends on). By default they are the longest batch a run can meet (`ceiling_shapes`): B pairs
 at --max-length, the prompt at its budget, both as full rows (the layout `batching.collate` falls back
-to) and in the shared-prompt layout; a caller that knows the batches the data makes passes those.
+to) and in the shared-prompt layout. A run plans for the batches its data makes (`data_shapes`: the
+trainer's micro-batches and its evaluation batches, which run forward only and keep no activations
+for a backward pass).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import models
 from .batching import Widths, batch_shape
@@ -82,6 +85,15 @@ CKPT_BLOCKS = 2
 LOGIT_COPIES = 0.222
 FULL_LOGIT_COPIES = 2.98
 OVERHEAD_BYTES = 3_000_000
+# An evaluation batch runs forward only (trainer.evaluate). Its float32 logits are all alive at once
+# (EVAL_LOGIT_COPIES of all scored rows: the chunks of forward.head_logps are evaluated together when no
+# backward pass follows), beside EVAL_HIDDEN x hidden values per token and EVAL_SCORES values per
+# attention score of one block. Bounds over 7 batches of SmolLM2-135M (float32, CPU: 1 or 2 pairs,
+# prompts of 64-500 and answers of 448-960 tokens, both layouts), where the logits were 85-99% of
+# what the evaluation added to the memory in use.
+EVAL_HIDDEN = 14.0
+EVAL_SCORES = 0.5
+EVAL_LOGIT_COPIES = 1.0
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -187,6 +199,20 @@ def logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
     return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
 
 
+def forward_bytes(shape: ModelShape, act_bytes: int, tokens: int, scores: int) -> int:
+    """What a forward pass without gradients (an evaluation batch) holds at once besides its logits:
+    one block's working values for `tokens` token positions and `scores` attention scores per head
+    (MLX frees a block's values once the next block has read them)."""
+    return int(act_bytes * (EVAL_HIDDEN * shape.hidden * tokens + EVAL_SCORES * shape.heads * scores))
+
+
+def eval_logit_bytes(shape: ModelShape, rows: int, gpu: bool) -> int:
+    """The float32 vocabulary logits an evaluation batch holds at once, for `rows` scored positions."""
+    if shape.model_type in PLAIN_HEAD_MODEL_TYPES:
+        return int(EVAL_LOGIT_COPIES * rows * shape.vocab * 4)
+    return int(FULL_LOGIT_COPIES * rows * shape.vocab * 4)
+
+
 def shared_prompt(shape: ModelShape, model_config: dict) -> bool:
     """Whether the model runs each prompt once (forward.split_supported, asked of a config.json rather
     than a loaded model): mlx-lm llama-family models with no sliding-window layers."""
@@ -231,11 +257,40 @@ def batch_work(shape: tuple[int, ...], prompt_in_nll: bool) -> tuple[int, int, i
             2 * n * answer + (n * prompt if prompt_in_nll else 0))
 
 
+class BatchShapes(NamedTuple):
+    """The batch shapes (batching.batch_shape tuples) a run builds: its training micro-batches, on every
+    rank, and its evaluation batches (forward only)."""
+    train: tuple[tuple[int, ...], ...]
+    eval: tuple[tuple[int, ...], ...] = ()
+
+
+def data_shapes(cfg: TrainConfig, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], *,
+                gpu: bool, shared: bool, world: int = 1) -> BatchShapes:
+    """The shapes of the batches the trainer builds of these pairs with cfg's settings: the micro-batches
+    of one epoch's optimizer steps (feeding.step_order, padded by cfg's widths on a GPU or the CPU), each
+    rank's round-robin share of them with `world` data-parallel ranks, and the evaluation batches
+    (trainer.evaluate: the first --eval-max-pairs held-out pairs by length, cfg.batch_size at a time).
+    Every epoch makes the same shapes: epochs differ only in the order of pairs that tie on (length,
+    prompt length), and those pad alike. `shared`: whether the model runs each prompt once."""
+    from .feeding import step_order  # the trainer's own grouping of pairs into steps and micro-batches
+
+    widths = Widths.for_config(cfg, gpu)
+    steps = step_order(train_pairs, cfg.batch_size * world, cfg.grad_accum, cfg.seed, 0, widths=widths,
+                       shared_prompt=shared)
+    train = {batch_shape([train_pairs[i] for i in micro][rank::world] or [train_pairs[micro[0]]], widths, shared)
+             for step in steps for micro in step for rank in range(world)}
+    held_out = sorted(eval_pairs[: cfg.eval_max_pairs or None], key=lambda p: p.length)
+    evals = {batch_shape(held_out[i:i + cfg.batch_size], widths, shared)
+             for i in range(0, len(held_out), cfg.batch_size)}
+    return BatchShapes(tuple(sorted(train)), tuple(sorted(evals)))
+
+
 def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = None,
-                 shapes: Iterable[tuple[int, ...]] | None = None) -> Prediction:
+                 shapes: BatchShapes | Iterable[tuple[int, ...]] | None = None) -> Prediction:
     """Peak memory of training `cfg` on the model described by `model_config` (its config.json): the
-    largest over the batch `shapes` (batching.batch_shape tuples; default: ceiling_shapes, the longest
-    batch cfg allows). `on_gpu`: predict for a GPU or the CPU (default: where MLX computes here)."""
+    largest over the batch `shapes` (a BatchShapes, from data_shapes, or training batch shapes alone;
+    default: ceiling_shapes, the longest batch cfg allows). `on_gpu`: predict for a GPU or the CPU
+    (default: where MLX computes here)."""
     shape = ModelShape.from_config(model_config)
     gpu = models.on_gpu() if on_gpu is None else on_gpu
     dtype = models.compute_dtype(cfg.dtype, gpu) or shape.checkpoint_dtype
@@ -246,17 +301,24 @@ def predict_peak(cfg: TrainConfig, model_config: dict, *, on_gpu: bool | None = 
     # values, gradients and AdamW's two moments, float32; one more gradient copy when accumulating
     adapters = adapter_params(cfg, shape) * 4 * (4 + (cfg.grad_accum > 1))
     ceiling = shapes is None
-    shapes = ceiling_shapes(cfg, gpu, shared_prompt(shape, model_config)) if ceiling else list(shapes)
+    if ceiling:
+        shapes = BatchShapes(tuple(ceiling_shapes(cfg, gpu, shared_prompt(shape, model_config))))
+    elif not isinstance(shapes, BatchShapes):
+        shapes = BatchShapes(tuple(shapes))
     best, peak_batch = None, None
-    for batch in shapes:
+    for batch, training in [(b, True) for b in shapes.train] + [(b, False) for b in shapes.eval]:
         tokens, scores, rows = batch_work(batch, cfg.prompt_in_nll)
-        activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
-        logits = logit_bytes(shape, rows, gpu)
+        if training:
+            activations = activation_bytes(cfg, shape, dtype_bytes, tokens, scores)
+            logits = logit_bytes(shape, rows, gpu)
+        else:
+            activations, logits = forward_bytes(shape, dtype_bytes, tokens, scores), eval_logit_bytes(shape, rows, gpu)
         total = weights + adapters + activations + logits + OVERHEAD_BYTES
         if best is None or total > best.total:
+            layout = LAYOUTS[len(batch)] + ("" if training else ", evaluation")
             best, peak_batch = Prediction(total, {"weights": weights, "adapters + optimizer": adapters,
                                                   "activations": activations, "logits": logits,
-                                                  "overhead": OVERHEAD_BYTES}, LAYOUTS[len(batch)]), batch
+                                                  "overhead": OVERHEAD_BYTES}, layout), batch
     if best is None:
         raise ValueError("no batch shapes to predict for")
     batch = (f"batch of {cfg.batch_size} pairs at {cfg.max_length} tokens" if ceiling

@@ -10,7 +10,9 @@ settings (config.json), its metrics records and its status.
       checkpoints/step-NNNNNN/  adapters.safetensors, optimizer.safetensors, state.json (a LoopState),
                                 adapter_config.json, manifest.json (sizes and SHA-256 of the first three)
       data.json                 the data's fingerprint (file sizes and SHA-256), checked on resume
+      model.json                what identifies the base model (model_identity.py), checked on resume and export
       status.json               what the trainer is doing now (Status), for the app
+      memory.json               predicted and measured peak memory, a record per process that trained it
       .lock                     held by the one trainer writing here (runlock.py)
       train.log                 the trainer's output, when the app launched it
       launch.yaml               the resolved config the app launched the trainer with (--config)
@@ -44,11 +46,13 @@ ADAPTERS = "adapters.safetensors"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 DATA = "data.json"
+MODEL = "model.json"
 STATUS = "status.json"
 LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
-RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, STATUS, LOCK, LOG, LAUNCH)
+MEMORY = "memory.json"
+RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH, MEMORY)
 
 # A checkpoint: CHECKPOINTS/step-NNNNNN/. The manifest holds the size and SHA-256 of each VERIFIED file.
 OPTIMIZER = "optimizer.safetensors"
@@ -81,6 +85,7 @@ class Format:
     memory_limit: bool = False  # config.json may name the memory budget `memory_limit` (null: off)
     manifests: bool = True      # every checkpoint has its manifest
     data_record: bool = True    # data.json is written before the first step
+    model_record: bool = True   # model.json is written before the first step
     record_kinds: bool = True   # every metrics record says its kind
 
 
@@ -90,10 +95,11 @@ FORMATS = {
     # micro-batches per step, each weighted alone; no MLX memory limit unless memory_limit gave one.
     1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0},
               state={"world_size": 1, "largest_first": False, "step_groups": False},
-              memory_limit=True, manifests=False, data_record=False, record_kinds=False),
-    # Some version-2 runs predate step groups (their steps are version 1's) and data.json.
+              memory_limit=True, manifests=False, data_record=False, model_record=False, record_kinds=False),
+    # Some version-2 runs predate step groups (their steps are version 1's) and data.json; none
+    # records its base model.
     2: Format(config={"memory_budget": "off"}, state={"step_groups": False}, memory_limit=True,
-              data_record=False),
+              data_record=False, model_record=False),
     3: Format(),
 }
 # Version-1 runs whose config.json saves --pad-to came with the largest batch first in each epoch,
@@ -256,6 +262,30 @@ def _step_of(line: str) -> int | None:
     except json.JSONDecodeError:
         return None
     return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One process's run, as memory.json records it: each run is a calibration point of the planner."""
+    steps: int                           # optimizer steps done when it ended
+    predicted_peak_bytes: int | None     # the plan's (predict.py), for the data's batches; None: not planned
+    measured_peak_bytes: int             # mx.get_peak_memory() over its training and evaluations
+    budget_bytes: int | None             # the --memory-budget it ran under (None: off)
+    planned_for: str                     # the data the prediction was made for
+    device: str                          # where MLX computed
+
+
+def append_memory_record(run: Path, record: MemoryRecord) -> None:
+    """Add one process's record to the run's memory.json ({"records": [...]}); records that cannot be
+    read back are replaced (the calibration they held is lost anyway)."""
+    atomic_write_text(Path(run) / MEMORY, json.dumps({"records": [*read_memory_records(run),
+                                                                   dataclasses.asdict(record)]}, indent=2) + "\n")
+
+
+def read_memory_records(run: Path) -> list[dict]:
+    """The run's memory.json records (MemoryRecord's fields); [] when there are none."""
+    records = _json_object(Path(run) / MEMORY).get("records")
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
 def eval_due(step: int, total: int | None, eval_every: int) -> bool:

@@ -1,21 +1,26 @@
-"""Auto-fit (--memory-budget) measured on this machine, in one rerunnable script.
+"""The memory planner and auto-fit (--memory-budget) measured on this machine, in one rerunnable script.
 
-    python scripts/fit_check.py [--out fit-check] [--skip-mistral] [--skip-times]
+    python scripts/fit_check.py [--out fit-check] [--only-data-plan] [--skip-mistral] [--skip-times]
 
-1. SmolLM2-135M with its default settings (batch 2, max length 1024) on long real data (the shared
-   set beside the repo, else the demo set), under a --memory-budget of half its unfitted plan: the CLI
-   fits it, the run completes, and the measured MLX peak (the trainer's peak_memory_gb) is set against
-   the budget.
-2. The planner's prediction for the fitted settings against the measured peak, per model: SmolLM2-135M
+1. The planner's prediction for the batches of each run's data (api.plan_run, before the weights load)
+   against the run's measured MLX peak, both from the run's memory.json: the default run (the demo
+   set, batch 2, max length 1024), long real pairs (the shared set beside the repo) at batch 2 x 1024
+   with and without --grad-checkpoint, and a run whose held-out pairs (the shared set's longest) are
+   longer than its training pairs (the demo set). A table of predicted / measured: the planner is an
+   upper bound when every ratio is at least 1.
+2. SmolLM2-135M with its default settings (batch 2, max length 1024) on long real data (the shared
+   set, else the demo set), under a --memory-budget of half its unfitted plan for that data: the CLI
+   fits it, the run completes, and the measured MLX peak is set against the budget.
+3. The planner's prediction for the fitted settings against the measured peak, per model: SmolLM2-135M
    at 1024 and at 512 tokens (a budget that takes batch 1 x --grad-accum 2), and a Mistral-7B-shaped 4-bit
    model (../shared/gpu/make_model.py) with 1 and 2 blocks, extrapolated per block to 32.
-3. The relative time of an optimizer step of each plan auto-fit can pick (as configured; checkpointing;
+4. The relative time of an optimizer step of each plan auto-fit can pick (as configured; checkpointing;
    batch 1 x accumulation 2 with checkpointing), SmolLM2-135M at max length 128 on real pairs.
-4. What auto-fit picks for mistral-7b-4bit and llama-2-7b-4bit on 8 to 64 GB Macs: the README's table.
+5. What auto-fit picks for mistral-7b-4bit and llama-2-7b-4bit on 8 to 64 GB Macs: the README's table.
    Metal figures are the planner's predictions (no Mac here).
 
-Every training run is the real CLI in a subprocess, one at a time (2-core machines: about 15 minutes in
-all; --skip-mistral saves most of it). Prints a report and writes OUT/report.json.
+Every training run is the real CLI in a subprocess, one at a time (2-core machines: about 15 minutes for
+1, half an hour for the rest; --skip-mistral saves most of it). Prints a report and writes OUT/report.json.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ from mlx_orpo.budget import AUTO_GPU_SHARE, Budget, format_bytes, mac_working_se
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.fit import advise, fit, fit_candidates  # noqa: E402
 from mlx_orpo.measure import SHARED_DATA  # noqa: E402
-from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak  # noqa: E402
+from mlx_orpo.predict import KNOWN_CONFIGS, predict_peak  # noqa: E402
 
 MAKE_MODEL = REPO.parent / "shared" / "gpu" / "make_model.py"  # the random Mistral-shaped model builder
 MACS_GB = (8, 16, 24, 36, 64)
 # Short runs: the peak is the first step's (the largest batch runs first); no held-out set.
-RUN = ["--iters", "2", "--report-every", "1", "--eval-fraction", "0", "--eval-every", "0", "--save-every", "100"]
+RUN = ["--iters", "2", "--report-every", "1", "--save-every", "100"]
+NO_EVAL = ["--eval-fraction", "0", "--eval-every", "0"]
 
 
 def data_path() -> str:
@@ -53,12 +59,14 @@ def data_path() -> str:
 REUSE = False  # --reuse: a run whose command, output and records are already under --out is not rerun
 
 
-def train(out: Path, model: str, *flags: str) -> dict:
-    """Run the CLI; return its fit line, the measured peak (the trainer's peak_memory_gb) and wall time."""
-    from mlx_orpo.rundir import read_records
+def train(out: Path, model: str | None, *flags: str, data: str | None = None) -> dict:
+    """Run the CLI; return its fit line, its predicted and measured peak (memory.json) and wall time.
+    `data`: --data (default: the shared set, else the demo set; "" for the CLI's default)."""
+    from mlx_orpo.rundir import read_memory_records, read_records
 
-    cmd = [sys.executable, "-m", "mlx_orpo.train", "--model", model, "--data", data_path(), "--output-dir",
-           str(out), *RUN, *flags]
+    data = data_path() if data is None else data
+    cmd = [sys.executable, "-m", "mlx_orpo.train", *(["--model", model] if model else []),
+           *(["--data", data] if data else []), "--output-dir", str(out), *RUN, *flags]
     saved_run = out.with_name(out.name + ".run.json")
     if REUSE and saved_run.is_file() and json.loads(saved_run.read_text())["cmd"] == cmd[1:]:
         stdout, seconds = (json.loads(saved_run.read_text())[k] for k in ("stdout", "seconds"))
@@ -74,11 +82,42 @@ def train(out: Path, model: str, *flags: str) -> dict:
         stdout, seconds = done.stdout, round(time.perf_counter() - start, 1)
         saved_run.write_text(json.dumps({"cmd": cmd[1:], "stdout": stdout, "seconds": seconds}))
     records = [r for r in read_records(out) if r.get("kind") == "train"]
+    memory = read_memory_records(out)[-1]
     fit_line = next((line for line in stdout.splitlines() if line.startswith("memory:")), "")
     saved = json.loads((out / "config.json").read_text())
-    return {"fit_line": fit_line, "peak": max(r["peak_memory_gb"] for r in records) * 1e9,
-            "seconds": seconds, "losses": [r["loss"] for r in records],
+    return {"fit_line": fit_line, "peak": memory["measured_peak_bytes"], "predicted": memory["predicted_peak_bytes"],
+            "planned_for": memory["planned_for"], "seconds": seconds, "losses": [r["loss"] for r in records],
             "settings": {k: saved[k] for k in ("batch_size", "grad_accum", "grad_checkpoint", "max_length")}}
+
+
+def longest_pairs(out: Path, n: int = 4) -> str:
+    """The shared set's n longest pairs (by characters), in its own format: held-out pairs longer than
+    the demo set's."""
+    rows = json.loads(SHARED_DATA.read_text())
+    path = out / "longest-pairs.json"
+    path.write_text(json.dumps(sorted(rows, key=lambda r: -len(json.dumps(r)))[:n]))
+    return str(path)
+
+
+def data_plan_runs(out: Path) -> list[dict]:
+    """Item 1: each case's predicted (for its data's batches) and measured peak. Two steps each (the
+    largest batch runs first), and the held-out evaluation at the end (4 pairs)."""
+    shared = str(SHARED_DATA) if SHARED_DATA.is_file() else None
+    cases = [("default run: demo set, batch 2, max length 1024", "", [])]
+    if shared:
+        cases += [("long real pairs, batch 2 x 1024", shared, []),
+                  ("long real pairs, batch 2 x 1024, --grad-checkpoint", shared, ["--grad-checkpoint"]),
+                  ("held-out pairs longer than training pairs, --grad-checkpoint", "",
+                   ["--eval-data", longest_pairs(out), "--grad-checkpoint"])]
+    rows = []
+    for name, data, flags in cases:
+        run_dir = out / ("plan-" + "".join(c if c.isalnum() else "-" for c in name)[:60])
+        rows.append({"case": name, **train(run_dir, None, "--eval-every", "0", "--eval-max-pairs", "4", *flags,
+                                           data=data)})
+        r = rows[-1]
+        print(f"   {name}: predicted {format_bytes(r['predicted'])}, measured {format_bytes(r['peak'])} "
+              f"({r['predicted'] / r['peak']:.2f}x)", flush=True)
+    return rows
 
 
 def plan_of(cfg: TrainConfig, config: dict) -> int:
@@ -90,26 +129,28 @@ def settings(cfg: TrainConfig) -> list[str]:
             str(cfg.max_length), "--grad-checkpoint" if cfg.grad_checkpoint else "--no-grad-checkpoint"]
 
 
-def budget_run(out: Path, smol: str, config: dict) -> dict:
-    """Item 1: SmolLM2's defaults under half their unfitted plan."""
-    cfg = TrainConfig(model=smol).validate()
-    planned = plan_of(cfg, config)
+def data_plan(cfg: TrainConfig) -> int:
+    """cfg's predicted peak for the batches of its data (api.plan_run, as the run plans it), unfitted."""
+    from mlx_orpo.api import plan_run
+
+    return plan_run(TrainConfig(**{**cfg.to_dict(), "memory_budget": "off"})).memory.prediction.total
+
+
+def budget_run(out: Path, smol: str) -> dict:
+    """Item 2: SmolLM2's defaults under half their unfitted plan for the data."""
+    cfg = TrainConfig(model=smol, data=data_path(), eval_fraction=0.0).validate()
+    planned = data_plan(cfg)
     budget = planned // 2
-    result = train(out / "smollm2-1024", smol, "--memory-budget", str(budget))
-    fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
-    return {"case": "SmolLM2-135M, defaults, 1024", "planned_unfitted": planned, "budget": budget,
-            "predicted": plan_of(fitted, config), **result}
+    result = train(out / "smollm2-1024", smol, *NO_EVAL, "--memory-budget", f"{budget}B")
+    return {"case": "SmolLM2-135M, defaults, 1024", "planned_unfitted": planned, "budget": budget, **result}
 
 
-def smol_512_run(out: Path, smol: str, config: dict) -> dict:
+def smol_512_run(out: Path, smol: str) -> dict:
     """A budget only batch 1 x --grad-accum 2 with checkpointing fits, at max length 512."""
-    cfg = TrainConfig(model=smol, max_length=512).validate()
-    smallest = fit_candidates(cfg)[-1]
-    budget = int(plan_of(smallest, config) * 1.01)
-    result = train(out / "smollm2-512", smol, "--max-length", "512", "--memory-budget", str(budget))
-    fitted = TrainConfig(**{**cfg.to_dict(), **result["settings"]})
-    return {"case": "SmolLM2-135M, 512", "planned_unfitted": plan_of(cfg, config), "budget": budget,
-            "predicted": plan_of(fitted, config), **result}
+    cfg = TrainConfig(model=smol, data=data_path(), eval_fraction=0.0, max_length=512).validate()
+    budget = int(data_plan(fit_candidates(cfg)[-1]) * 1.01)
+    result = train(out / "smollm2-512", smol, *NO_EVAL, "--max-length", "512", "--memory-budget", f"{budget}B")
+    return {"case": "SmolLM2-135M, 512", "planned_unfitted": data_plan(cfg), "budget": budget, **result}
 
 
 def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
@@ -131,12 +172,11 @@ def mistral_runs(out: Path, smol: str) -> tuple[list[dict], dict]:
             subprocess.run([sys.executable, str(MAKE_MODEL), "--out", str(model_dir), "--tok",
                             str(tokenizer_dir(out, smol)), "--layers", str(layers)], check=True, cwd=REPO,
                            capture_output=True)
-        config = load_model_config(str(model_dir))
-        result = train(out / f"run-mistral-{layers}", str(model_dir), *settings(fitted), "--memory-budget", "off",
-                       "--iters", "1")
+        result = train(out / f"run-mistral-{layers}", str(model_dir), *NO_EVAL, *settings(fitted),
+                       "--memory-budget", "off", "--iters", "1")
         measured[layers] = result["peak"]
         rows.append({"case": f"Mistral-7B-shaped 4-bit, {layers} block{'s' if layers > 1 else ''}, {length}",
-                     "predicted": plan_of(fitted, config), **result})
+                     **result})
     per_block = measured[2] - measured[1]
     extrapolated = {"fitted": [str(c) for c in changes], "per_block": per_block,
                     "measured_32": measured[1] + 31 * per_block, "predicted_32": predicted_full.total}
@@ -204,7 +244,7 @@ def step_times(smol: str, rounds: int = 4, length: int = 128) -> dict:
 
 def _weights(step_pairs, micro_pairs):
     """The counts a micro-batch divides its sums by, as the trainer weights a step's micro-batches."""
-    from mlx_orpo.trainer import shard_counts
+    from mlx_orpo.feeding import shard_counts
     return shard_counts(step_pairs, TrainConfig(), len(step_pairs) // len(micro_pairs))
 
 
@@ -244,6 +284,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-times", action="store_true", help="leave out the step-time measurement")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same commands)")
     parser.add_argument("--times", help="read the step times from this JSON file (step_times' result) instead")
+    parser.add_argument("--only-data-plan", action="store_true", help="item 1 alone: predicted / measured peaks")
     args = parser.parse_args(argv)
     global REUSE
     REUSE = args.reuse
@@ -251,20 +292,25 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from mlx_orpo.models import resolve_model
     smol = resolve_model("smollm2-135m")
-    smol_config = load_model_config(smol)
     report = {"data": data_path()}
 
     def save():
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
-    first = budget_run(out, smol, smol_config)
-    print(f"1. {first['case']}: unfitted plan {format_bytes(first['planned_unfitted'])}, budget "
+    print("1. predicted (for the data's batches, before the weights load) and measured peak, each run's memory.json")
+    report["data_plan"] = data_plan_runs(out)
+    save()
+    print("\n".join(ratio_table(report["data_plan"])), flush=True)
+    if args.only_data_plan:
+        return 0
+    first = budget_run(out, smol)
+    print(f"\n2. {first['case']}: unfitted plan {format_bytes(first['planned_unfitted'])}, budget "
           f"{format_bytes(first['budget'])}\n   {first['fit_line']}\n   completed {len(first['losses'])} steps in "
           f"{first['seconds']} s; measured MLX peak {format_bytes(first['peak'])} "
           f"({'within' if first['peak'] <= first['budget'] else 'OVER'} the budget)", flush=True)
     report["budget_run"] = first
     save()
-    rows = [first, smol_512_run(out, smol, smol_config)]
+    rows = [first, smol_512_run(out, smol)]
     report["planner"] = rows
     save()
     if not args.skip_mistral:
@@ -272,7 +318,7 @@ def main(argv=None) -> int:
         rows += mistral
         report["mistral_extrapolated"] = extrapolated
         save()
-    print("\n2. planner prediction for the fitted settings against the measured peak")
+    print("\n3. planner prediction for the fitted settings against the measured peak")
     print("| case | fitted | predicted | measured | measured / predicted |\n|---|---|---|---|---|")
     for r in rows:
         s = r["settings"]
@@ -293,7 +339,7 @@ def main(argv=None) -> int:
         relative = json.loads(Path(args.times).read_text()) if args.times else step_times(smol)
         report["step_times"] = relative
         save()
-        print("\n3. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 128, this CPU")
+        print("\n4. seconds per optimizer step (2 pairs), SmolLM2-135M, max length 128, this CPU")
         for name, t in relative.items():
             print(f"   {name}: {t['seconds']} s ({t['relative']:.2f}x)")
     report["macs"] = mac_table(relative)
@@ -302,9 +348,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def ratio_table(rows: list[dict]) -> list[str]:
+    """Item 1 as a markdown table (docs/performance.md's)."""
+    lines = ["| case | data planned for | settings | predicted | measured | predicted / measured |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["settings"]
+        lines.append(f"| {r['case']} | {r['planned_for'].split(': ', 1)[-1]} | batch {s['batch_size']} x "
+                     f"{s['grad_accum']}, max length {s['max_length']}{', ckpt' if s['grad_checkpoint'] else ''} | "
+                     f"{format_bytes(r['predicted'])} | {format_bytes(r['peak'])} | {r['predicted'] / r['peak']:.2f} |")
+    return lines
+
+
 def mac_lines(table: list[dict]) -> list[str]:
-    """Item 4 as a markdown table (the README's)."""
-    lines = ["", "4. auto-fit on Macs (Metal: predictions)",
+    """Item 5 as a markdown table (the README's)."""
+    lines = ["", "5. auto-fit on Macs (Metal: predictions)",
              "| model | Mac | budget | auto-fit picks | predicted peak | relative step time (CPU) |",
              "|---|---|---|---|---|---|"]
     for r in table:

@@ -18,7 +18,8 @@ A short training run first warms MLX's kernel cache (CUDA compiles kernels on fi
    ops or 1,000 MB per graph, ten graphs ahead); and --memory-budget 10GB (MLX's limit). Then 1024 x 2
    pairs fitted to --memory-budget 12GB (auto-fit turns checkpointing on). Then batch 2 x 512 with and
    without checkpointing;
-3. the planner's prediction for each memory case, and its error against the measured peak.
+3. the planner's prediction for each memory case (the run's own, for its data's batches, from its
+   memory.json), and its error against the measured peak.
 
 Writes OUT/report.md (printed too) and OUT/report.json (after each case, so a cut-off run keeps what
 it measured); each run's files stay under OUT/. Ten of its processes load the model; with the 7B-shaped
@@ -77,16 +78,12 @@ def train_cmd(model: str, out: Path, length: int, pairs: int, ckpt: bool, iters:
 
 
 def measured(run_dir: Path) -> dict:
+    """The run's measured and predicted peak (its memory.json: the planner's prediction for the batches
+    of its data, made before the weights loaded) and its last step's speed."""
     train = [r for r in rundir.read_records(run_dir) if r["kind"] == rundir.TRAIN]
-    return {"peak_gb": max(r["peak_memory_gb"] for r in train), "tok_s_last": train[-1]["tokens_per_sec"]}
-
-
-def predicted_gb(model: str, length: int, pairs: int, ckpt: bool) -> float:
-    from mlx_orpo.config import TrainConfig
-    from mlx_orpo.predict import load_model_config, predict_peak
-
-    cfg = TrainConfig(model=model, max_length=length, batch_size=pairs, grad_checkpoint=ckpt).validate()
-    return predict_peak(cfg, load_model_config(model)).total / 1e9
+    memory = rundir.read_memory_records(run_dir)[-1]
+    return {"peak_gb": memory["measured_peak_bytes"] / 1e9, "planner_gb": memory["predicted_peak_bytes"] / 1e9,
+            "tok_s_last": train[-1]["tokens_per_sec"]}
 
 
 def device() -> str:
@@ -139,10 +136,7 @@ def main(argv=None) -> int:
         run_dir = out / "runs" / "".join(c if c.isalnum() else "_" for c in name)
         wall = run(train_cmd(args.model, run_dir, length, pairs, ckpt, iters, extra), out / f"{run_dir.name}.log",
                    env)
-        saved = json.loads((run_dir / "config.json").read_text())  # the settings auto-fit resolved
-        case = {"case": name, **measured(run_dir),
-                "planner_gb": predicted_gb(args.model, length, saved["batch_size"], saved["grad_checkpoint"]),
-                "wall_s": wall}
+        case = {"case": name, **measured(run_dir), "wall_s": wall}
         report["memory"].append(case)
         error = case["planner_gb"] / case["peak_gb"] - 1
         lines.append(f"| {name} | {case['peak_gb']:.2f} | {case['planner_gb']:.2f} | {error:+.1%} | "

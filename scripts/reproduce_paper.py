@@ -48,13 +48,12 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlx_orpo import blas, rundir  # noqa: E402
-from mlx_orpo.api import generate, load_with_adapters, prepare_data, prepare_run, read_data  # noqa: E402
+from mlx_orpo.api import Run, generate, load_tokenizer, load_with_adapters, prepare_data, read_data  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 from mlx_orpo.files import atomic_write_text  # noqa: E402
 from mlx_orpo.loss import orpo_loss  # noqa: E402
 from mlx_orpo.measure import SHARED_DATA  # noqa: E402
-from mlx_orpo.runlock import RunLock  # noqa: E402
-from mlx_orpo.trainer import score_pairs, train  # noqa: E402
+from mlx_orpo.trainer import score_pairs  # noqa: E402
 
 CURVE = "reproduce_curve.json"  # in each λ's run directory: its curve, once the λ has finished
 
@@ -198,18 +197,42 @@ def run_lambda(args, beta: float, data: str, splits, eval_pairs_n: int, progress
             return record, base_eval
     if run_dir.exists():
         shutil.rmtree(run_dir)  # ours: a stale or unfinished run of this script
-    with RunLock(run_dir):
-        return train_lambda(args, beta, data, run_dir, key, splits, eval_pairs_n, progress, est, base_eval)
+    return train_lambda(args, beta, data, run_dir, key, splits, eval_pairs_n, progress, est, base_eval)
 
 
 def train_lambda(args, beta: float, data: str, run_dir: Path, key: str, splits, eval_pairs_n: int,
                  progress: Progress, est: dict, base_eval: dict | None) -> tuple[dict, dict]:
-    """Train one λ afresh in run_dir, set up as the CLI sets up a run (api.prepare_run: seeded before
-    the model loads, so every λ starts from the same LoRA initialisation)."""
+    """Train one λ afresh in run_dir, by the CLI's own sequence (api.Run: set up, seeded before the
+    weights load so every λ starts from the same LoRA initialisation; trained under the run's memory
+    limits; saved)."""
     cfg = train_config(args, beta, data, run_dir)
-    run = prepare_run(cfg, run_dir, splits=splits, log=lambda line: None)  # our bar replaces its lines
-    model, prepared, pad_id = run.model, run.data, run.pad_id
-    eval_pairs = prepared.eval[:eval_pairs_n]
+    with Run(cfg, splits=splits, log=lambda line: None, progress=False) as run:  # our bar replaces its lines
+        run.setup()
+        t0 = time.perf_counter()
+        state, curve, train_log, base_eval = train_and_evaluate(run, args, beta, eval_pairs_n, progress, est,
+                                                                base_eval)
+        seconds = time.perf_counter() - t0
+        run.save()
+    if state.step < cfg.iters:  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; do not mark the run finished
+        raise SystemExit(f"λ={beta:g} stopped at step {state.step}/{cfg.iters}; rerun to retrain it")
+    prepared = run.data
+    record = {"key": key, "lambda": beta, "run_dir": str(run_dir), "seconds": seconds,
+              "curve": curve, "train": train_log, "base_eval": base_eval,
+              "data": {"train_pairs": len(prepared.train), "eval_pairs": len(prepared.eval[:eval_pairs_n]),
+                       "truncated": prepared.train_stats.truncated + prepared.eval_stats.truncated,
+                       "dropped": prepared.train_stats.dropped + prepared.eval_stats.dropped}}
+    atomic_write_text(run_dir / CURVE, json.dumps(record) + "\n")
+    run = None  # frees the weights
+    gc.collect()
+    return record, base_eval
+
+
+def train_and_evaluate(run, args, beta: float, eval_pairs_n: int, progress: Progress, est: dict,
+                       base_eval: dict | None):
+    """The set-up run trained, its held-out curve taken by this script (the trainer evaluates nothing):
+    (loop state, curve, train log, the step-0 eval)."""
+    cfg, model, pad_id = run.cfg, run.model, run.pad_id
+    eval_pairs = run.data.eval[:eval_pairs_n]
 
     # Step 0: LoRA B = 0, so the freshly adapted model is the base model, the same for every λ. A
     # --train-only worker for λ > 0 leaves it to the run that assembles the outputs (λ = 0 has it).
@@ -235,20 +258,8 @@ def train_lambda(args, beta: float, data: str, run_dir: Path, key: str, splits, 
                              f"ℓ_l {m['logps_rejected']:.3f} margin {m['margin']:+.3f} acc {m['accuracy']:.2f} "
                              f"({time.perf_counter() - t:.0f}s)")
 
-    t0 = time.perf_counter()
-    state = train(model, prepared.train, [], cfg, run_dir, pad_id=pad_id, on_record=on_record,
-                  log=lambda line: None, progress=False)  # our bar replaces the trainer's lines
-    if state.step < cfg.iters:  # Ctrl-C / SIGTERM: the trainer saved a checkpoint; do not mark the run finished
-        raise SystemExit(f"λ={beta:g} stopped at step {state.step}/{cfg.iters}; rerun to retrain it")
-    record = {"key": key, "lambda": beta, "run_dir": str(run_dir), "seconds": time.perf_counter() - t0,
-              "curve": curve, "train": train_log, "base_eval": base_eval,
-              "data": {"train_pairs": len(prepared.train), "eval_pairs": len(eval_pairs),
-                       "truncated": prepared.train_stats.truncated + prepared.eval_stats.truncated,
-                       "dropped": prepared.train_stats.dropped + prepared.eval_stats.dropped}}
-    atomic_write_text(run_dir / CURVE, json.dumps(record) + "\n")
-    model = run = None  # frees the weights (on_record's closure holds the same cell)
-    gc.collect()
-    return record, base_eval
+    state = run.train(eval_pairs=[], on_record=on_record)
+    return state, curve, train_log, base_eval
 
 
 # --------------------------------------------------------------------------- samples
@@ -479,10 +490,7 @@ def main(argv=None) -> int:
         raise SystemExit("no held-out pairs: raise --eval-fraction")
 
     # Up-front estimate from the data's token counts (a tokenizer only, no model).
-    from mlx_lm.utils import load_tokenizer
-
-    from mlx_orpo.models import resolve_model
-    tokenizer = load_tokenizer(Path(resolve_model(args.model)))
+    tokenizer = load_tokenizer(args.model)
     prepared = prepare_data(probe, tokenizer, splits)
     per_pair = float(np.mean([p.tokens for p in prepared.train]))
     eval_tokens = sum(p.tokens for p in prepared.eval[:eval_n])

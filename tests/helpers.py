@@ -110,6 +110,28 @@ def wait_for(path: Path, proc, timeout=600):
         time.sleep(0.2)
 
 
+# -- a mistake's one error line ------------------------------------------------------------------
+
+def assert_one_error_line(done, *words) -> str:
+    """A finished CLI process (subprocess.run's result) stopped with exit 2 and one `error:` line holding
+    each of `words`: no traceback, no usage text. Returns the line."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "usage:" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def fake_model(folder: Path) -> Path:
+    """A model directory as the checks see it (they refuse before anything loads it)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
 # -- a run directory with known adapters, for export ----------------------------------------------
 
 def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None = None, seed: int = 0,

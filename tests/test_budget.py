@@ -16,6 +16,8 @@ from mlx_orpo.budget import (
     parse_budget,
     parse_bytes,
     resolve,
+    wired_bytes,
+    wired_limit,
 )
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.distributed import Cluster
@@ -36,7 +38,37 @@ def test_a_budget_is_auto_off_or_a_positive_size_and_bad_input_names_the_option(
         parse_budget("0GB", "--budget")
     # The run's own check is this one.
     with pytest.raises(ValueError, match="--memory-budget must be > 0"):
-        TrainConfig(memory_budget="0").validate()
+        TrainConfig(memory_budget="0GB").validate()
+    assert parse_budget("1500000000B") == 1_500_000_000  # bytes, said so
+
+
+def test_a_bare_number_is_refused_and_asks_for_a_unit(tmp_path):
+    """YAML's `memory_budget: 2` means 2 GB to its writer; read as 2 bytes, the refusal then spoke of a
+    budget of 0.0 MB. It is refused with the spelling that works."""
+    from mlx_orpo.config import from_dict, load_yaml
+
+    with pytest.raises(ValueError, match=r"^--memory-budget 2: give a unit: 2GB \(or MB, GiB; B for bytes\)"):
+        parse_budget("2")
+    (tmp_path / "run.yaml").write_text("memory_budget: 2\n")
+    with pytest.raises(ValueError, match="give a unit: 2GB"):
+        from_dict(load_yaml(tmp_path / "run.yaml")).validate()
+
+
+def test_a_size_past_what_the_machine_can_address_is_refused_before_anything_is_written(tmp_path, cli_env):
+    """--memory-budget 1e30GB passed validation, loaded the model and died in mx.set_memory_limit with a
+    TypeError, leaving a run directory without a checkpoint."""
+    import subprocess
+    import sys
+
+    with pytest.raises(ValueError, match="more than this machine can address"):
+        parse_budget("1e30GB")
+    assert parse_budget("16TB") == 16 * 10**12  # large but addressable
+    out = tmp_path / "runs" / "huge"
+    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--memory-budget", "1e30GB", "--output-dir",
+                           str(out)], capture_output=True, text=True, timeout=300, env=cli_env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "more than this machine can address" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_one_reading_of_the_device_says_what_auto_plans_for():
@@ -82,6 +114,34 @@ def test_memory_limit_is_set_inside_and_restored_after():
     finally:
         mx.set_memory_limit(before)
     assert lines == ["MLX memory limit: 0.12 GB (MLX waits for queued kernels rather than go past it)"]
+
+
+METAL = {"max_recommended_working_set_size": 11 * GB, "memory_size": 16 * GB}
+
+
+def test_metal_wires_what_the_run_needs_never_above_its_budget_or_the_working_set():
+    budget = Budget(9 * GB, "test")
+    assert wired_bytes(4 * GB, budget, METAL) == 4 * GB          # what the run is predicted to need
+    assert wired_bytes(10 * GB, budget, METAL) == 9 * GB         # never above the budget
+    assert wired_bytes(30 * GB, None, METAL) == 11 * GB          # nor Metal's recommended working set
+    assert wired_bytes(None, None, METAL) == 11 * GB             # not planned: as much as Metal recommends
+    assert wired_bytes(4 * GB, budget, {"memory_size": 80 * GB}) is None  # CUDA: no wired memory
+    assert wired_bytes(4 * GB, budget, {"architecture": "x86_64"}) is None  # the CPU
+
+
+def test_the_wired_limit_is_set_on_metal_restored_after_and_skipped_elsewhere(monkeypatch):
+    """Decided from a stubbed device description: mx.set_wired_limit is called only where the device
+    is Metal (mlx-lm-lora crashes elsewhere, reading a Metal-only key), and the old limit comes back."""
+    calls, lines = [], []
+    monkeypatch.setattr(mx, "set_wired_limit", lambda limit: calls.append(limit) or 7)
+    with wired_limit(4 * GB, Budget(9 * GB, "test"), lines.append, info=METAL):
+        assert calls == [4 * GB]
+    assert calls == [4 * GB, 7]
+    assert lines == ["wired memory: 4.00 GB kept resident for the run (mx.set_wired_limit; Metal's recommended "
+                     "working set 11.00 GB)"]
+    with wired_limit(4 * GB, None, lines.append, info={"architecture": "x86_64"}):
+        pass
+    assert calls == [4 * GB, 7] and lines[-1].startswith("wired memory: not set (a Metal setting;")
 
 
 class LimitSet(Exception):

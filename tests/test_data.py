@@ -430,3 +430,45 @@ def test_a_lone_surrogate_is_a_bad_row_named_by_line(tmp_path):
     assert "prompt message 1 holds a lone surrogate '\\udfff'" in report.skipped[1]
     for pair in pairs:  # what is kept encodes
         assert pair.chosen.encode() and pair.prompt[-1]["content"].encode()
+
+
+# -- what a directory or a file holds is read, or refused by name ---------------------------------
+
+@pytest.mark.parametrize("names, refused", [
+    (["train.jsonl", "train.json"], "train.jsonl and train.json are both train files"),
+    (["train.jsonl", "valid.jsonl", "valid.csv"], "valid.jsonl and valid.csv are both valid/validation files"),
+    (["train.jsonl", "valid.jsonl", "validation.jsonl"],
+     "valid.jsonl and validation.jsonl are both valid/validation files"),
+    (["train.jsonl", "test.jsonl", "test.parquet"], "test.jsonl and test.parquet are both test files"),
+])
+def test_a_directory_with_two_files_for_one_split_is_refused_naming_them(tmp_path, names, refused):
+    for name in names:
+        write_jsonl(tmp_path / name, pair_rows(2))  # (only the train file is read before the refusal)
+    with pytest.raises(DataError, match=rf"{tmp_path}: {refused}, and only one would be read"):
+        load_splits(str(tmp_path))
+
+
+def test_the_files_a_directory_holds_but_a_run_does_not_read_are_listed(tmp_path):
+    """mlx-lm's layout (train, valid, test): test is not read when valid is there, and says so; so is
+    any other data file."""
+    write_jsonl(tmp_path / "train.jsonl", pair_rows(4))
+    write_jsonl(tmp_path / "valid.jsonl", pair_rows(1))
+    write_jsonl(tmp_path / "test.jsonl", pair_rows(2))
+    write_jsonl(tmp_path / "notes.jsonl", pair_rows(2))
+    (tmp_path / "README.md").write_text("about")
+    train, valid, report = load_splits(str(tmp_path))
+    assert (len(train), len(valid)) == (4, 1)
+    assert report.ignored == [f"{tmp_path / 'notes.jsonl'} (only train and valid/validation/test files are read)",
+                              f"{tmp_path / 'test.jsonl'} (the held-out pairs are {tmp_path / 'valid.jsonl'})"]
+    (tmp_path / "valid.jsonl").unlink()  # the test split is the held-out one then
+    assert load_splits(str(tmp_path))[2].eval_source == str(tmp_path / "test.jsonl")
+
+
+def test_a_jsonl_file_holding_a_json_array_is_read_as_one(tmp_path):
+    path = tmp_path / "pretty.jsonl"
+    path.write_text(json.dumps(pair_rows(3), indent=2))
+    pairs, _ = load_pairs(str(path))
+    assert [p.chosen for p in pairs] == ["good 0", "good 1", "good 2"] and pairs[1].origin == f"{path}:1"
+    path.write_text(json.dumps(pair_rows(3), indent=2)[:-3])  # cut short
+    with pytest.raises(DataError, match=r"pretty.jsonl: looks like a JSON array .*not valid JSON: .* at line \d+"):
+        load_pairs(str(path))

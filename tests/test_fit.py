@@ -16,7 +16,7 @@ from helpers import cfg_for, pairs, run
 from mlx_orpo.budget import Budget, DeviceMemory, format_bytes, mac_working_set, resolve
 from mlx_orpo.config import TrainConfig
 from mlx_orpo.fit import DoesNotFit, fit, fit_candidates, fits_warning
-from mlx_orpo.predict import KNOWN_CONFIGS, load_model_config, predict_peak
+from mlx_orpo.predict import KNOWN_CONFIGS, predict_peak
 from mlx_orpo.rundir import read_records
 from mlx_orpo.train import build_parser, explicit_settings
 
@@ -107,7 +107,7 @@ def test_the_warning_the_refusal_and_the_planner_give_the_same_advice(capsys):
                               f"memory ({format_bytes(budget)}); the run may swap or be killed. ")
     assert warning.endswith(f"Settings that fit: {first}.")
     assert fits_warning(cfg, smol, DeviceMemory(100 * GB, "this test's memory", 0.75)) is None
-    assert plan_main(["--model", "smollm2-135m", "--budget", str(budget)]) == 0
+    assert plan_main(["--model", "smollm2-135m", "--budget", f"{budget}B"]) == 0
     assert capsys.readouterr().out.split("settings that fit:\n")[1].splitlines()[0] == f"  {first}"
 
 
@@ -128,6 +128,38 @@ def test_the_fit_plans_for_the_batches_it_is_given():
     assert fitted == cfg and changes == []
     assert prediction.total == predict_peak(cfg, MISTRAL, on_gpu=True, shapes=short(cfg)).total < budget
     assert fit(cfg, budget, model_config=MISTRAL, on_gpu=True).changes  # planned for 1024 tokens
+
+
+def test_a_budget_the_data_fits_changes_nothing_and_the_log_says_so(smollm2_dir):
+    """The default run's batches (the demo set's) peak at about 1.5 GB; planned at --max-length 1024 it
+    was predicted at 15 GB, so a 4 GB budget turned gradient checkpointing on for batches it never
+    builds. Planned for the data, it trains as configured, and a budget its batches do not fit is fitted
+    for them."""
+    from mlx_orpo.api import plan_run
+
+    cfg = TrainConfig(memory_budget="4GB").validate()
+    plan = plan_run(cfg, explicit={"memory_budget"})
+    assert plan.cfg == cfg and plan.memory.changes == []
+    assert plan.lines[0].startswith("memory: the run fits as configured: predicted peak ")
+    assert plan.lines[0].endswith("within the budget 4.00 GB (--memory-budget)")
+    tight = plan_run(TrainConfig(memory_budget="1GB").validate())
+    assert [str(c) for c in tight.memory.changes] == ["--grad-checkpoint off -> on"]
+    assert tight.cfg.grad_checkpoint and not cfg.grad_checkpoint  # the caller's config is left as it is
+    assert tight.memory.prediction.total <= GB < plan.memory.prediction.total
+
+
+def test_a_step_larger_than_the_data_is_said_before_training(smollm2_dir):
+    """--grad-accum 100000 started without a word, and a SIGTERM 45 s later left no checkpoint: one
+    optimizer step took the whole epoch. The plan says so, with the step's size and the steps left."""
+    from mlx_orpo.api import plan_run, step_span_note
+
+    plan = plan_run(TrainConfig(grad_accum=100000).validate())
+    notes = [line for line in plan.lines if "--grad-accum" in line]
+    assert notes == ["warning: --grad-accum 100000 x --batch-size 2 asks for 200000 pairs per optimizer step, "
+                     "more than the 76 training pairs: each step takes one epoch (76 pairs, 38 micro-batches), "
+                     "which leaves 1 optimizer step; nothing is reported or saved within a step"]
+    assert step_span_note(TrainConfig(grad_accum=4).validate(), 76) is None
+    assert "which leaves 3 optimizer steps" in step_span_note(TrainConfig(grad_accum=50, epochs=3).validate(), 76)
 
 
 def test_memory_budget_values():
@@ -153,7 +185,7 @@ def test_explicit_settings_come_from_the_command_line_and_the_yaml_file(tmp_path
 @pytest.mark.parametrize("n_pairs", [12, 10])
 def test_micro_batches_weighted_to_the_step_match_one_batch_on_unequal_lengths(tmp_path, n_pairs):
     """Batch 4, batch 2 x accumulation 2 with checkpointing and batch 1 x 4: the same pairs in every
-    step (trainer.step_order) and each micro-batch weighted to its share of the step's tokens and
+    step (feeding.step_order) and each micro-batch weighted to its share of the step's tokens and
     pairs, so the same loss per step and the same adapters up to float32 rounding. 10 pairs: the
     epoch's short step (2 pairs) is one micro-batch of 2 or two of 1, and the steps after it and
     in the next epoch stay the same."""
@@ -184,7 +216,7 @@ def test_the_cli_refuses_a_budget_nothing_fits_before_loading_the_model(tmp_path
     assert "Traceback" not in done.stderr and "model:" not in done.stdout  # stopped before loading
     assert not (out / "config.json").exists()
     # A setting given explicitly is not overridden: the error says so and what would fit without it.
-    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--no-grad-checkpoint", "--memory-budget", "4GB",
+    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--no-grad-checkpoint", "--memory-budget", "1GB",
                            "--output-dir", str(out)], capture_output=True, text=True, timeout=600, env=cli_env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "You gave --grad-checkpoint explicitly" in done.stderr and "--grad-checkpoint off -> on" in done.stderr
@@ -195,15 +227,15 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     """The real model through the API: batch 2 as configured (--memory-budget off), and the same run
     with a budget only batch 1 x --grad-accum 2 with checkpointing fits, which run_training picks.
     Same pairs per step, so the same losses per step and the same adapters up to float32 rounding."""
-    from mlx_orpo.api import run_training
+    from mlx_orpo.api import plan_run, run_training
 
     base = dict(model=str(smollm2_dir), iters=3, max_length=128, report_every=1, eval_every=0, eval_max_pairs=2,
                 save_every=10, lr_schedule="constant", warmup_steps=0, learning_rate=5e-4, seed=0)
     configured = TrainConfig(**base, memory_budget="off", output_dir=str(tmp_path / "configured")).validate()
-    fitted_cfg = with_(configured, grad_checkpoint=True, batch_size=1, grad_accum=2)
-    budget = peak(fitted_cfg, load_model_config(str(smollm2_dir)), gpu=False)
-    assert peak(with_(configured, grad_checkpoint=True), load_model_config(str(smollm2_dir)), gpu=False) > budget
-    fitted = TrainConfig(**base, memory_budget=str(budget), output_dir=str(tmp_path / "fitted")).validate()
+    planned = lambda cfg: plan_run(cfg).memory.prediction.total  # for the batches of the run's data
+    budget = planned(with_(configured, grad_checkpoint=True, batch_size=1, grad_accum=2))
+    assert planned(with_(configured, grad_checkpoint=True)) > budget
+    fitted = TrainConfig(**base, memory_budget=f"{budget}B", output_dir=str(tmp_path / "fitted")).validate()
     lines = []
     for cfg in (configured, fitted):
         run_training(cfg, log=lines.append, progress=False)
@@ -227,9 +259,9 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     # A resume keeps the fitted settings and does not refit: under a budget one byte smaller, which no
     # plan fits, the resumed CLI run goes on (a resume may change the budget, not the run's steps).
     done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--resume", str(tmp_path / "fitted"),
-                           "--memory-budget", str(budget - 1)], capture_output=True, text=True, timeout=600)
+                           "--memory-budget", f"{budget - 1}B"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "memory: " not in done.stdout and "resumed from" in done.stdout  # no fit line
+    assert "(not refitted)" in done.stdout and "fitted:" not in done.stdout and "resumed from" in done.stdout
     saved = json.loads((tmp_path / "fitted" / "config.json").read_text())
     assert (saved["grad_checkpoint"], saved["batch_size"], saved["grad_accum"], saved["iters"]) == (True, 1, 2, 3)
 

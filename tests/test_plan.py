@@ -105,6 +105,82 @@ def test_the_peak_is_the_largest_of_the_batches_given():
     assert predict_peak(cfg, smol, on_gpu=False, shapes=short).total == max(alone) < default.total / 4
 
 
+
+def test_a_run_plans_for_the_batches_its_data_makes(smollm2_dir):
+    """api.plan_run reads and tokenizes the data before any weights load and predicts for the batches the
+    trainer builds of it: the demo set's longest pair is about a tenth of --max-length 1024, and its plan
+    is far below the ceiling's (the planner used to predict 15.18 GB for a run that peaks at 1.45 GB)."""
+    from mlx_orpo.api import plan_run
+
+    cfg = TrainConfig().validate()  # the README's default run: demo data, batch 2, max length 1024
+    plan = plan_run(cfg)
+    ceiling = predict_peak(cfg, KNOWN_CONFIGS["smollm2-135m"])
+    assert plan.memory.prediction.total < ceiling.total / 5
+    assert plan.memory.changes == [] and plan.cfg == cfg
+    assert plan.data.longest_pair < cfg.max_length / 2
+    far = [line for line in plan.lines if "far above the data's longest pair" in line]
+    assert len(far) == 1 and format_bytes(ceiling.total) in far[0]
+    assert any(line.startswith("memory: planned for ") and "76 training and 4 held-out pairs" in line
+               for line in plan.lines)
+
+
+def test_the_planner_plans_for_the_data_it_is_given(capsys, smollm2_dir):
+    """python -m mlx_orpo.plan --data: the plan a run on that data makes, where it planned for the
+    longest batch the settings allow (and so advised checkpointing for the demo set under 4 GB)."""
+    from mlx_orpo.demo_data import DEMO_DATA_PATH
+    from mlx_orpo.plan import main as plan_main
+
+    assert plan_main(["--budget", "4GB"]) == 0
+    assert "does NOT fit in 4.00 GB" in capsys.readouterr().out
+    assert plan_main(["--data", str(DEMO_DATA_PATH), "--budget", "4GB"]) == 0
+    out = capsys.readouterr().out
+    assert "planned for " in out and "76 training and 4 held-out pairs" in out and "fits in 4.00 GB" in out
+    assert plan_main(["--data", str(DEMO_DATA_PATH), "--budget", "0.6GB"]) == 0
+    assert "does NOT fit in 0.60 GB" in capsys.readouterr().out
+
+
+def long_pairs(path, n: int = 2, words: int = 300) -> str:
+    """n preference pairs whose answers run to about 3 x `words` tokens, as a JSONL file."""
+    import json
+
+    text = " ".join(["river stone light"] * words)
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}: describe it.", "chosen": text,
+                                        "rejected": text + " again"}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def test_evaluation_batches_count(tmp_path, smollm2_dir):
+    """Held-out pairs longer than the training pairs are planned for: their evaluation batches run
+    forward only, but hold their logits, and can be the run's peak."""
+    from mlx_orpo.api import plan_run
+
+    cfg = TrainConfig(eval_data=long_pairs(tmp_path / "long.jsonl"), grad_checkpoint=True).validate()
+    plan = plan_run(cfg)
+    assert plan.memory.prediction.layout.endswith("evaluation")
+    shorter = plan_run(TrainConfig(grad_checkpoint=True).validate())
+    assert plan.memory.prediction.total > shorter.memory.prediction.total * 1.5
+
+
+
+@pytest.mark.slow
+def test_the_prediction_bounds_the_measured_peak_within_1_3x(tmp_path, smollm2_dir):
+    """One real step of SmolLM2-135M on the demo set with checkpointing, and an evaluation of held-out
+    pairs eight times longer, which peaks the run: the plan, made before the weights loaded, is at least
+    the measured MLX peak and at most 1.3 times it, as the run's memory.json records them."""
+    from mlx_orpo import rundir
+    from mlx_orpo.api import Run
+
+    cfg = TrainConfig(model=str(smollm2_dir), eval_data=long_pairs(tmp_path / "long.jsonl"), grad_checkpoint=True,
+                      iters=1, eval_every=0, save_every=10, output_dir=str(tmp_path / "run")).validate()
+    with Run(cfg, log=lambda line: None, progress=False) as run:
+        run.setup()
+        run.train()
+        run.save()
+    assert run.plan.memory.prediction.layout.endswith("evaluation")
+    record = rundir.read_memory_records(run.run_dir)[-1]
+    assert record["predicted_peak_bytes"] == run.plan.memory.prediction.total and record["steps"] == 1
+    assert 1.0 <= record["predicted_peak_bytes"] / record["measured_peak_bytes"] <= 1.3, record
+
 if __name__ == "__main__":
     import sys
 

@@ -14,6 +14,7 @@ from helpers import assert_same_metrics, cli, train_records, wait_for
 from mlx.utils import tree_flatten
 
 from mlx_orpo import rundir
+from mlx_orpo.files import file_digest
 from mlx_orpo.rundir import read_records
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def reference_run(tmp_path_factory, smollm2_dir):
     return run_dir, done
 
 
-def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
+def test_default_run_learns_and_writes_a_complete_run_dir(reference_run, smollm2_dir):
     run_dir, done = reference_run
     assert "BLAS: " in done.stdout and "train step 8/8" in done.stdout
     records = train_records(run_dir)
@@ -49,6 +50,12 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
     assert {p.name for p in (run_dir / "checkpoints" / "step-000008").iterdir()} == set(rundir.CHECKPOINT_FILES)
     assert rundir.format_version(run_dir) == rundir.VERSION and rundir.read_config(run_dir)["iters"] == 8
     assert rundir.read_status(run_dir).phase == rundir.FINISHED
+    # The base model it trained on, identified by its files' hashes (checked on resume and export).
+    recorded = json.loads((run_dir / rundir.MODEL).read_text())["files"]["model.safetensors"]
+    assert recorded["sha256"] == file_digest(smollm2_dir / "model.safetensors")["sha256"]
+    # The memory plan, made for the data's batches before the weights loaded, bounds the measured peak closely.
+    memory = rundir.read_memory_records(run_dir)[-1]
+    assert 1.0 <= memory["predicted_peak_bytes"] / memory["measured_peak_bytes"] <= 1.3, memory
 
 
 def test_adapters_load_in_mlx_lm(reference_run, smollm2_dir):
