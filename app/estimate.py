@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from mlx_orpo.budget import Budget
@@ -24,15 +23,20 @@ class MemoryEstimate:
     def total_gb(self) -> float:
         return self.weights_gb + self.adapters_gb + self.activations_gb
 
+    @classmethod
+    def of(cls, prediction) -> MemoryEstimate:
+        """A predict.Prediction in the three parts the app shows."""
+        parts = dict(prediction.breakdown)
+        weights = parts.pop("weights", 0)
+        adapters = parts.pop("adapters + optimizer", 0)
+        return cls(weights / GB, adapters / GB, sum(parts.values()) / GB, prediction.layout)
+
 
 def estimate_memory(cfg: TrainConfig, config: dict | None = None) -> MemoryEstimate:
+    """The predicted peak of cfg's longest batch (every sequence at --max-length), without data."""
     from mlx_orpo.predict import load_model_config, predict_peak
 
-    prediction = predict_peak(cfg, config if config is not None else load_model_config(cfg.model))
-    parts = dict(prediction.breakdown)
-    weights = parts.pop("weights", 0)
-    adapters = parts.pop("adapters + optimizer", 0)
-    return MemoryEstimate(weights / GB, adapters / GB, sum(parts.values()) / GB, prediction.layout)
+    return MemoryEstimate.of(predict_peak(cfg, config if config is not None else load_model_config(cfg.model)))
 
 
 def explicit_fields(cfg: TrainConfig) -> set[str]:
@@ -43,26 +47,30 @@ def explicit_fields(cfg: TrainConfig) -> set[str]:
 
 
 @dataclass
-class RunPlan:
-    """The memory plan of a run before its model loads."""
-    cfg: TrainConfig            # the settings it trains with: fitted to the budget where they had to be
-    budget: Budget | None       # None: --memory-budget off (or the run stops, see refusal)
-    said: list[str]             # what the run's setup logs about memory
-    refusal: str | None = None  # why the run stops before loading its model: nothing allowed fits
+class Preview:
+    """What the app shows of a run's plan before it starts."""
+    cfg: TrainConfig              # the settings it trains with: fitted to the budget where they had to be
+    budget: Budget | None         # None: --memory-budget off (or the run stops, see refusal)
+    said: list[str]               # what the run logs about its plan
+    peak: MemoryEstimate | None   # its predicted peak for its data's batches (None: not planned)
+    refusal: str | None = None    # why the run stops before loading its model: nothing allowed fits
 
 
-def plan_run(cfg: TrainConfig) -> RunPlan:
-    """The memory plan of the run that Start launches with `cfg`: the call the run's setup makes
-    (`fit.fit_to_memory`), on a copy, with the settings the launch gives explicitly, so that the
-    preview and the run cannot differ. The one place the app plans a run."""
-    from mlx_orpo.fit import DoesNotFit, fit_to_memory
+def plan_run(cfg: TrainConfig, splits=None, tokenizer=None) -> Preview:
+    """The plan of the run that Start launches with `cfg`: the call the run's setup makes
+    (`api.plan_run`, for the batches its data makes), with the settings the launch gives explicitly, so
+    that the preview and the run cannot differ. The one place the app plans a run. `splits` and
+    `tokenizer`: api.plan_run's (read once, for cfg's data and model)."""
+    from mlx_orpo.api import plan_run as plan
+    from mlx_orpo.fit import DoesNotFit
 
-    planned, said = copy.deepcopy(cfg), []
     try:
-        budget = fit_to_memory(planned, explicit=explicit_fields(cfg), log=said.append)
+        planned = plan(cfg, explicit=explicit_fields(cfg), splits=splits, tokenizer=tokenizer)
     except DoesNotFit as exc:
-        return RunPlan(cfg, None, said, str(exc))
-    return RunPlan(planned, budget, said)
+        return Preview(cfg, None, [], None, str(exc))
+    memory = planned.memory
+    return Preview(planned.cfg, memory.budget, planned.lines,
+                   None if memory.prediction is None else MemoryEstimate.of(memory.prediction))
 
 
 def settings_text(cfg: TrainConfig) -> str:
@@ -71,20 +79,21 @@ def settings_text(cfg: TrainConfig) -> str:
             f"gradient checkpointing {'on' if cfg.grad_checkpoint else 'off'}")
 
 
-def plan_markdown(cfg: TrainConfig) -> str:
-    """The preview: the budget, what the run's setup will log about memory, and the settings Start
-    trains with (last, so a reader finds them in one place) with their predicted peak's breakdown."""
+def plan_markdown(cfg: TrainConfig, splits=None, tokenizer=None) -> str:
+    """The preview: the budget, what the run will log about its plan, and the settings Start trains
+    with (last, so a reader finds them in one place) with their predicted peak's breakdown."""
     try:
-        plan = plan_run(cfg)
-        e = None if plan.refusal else estimate_memory(plan.cfg)
-    except Exception as exc:  # unknown model, unreadable config: say so, never fail the page
+        plan = plan_run(cfg, splits, tokenizer)
+    except Exception as exc:  # unknown model, unreadable data: say so, never fail the page
         return f"**Memory estimate:** unavailable ({exc})"
     said = [line.removeprefix("memory: ").replace("warning: ", "⚠️ ", 1) for line in plan.said]
     if plan.refusal:
-        return "\n\n".join([*said, f"⚠️ **Start will stop before loading the model:** {plan.refusal}"])
+        return f"⚠️ **Start will stop before loading the model:** {plan.refusal}"
     budget = (f"**Memory budget: {plan.budget}.**" if plan.budget is not None
               else "**Memory budget: off**: the run trains as set, whatever its peak.")
-    return "\n\n".join([budget, *said, f"**Start trains with {settings_text(plan.cfg)}**: predicted peak "
-                        f"~{e.total_gb:.2f} GB (weights {e.weights_gb:.2f} GB, adapters + optimizer "
-                        f"{e.adapters_gb:.2f} GB, activations and logits {e.activations_gb:.2f} GB; "
-                        f"`python -m mlx_orpo.plan` for the settings that fit)."])
+    e = plan.peak
+    peak = "" if e is None else (
+        f": predicted peak ~{e.total_gb:.2f} GB (weights {e.weights_gb:.2f} GB, adapters + optimizer "
+        f"{e.adapters_gb:.2f} GB, activations and logits {e.activations_gb:.2f} GB; `python -m mlx_orpo.plan "
+        f"--data` for the settings that fit)")
+    return "\n\n".join([budget, *said, f"**Start trains with {settings_text(plan.cfg)}**{peak}."])

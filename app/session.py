@@ -35,4 +35,5 @@ class Session:
     encoded_model: str | None = None
     system_rows: int = 0             # pairs that carry their own system prompt
     replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
+    plan_inputs: dict = field(default_factory=dict)  # the Train tab's memory plan's data and tokenizer
     last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)

@@ -47,13 +47,29 @@ def run_config(session: Session, model: str, values) -> TrainConfig:
     return cfg
 
 
+def plan_inputs(session: Session, cfg: TrainConfig) -> tuple:
+    """(splits, tokenizer) for api.plan_run: cfg's data as read_data reads it and its model's tokenizer,
+    kept in the session while neither changes (each edit of the form plans again)."""
+    from mlx_orpo.api import load_tokenizer, read_data
+
+    source = Path(cfg.data) if cfg.data else None
+    stamp = source.stat().st_mtime_ns if source is not None and source.is_file() else None
+    reading = (cfg.data, stamp, cfg.eval_data, cfg.format, cfg.eval_fraction, cfg.seed, cfg.skip_bad_rows, cfg.system)
+    kept = session.plan_inputs
+    splits = kept["splits"] if kept.get("reading") == reading else read_data(cfg)
+    tokenizer = kept["tokenizer"] if kept.get("model") == cfg.model else load_tokenizer(cfg.model)
+    session.plan_inputs = {"reading": reading, "splits": splits, "model": cfg.model, "tokenizer": tokenizer}
+    return splits, tokenizer
+
+
 def preview(session: Session, model: str, *values) -> str:
-    """What Start would run, as the run will do it: its memory plan (plan_markdown) and warnings."""
+    """What Start would run, as the run will do it: its plan (plan_markdown) and warnings."""
     try:
         cfg = run_config(session, model, values)
-    except ValueError as exc:
+        splits, tokenizer = plan_inputs(session, cfg)
+    except Exception as exc:  # an invalid setting, unreadable data, an unknown model: say so, never fail the page
         return f"**Memory estimate:** unavailable ({exc})"
-    return plan_markdown(cfg) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+    return plan_markdown(cfg, splits, tokenizer) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
 
 
 def command(ctx: Context, session: Session, run_name: str, model: str, *values) -> str:

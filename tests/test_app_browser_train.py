@@ -116,7 +116,7 @@ def set_checkbox(page, elem_id: str, on: bool) -> None:
 
 @pytest.mark.parametrize(("name", "budget", "max_length"), [
     ("plan-off", "off", 2048),  # the run trains as set: a preview that fits it anyway would not be what runs
-    ("plan-fit", "3GB", 1024),  # predicted 15 GB as set: checkpointing is turned on, in the preview and the run
+    ("plan-fit", "1GB", 1024),  # predicted 1.6 GB as set: checkpointing is turned on, in the preview and the run
 ])
 def test_the_memory_preview_is_what_start_runs(app_url, page, name, budget, max_length):
     url, runs, _ = app_url
@@ -128,7 +128,7 @@ def test_the_memory_preview_is_what_start_runs(app_url, page, name, budget, max_
     fill_text(page, "train-memory_budget", budget)
     page.locator("#train-memory_budget textarea, #train-memory_budget input").first.press("Tab")
     fill_text(page, "train-run-name", name)
-    shown = "Memory budget: off" if budget == "off" else "Memory budget: 3.00 GB"
+    shown = "Memory budget: off" if budget == "off" else "Memory budget: 1.00 GB"
     page.wait_for_function(f"() => document.querySelector('#train-estimate').innerText.includes('{shown}') && "
                            f"document.querySelector('#train-estimate').innerText.includes('max length {max_length}')",
                            timeout=30_000)
