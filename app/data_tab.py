@@ -25,7 +25,7 @@ STATS_PAIRS = 2000          # token statistics on at most this many pairs
 MAX_BINS = 40               # histogram bars at most (the last holds the longest pairs)
 PREVIEW_PAIRS = 3
 # owner/name[:split] only: a bare name may be a `datasets` builder ("json", "csv") that reads every
-# such file in the app's working directory, and was once shown quoting a creds.csv.
+# such file in the app's working directory (a creds.csv there would be shown as data).
 _HUB = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 EMPTY_BAD = pd.DataFrame(columns=["row", "problem"])
 PREVIEW_COLUMNS = ["prompt (chat template)", "chosen", "rejected"]

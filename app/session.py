@@ -40,5 +40,5 @@ class Session:
     hist_layout: tuple | None = None  # the Data tab's histogram: (bin width, colour map) for its rows
     system_rows: int = 0             # pairs that carry their own system prompt
     replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
+    plan_inputs: dict = field(default_factory=dict)  # the Train tab's memory plan's data and tokenizer
     last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)
-    shown_job: tuple = ()            # the job whose settings this tab's form shows

@@ -27,7 +27,7 @@ from .data import data_source, load_splits
 from .distributed import Cluster
 from .files import atomic_write_text
 from .fit import MemoryPlan, fit_to_memory
-from .models import attach_adapters, load_model, on_gpu, resolve_model
+from .models import ModelNotFoundError, attach_adapters, load_model, on_gpu, resolve_model
 from .predict import BatchShapes, ModelShape, data_shapes, load_model_config, predict_peak, shared_prompt
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
@@ -82,6 +82,10 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
+# What a Hub model's tokenizer needs (mlx-lm's tokenizer loader reads these), without its weights.
+TOKENIZER_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+
+
 def load_tokenizer(spec: str | None, model_config: dict | None = None):
     """The model's tokenizer as models.load_model gives it (mlx-lm's, with the model's end-of-sequence
     ids), without loading the weights. `model_config`: its config.json when already read."""
@@ -89,6 +93,14 @@ def load_tokenizer(spec: str | None, model_config: dict | None = None):
     from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
 
     path = Path(resolve_model(spec))
+    if not path.exists():  # a Hub id: its tokenizer and configs alone, so the plan comes before the weights
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(str(path), allow_patterns=TOKENIZER_FILES))
+        except Exception as exc:  # offline, unknown repo, gated: the Hub's own words say which
+            raise ModelNotFoundError(f"{spec}: could not fetch {path}'s tokenizer from the Hugging Face Hub: "
+                                     f"{exc}") from None
     if path.is_dir():
         model_config = load_config(path)  # with generation_config.json's end-of-sequence ids, as mlx-lm reads them
     return mlx_lm_tokenizer(path, eos_token_ids=(model_config or {}).get("eos_token_id"))
@@ -139,11 +151,16 @@ def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozense
     shapes = None
     if model_config is not None:
         shared = shared_prompt(ModelShape.from_config(model_config), model_config)
+        made = {}  # plans that batch alike (other --lora-layers or --bits) share their shapes
 
         def shapes(option: TrainConfig) -> BatchShapes | None:
             if (option.max_length, option.prompt_budget) != (cfg.max_length, cfg.prompt_budget):
                 return None  # tokenized for other lengths: planned at the option's ceiling
-            return data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared, world=cluster.size)
+            key = (option.batch_size, option.grad_accum, option.pad_to, option.pad_multiple, option.eval_max_pairs)
+            if key not in made:
+                made[key] = data_shapes(option, data.train, data.eval, gpu=on_gpu(), shared=shared,
+                                        world=cluster.size)
+            return made[key]
 
     memory = fit_to_memory(cfg, budget, model_config=model_config, explicit=explicit, resume=resume, shapes=shapes)
     lines += memory.lines

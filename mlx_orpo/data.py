@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .data_formats import FORMATS, RowError, check_columns, detect_format, map_columns, normalise_row
+from .files import dangling_link
 
 __all__ = ["FORMATS", "DataError", "LoadReport", "PreferencePair", "load_pairs", "load_splits", "read_columns"]
 
@@ -253,6 +254,8 @@ def _rows_for(source: str, split: str) -> tuple[str, list[_Row]]:
         return str(path), _file_rows(path)
     if path.exists():
         raise DataError(f"{path}: not a regular file")
+    if (link := dangling_link(path)) is not None:
+        raise DataError(f"{source}: no such file ({link})")
     if _is_hub_name(source):
         name, hub_split = _hub_parts(source)
         return f"{name}[{hub_split or split}]", _hub_rows(name, hub_split or split)

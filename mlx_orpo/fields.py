@@ -200,6 +200,18 @@ class FieldSpec:
         """The default as the user would write it (lists as names separated by spaces)."""
         return shown(self.default)
 
+    def args(self, value) -> list[str]:
+        """The command-line words that give this option `value`, as the CLI reads them: `--flag value`,
+        `--flag` or `--no-flag` for a switch, `--flag name name` for a list. ValueError for None, which no
+        flag gives (leave the option out: None is every optional field's default)."""
+        if value is None:
+            raise ValueError(f"{self.flag}: no command-line value means None; leave the option out")
+        if self.kind is bool:
+            return [self.flag if value else f"--no-{self.flag[2:]}"]
+        if self.kind is list:
+            return [self.flag, *map(str, value)]
+        return [self.flag, str(value)]
+
     def is_default(self, value) -> bool:
         if isinstance(value, (list, tuple)):  # validate() makes the default tuple a list
             return list(value) == list(self.default)

@@ -5,11 +5,12 @@ run was trained on, not other weights put under the same name.
     changes = model_changes(record, identify("./base", previous=record))   # [] when it is the same
 
 A model on this machine (a directory, or the folder a .gguf or the offline default was imported to) is
-identified by its config.json and weight files (*.safetensors): their sizes, modification times and
-SHA-256. The hashes are taken once, when the run starts; later, a file whose size and modification time
-are those recorded keeps its recorded hash (a 4 GB model is not read again), and only a file that
-differs is hashed to tell new contents from a mere touch. A Hub model is identified by the revision
-(commit) of its snapshot in the local cache, or where none is known by the same files of the snapshot.
+identified by the files that decide what a run computes: its config.json, tokenizer and chat template,
+and weights (*.safetensors): their sizes, modification times and SHA-256. The hashes are taken once,
+when the run starts; later, a file whose size and modification time are those recorded keeps its
+recorded hash (a 4 GB model is not read again), and only a file that differs is hashed to tell new
+contents from a mere touch. A Hub model is identified by the revision (commit) of its snapshot in the
+local cache, or where none is known by the same files of the snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from .files import file_digest
 
-WEIGHTS = "*.safetensors"
+# What decides what a run computes: the architecture, the token ids and prompt template, the weights.
+IDENTIFYING = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja",
+               "*.safetensors")
 
 
 def model_folder(spec: str | None) -> tuple[Path | None, str | None]:
@@ -47,9 +50,7 @@ def identify(spec: str | None, previous: dict | None = None) -> dict:
     if folder is None or revision is not None:  # a Hub revision names its files' contents
         return record
     known = (previous or {}).get("files", {})
-    for path in sorted([folder / "config.json", *folder.glob(WEIGHTS)]):
-        if not path.is_file():
-            continue
+    for path in sorted({path for pattern in IDENTIFYING for path in folder.glob(pattern) if path.is_file()}):
         stat = path.stat()
         seen = known.get(path.name, {})
         if seen.get("bytes") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns and seen.get("sha256"):

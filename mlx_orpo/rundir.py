@@ -52,7 +52,8 @@ LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
 MEMORY = "memory.json"
-RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH, MEMORY)
+RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH,
+             MEMORY)
 
 # A checkpoint: CHECKPOINTS/step-NNNNNN/. The manifest holds the size and SHA-256 of each VERIFIED file.
 OPTIMIZER = "optimizer.safetensors"
@@ -97,8 +98,8 @@ FORMATS = {
     1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0, "columns": None},
               state={"world_size": 1, "largest_first": False, "step_groups": False},
               memory_limit=True, manifests=False, data_record=False, model_record=False, record_kinds=False),
-    # Some version-2 runs predate step groups (their steps are version 1's) and data.json; none
-    # records its base model.
+    # Some version-2 runs train without step groups (their steps are version 1's) and have no data.json;
+    # none records its base model.
     2: Format(config={"memory_budget": "off", "columns": None}, state={"step_groups": False}, memory_limit=True,
               data_record=False, model_record=False),
     3: Format(),

@@ -184,7 +184,8 @@ def _resume(run_dir: Path, model, optimizer, cluster: Cluster, log: Callable[[st
     found = ckpt.intact_checkpoints(run_dir, warn=log)  # a damaged newest one is named and passed over
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    # A version-1 run's checkpoint resumes in the order and weighting it was written with.
+    # What an older version's state lacks is the value it ran with (rundir.FORMATS): it resumes in the
+    # order and weighting it was written with.
     state = LoopState(**{**rundir.missing_fields(run_dir, rundir.STATE),
                          **ckpt.load_checkpoint(found[-1], model, optimizer)})
     if state.world_size != cluster.size:

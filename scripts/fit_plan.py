@@ -62,6 +62,7 @@ CASES = GRID + VALIDATE
 # set from the block's structure rather than fitted: gate, up, silu(gate) and their product.
 ACT_MLP = predict.ACT_MLP
 CKPT_BLOCKS = predict.CKPT_BLOCKS  # set, not fitted: one block's recomputed activations and their gradients
+ACT_SCORES_BACKWARD = predict.ACT_SCORES_BACKWARD  # set, not fitted: see predict.py
 
 
 def parts(case) -> dict:
@@ -82,6 +83,7 @@ def predicted(p: dict, fit: dict) -> float:
         activations = fit["CKPT_HIDDEN"] * p["hidden"] * p["layers"] + CKPT_BLOCKS * block
     else:
         activations = block * p["layers"]
+    activations += ACT_SCORES_BACKWARD * p["scores"]
     return p["counted"] + activations + fit["LOGIT_COPIES"] * p["logits"] + fit["OVERHEAD_BYTES"]
 
 
@@ -95,7 +97,7 @@ def fit_multiples(peaks: dict) -> dict:
         blocks = CKPT_BLOCKS if p["checkpointed"] else p["layers"]
         rows.append([blocks * p["hidden"], blocks * p["scores"],
                      p["hidden"] * p["layers"] if p["checkpointed"] else 0.0, p["logits"], 1.0])
-        targets.append(peaks[case[0]] - p["counted"] - blocks * p["mlp"])
+        targets.append(peaks[case[0]] - p["counted"] - blocks * p["mlp"] - ACT_SCORES_BACKWARD * p["scores"])
         scale.append(peaks[case[0]])
     scale = np.array(scale)
     solution, *_ = np.linalg.lstsq(np.array(rows) / scale[:, None], np.array(targets) / scale, rcond=None)

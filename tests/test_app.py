@@ -18,12 +18,13 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from helpers import GOOD_ROWS, write_jsonl  # noqa: E402
+from helpers import GOOD_ROWS, form, write_jsonl  # noqa: E402
 
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
 from app.form import FORM, choice_options, config_from_form, field_value, form_values  # noqa: E402
-from app.train_tab import memory  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.train_tab import preview  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 
 
@@ -39,15 +40,6 @@ def points(plot) -> list[dict]:
         return []
     spec = json.loads(value["plot"])
     return [row for rows_ in spec.get("datasets", {}).values() for row in rows_]
-
-
-def form(**overrides) -> list:
-    """The Train tab's widget values in FORM order: TrainConfig defaults plus overrides."""
-    cfg = TrainConfig()
-    values = {name: getattr(cfg, name) for name in FORM}
-    values.update(bits="none")
-    values.update(overrides)
-    return [values[name] for name in FORM]
 
 
 # -- data ------------------------------------------------------------------------------
@@ -240,8 +232,8 @@ def test_the_app_launches_the_cli_with_its_resolved_config_as_yaml(tmp_path):
 
 
 def test_warmup_longer_than_the_run_is_flagged():
-    assert "longer than the run" in memory("smollm2-135m", *form(iters=6, warmup_steps=10))
-    assert "longer than the run" not in memory("smollm2-135m", *form(iters=20, warmup_steps=10))
+    assert "longer than the run" in preview(Session(), "smollm2-135m", *form(iters=6, warmup_steps=10))
+    assert "longer than the run" not in preview(Session(), "smollm2-135m", *form(iters=20, warmup_steps=10))
 
 
 def test_histogram_bins_meet_the_max_length():
@@ -415,7 +407,7 @@ def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
     assert "step 3/3" in out[0] and "100%" in out[0]
     assert "train step 3/3" in out[1]  # log tail
 
-    loss, log_odds = out[6], out[7]
+    loss, log_odds = out[5], out[6]
     assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= {r["series"] for r in points(loss)}
     assert {r["step"] for r in points(log_odds)} == {1, 2, 3}
 

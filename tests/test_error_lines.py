@@ -43,7 +43,12 @@ def test_a_dangling_symlink_as_the_output_is_named_as_one(tmp_path):
     line = assert_one_error_line(run("--format", "peft", "--adapters", "adapters", "--out", "dangling/x",
                               module="mlx_orpo.export", cwd=tmp_path))
     assert "dangling is a symbolic link" in line and "which does not exist" in line, line
-    assert not (tmp_path / "nowhere").exists()
+    # As an input: the data, the model.
+    (tmp_path / "prefs.jsonl").symlink_to(tmp_path / "moved.jsonl")
+    for flag, value in (("--data", "prefs.jsonl"), ("--model", "./dangling"), ("--model", "dangling/m.gguf")):
+        line = assert_one_error_line(run(flag, value, "--output-dir", "run", "--iters", "1", cwd=tmp_path))
+        assert "is a symbolic link to" in line and "which does not exist" in line, line
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run").exists()
 
 
 # -- a stop before training ------------------------------------------------------------------------

@@ -88,6 +88,9 @@ def test_the_base_model_is_hashed_once_and_a_change_is_named(tmp_path, monkeypat
     (base / "model.safetensors").write_bytes(b"Weights")
     assert model_identity.model_changes(record, model_identity.identify(str(base), previous=record)) == [
         f"{base / 'model.safetensors'} changed (7 bytes then, 7 now, same size, other contents)"]
+    (base / "chat_template.jinja").write_text("{{ messages }}")  # the prompts a run renders: part of the model
+    assert f"{base / 'chat_template.jinja'} was added" in model_identity.model_changes(
+        record, model_identity.identify(str(base), previous=record))
     other = fake_model(tmp_path / "other")  # another model named (an export's --model): said first
     (other / "model.safetensors").write_bytes(b"other weights")
     assert model_identity.model_changes(record, model_identity.identify(str(other)))[0] == \
@@ -172,3 +175,47 @@ def test_a_run_of_a_newer_format_version_is_refused_on_resume_and_export(tmp_pat
         line = assert_one_error_line(cli("--adapters", str(tmp_path / "e" / "run"), "--format", fmt, "--out",
                                   str(tmp_path / fmt), module="mlx_orpo.export"))
         assert "format version 99" in line and f"1 to {rundir.VERSION}" in line, line
+
+
+def test_a_gguf_rewritten_in_place_is_converted_again(tmp_path, monkeypatch):
+    """A .gguf base is trained on as its conversion in the cache: a file rewritten after it was
+    converted is converted again (its run's model.json then tells the two apart), and two files of one
+    name in two folders are two models."""
+    import mlx_orpo.gguf_import as gguf_import
+    from mlx_orpo.models import resolve_model
+
+    converted = []
+
+    def import_gguf(gguf, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(gguf.read_bytes())
+        converted.append(gguf)
+
+    monkeypatch.setenv("MLX_ORPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_import, "import_gguf", import_gguf)
+    (tmp_path / "a").mkdir()
+    gguf = tmp_path / "a" / "model.gguf"
+    gguf.write_bytes(b"weights")
+    first = resolve_model(str(gguf))
+    assert resolve_model(str(gguf)) == first and converted == [gguf]
+    gguf.write_bytes(b"Weights")
+    os.utime(gguf, ns=(time_ns := os.stat(Path(first) / "model.safetensors").st_mtime_ns + 10**9, time_ns))
+    assert resolve_model(str(gguf)) == first and converted == [gguf, gguf]
+    assert (Path(first) / "model.safetensors").read_bytes() == b"Weights"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.gguf").write_bytes(b"other")
+    assert resolve_model(str(tmp_path / "b" / "model.gguf")) != first
+
+
+def test_a_hub_model_is_identified_by_its_revision(tmp_path, monkeypatch):
+    """A Hub model is its snapshot's commit in the local cache (the cache only: no download here)."""
+    import mlx_lm.utils
+
+    snapshot = tmp_path / "hub" / "models--o--m" / "snapshots" / "abc123"
+    monkeypatch.setattr(mlx_lm.utils, "hf_repo_to_path", lambda repo: snapshot)
+    record = model_identity.identify("o/m")
+    assert (record["revision"], record["files"]) == ("abc123", {})
+    monkeypatch.setattr(mlx_lm.utils, "hf_repo_to_path", lambda repo: snapshot.with_name("def456"))
+    assert model_identity.model_changes(record, model_identity.identify("o/m")) == [
+        "o/m was revision abc123, now def456"]
+    assert model_identity.model_changes(record, record) == []
