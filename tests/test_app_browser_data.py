@@ -1,7 +1,7 @@
 """The Data tab and the Export tab in a real browser (Debian's chromium driven by Playwright): the token
 histogram after Max length changes, the column mapping of a file with other names, the export sizes.
 
-This module runs its own app server (the `app_url` fixture of test_app_browser)."""
+The app runs as `python -m app` on a free loopback port (conftest.py's `app_url`, one per module)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
-import test_app_browser as shared
-from test_app_browser import set_number, shot, text, upload
+from helpers import set_number, shot, text
+from test_app_browser import upload
 
 pytestmark = pytest.mark.slow
-app_url, browser, page = shared.app_url, shared.browser, shared.page  # this module's own server and browser
 
 # The bars of a vega chart, by their aria labels:
 # "tokens (prompt + longer answer): 0 – 300; pairs: 22; fits: ≤ max length".
