@@ -76,10 +76,11 @@ def _is_names(value) -> bool:
 
 
 def _read_mapping(value) -> dict[str, str]:
-    """`key=value` pairs separated by commas or spaces ('prompt=question,chosen=good'), or a mapping
-    (YAML's `columns: {prompt: question}`); keys and values are names (text)."""
+    """`key=value` pairs separated by commas ('prompt=question, chosen=good answer'), or a mapping
+    (YAML's `columns: {prompt: question}`); keys and values are names (text: a column's name may hold
+    spaces, so only commas separate pairs)."""
     if isinstance(value, str):
-        parts = [part for part in re.split(r"[,\s]+", value.strip()) if part]
+        parts = [part.strip() for part in value.split(",") if part.strip()]
         if not parts or not all(part.count("=") == 1 for part in parts):
             raise ValueError
         value = dict(part.split("=") for part in parts)
@@ -210,6 +211,8 @@ class FieldSpec:
             return [self.flag if value else f"--no-{self.flag[2:]}"]
         if self.kind is list:
             return [self.flag, *map(str, value)]
+        if self.kind is dict:
+            return [self.flag, mapping_text(value)]
         return [self.flag, str(value)]
 
     def is_default(self, value) -> bool:

@@ -21,6 +21,7 @@ def test_the_terminal_command_runs_what_start_runs(tmp_path):
     cfg = config_from_form("smollm2-135m", form(iters=3, learning_rate=5e-5, bits="8", grad_checkpoint=True,
                                                 memory_budget="off", max_length=256))
     cfg.data, cfg.skip_bad_rows, cfg.lora_targets = str(tmp_path / "my prefs.jsonl"), True, ["q_proj", "v_proj"]
+    cfg.columns = {"prompt": "the question", "chosen": "good", "rejected": "bad"}  # the Data tab's mapping
     (tmp_path / "run").mkdir()
     words = shlex.split(command_line(cfg, tmp_path / "run"))
     assert words[:3] == ["python", "-m", "mlx_orpo.train"]
@@ -35,7 +36,8 @@ def test_the_terminal_command_runs_what_start_runs(tmp_path):
 def test_every_kind_of_field_is_spelled_as_the_cli_reads_it():
     parser = build_parser()
     for name, value in (("dora", True), ("dora", False), ("lora_targets", ["q_proj", "o_proj"]),
-                        ("learning_rate", 1e-5), ("bits", 4), ("memory_budget", "12GB"), ("lr_schedule", "linear")):
+                        ("learning_rate", 1e-5), ("bits", 4), ("memory_budget", "12GB"), ("lr_schedule", "linear"),
+                        ("columns", {"prompt": "my question", "chosen": "good", "label": "preference"})):
         args = parser.parse_args(FIELD_SPECS[name].args(value))
         assert getattr(args, name) == value, (name, value)
     with pytest.raises(ValueError, match="--iters: no command-line value means None"):

@@ -170,8 +170,10 @@ def test_columns_read_from_the_command_line_and_yaml_alike(tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("columns:\n  prompt: question\n  chosen: good\n  rejected: bad\n")
     assert resolve_config(build_parser().parse_args(["--config", str(yaml_file)])).columns == expected
-    yaml_file.write_text("columns: prompt=question chosen=good rejected=bad\n")
+    yaml_file.write_text("columns: prompt=question, chosen=good, rejected=bad\n")
     assert resolve_config(build_parser().parse_args(["--config", str(yaml_file)])).columns == expected
+    spaced = {"prompt": "the question", "chosen": "good answer"}  # a CSV header may hold spaces
+    assert resolve_config(build_parser().parse_args(FIELD_SPECS["columns"].args(spaced))).columns == spaced
     yaml_file.write_text("columns: [prompt, question]\n")
     with pytest.raises(ValueError, match=re.escape("run.yaml: columns must be name=name pairs")):
         resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
