@@ -71,10 +71,10 @@ def form_values(cfg: dict) -> list:
     return [widget_value(name, cfg.get(name, FIELD_SPECS[name].default)) for name in FORM]
 
 
-def widget(name: str, value) -> gr.components.Component:
+def widget(name: str, value, interactive: bool = True) -> gr.components.Component:
     """The widget for one field, showing `value`: its kind picks the widget, its bounds limit a number."""
     spec = FIELD_SPECS[name]
-    common = dict(label=LABELS[name], info=help_text(name), elem_id=f"train-{name}")
+    common = dict(label=LABELS[name], info=help_text(name), elem_id=f"train-{name}", interactive=interactive)
     if spec.kind is bool:
         return gr.Checkbox(value, **common)
     if spec.choices:

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from mlx_orpo import rundir
-from mlx_orpo.config import TrainConfig
+from mlx_orpo.config import FIELD_SPECS, TrainConfig
 from mlx_orpo.files import atomic_write_text
 from mlx_orpo.runlock import holder
 
@@ -43,6 +44,17 @@ def write_launch_config(run_dir: Path, data: str | None, cfg: TrainConfig) -> Pa
     path = run_dir / rundir.LAUNCH
     atomic_write_text(path, yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
     return path
+
+
+def command_line(cfg: TrainConfig, output_dir: str | Path | None = None) -> str:
+    """The terminal command that runs what Start launches with `cfg`: the settings the launch YAML gives
+    (explicit_fields, so auto-fit treats them alike), its data and output folder, each by its field's flag
+    (`FieldSpec.args`). Without an output folder the CLI makes one under ./runs."""
+    values = {name: getattr(cfg, name) for name in FIELD_SPECS if name in explicit_fields(cfg)}
+    values |= {name: value for name, value in (("data", cfg.data), ("output_dir", output_dir)) if value}
+    words = [word for name, value in values.items() for word in FIELD_SPECS[name].args(
+        str(value) if isinstance(value, Path) else value)]
+    return shlex.join(["python", "-m", "mlx_orpo.train", *words])
 
 
 def _stop_at_exit(proc: subprocess.Popen) -> None:
@@ -85,6 +97,9 @@ class Job:
                 os.kill(self.pid, signal.SIGTERM)
 
 
+WATCH_S = 0.5  # how often the server reads its job's status.json
+
+
 class Jobs:
     """The server's one training job: the last one started here, or a trainer found holding a run's lock."""
 
@@ -92,6 +107,24 @@ class Jobs:
         self.runs_dir = runs_dir
         self.job: Job | None = None
         self._lock = threading.Lock()  # two Starts from two tabs at once: one wins, the other is refused
+        self._watching = False
+
+    def watch(self) -> None:
+        """Keep the server's own record of its job's step and evaluation times (`Job.rate`, which the
+        ETA reads) from now on, whether or not a browser tab is open: a thread reads the job's status.json
+        every WATCH_S seconds. It also finds a trainer started elsewhere as soon as it holds its run."""
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, name="orpo-job-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            job = self.current()
+            if job is not None and job.running:
+                status = rundir.read_status(job.run_dir)
+                if status is not None and status.time >= job.started:
+                    job.rate.observe(status)
+            time.sleep(WATCH_S)
 
     def current(self) -> Job | None:
         """The running job, else the last one this server started (its outcome stays on show)."""

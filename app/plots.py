@@ -1,4 +1,4 @@
-"""The six training-curve plots, shared by the Train and Runs tabs.
+"""The training-curve plots (runfiles.CURVES), shared by the Train and Runs tabs.
 
 Each plot is a whole Vega-Lite chart (Altair) drawn anew at every update: Gradio's LinePlot fixes
 its colour domain when it first draws, so a series renamed or added later (an overlaid run, the
@@ -21,6 +21,9 @@ WIDTH, HEIGHT = 520, 220   # two plots side by side fit a 1400 px window
 # SVG, so the marks are elements the browser test can find; no export menu over the chart.
 EMBED = {"embedOptions": {"renderer": "svg", "actions": False}}
 FEW_STEPS = 20
+# One dash and one marker per overlaid run (two are drawn today; the rest make room for more).
+DASHES = [[1, 0], [6, 4], [2, 2], [10, 3, 2, 3]]
+MARKERS = ["circle", "square", "triangle-up", "diamond"]
 
 
 def make_plots(prefix: str) -> list[gr.Plot]:
@@ -52,26 +55,35 @@ def chart(key: str, frame: pd.DataFrame, runs: list[str]) -> alt.LayerChart:
     # Up to FEW_STEPS reported steps, one tick each; beyond, Vega's own ticks, whole numbers only
     # (its automatic ticks at 1.5, 2.5 ... would read "2", "3" twice when formatted as integers).
     ticks = alt.Axis(format="d", values=steps) if len(steps) <= FEW_STEPS else alt.Axis(format="d", tickMinStep=1)
+    by_run = {}
+    if len(runs) > 1:  # besides its colour, each run has its own dash and marker (colour-blind users)
+        legend = alt.Legend(title="run", orient="bottom", labelLimit=300)
+        by_run = dict(strokeDash=alt.StrokeDash("run:N", scale=alt.Scale(domain=runs, range=DASHES[:len(runs)]),
+                                                legend=legend),
+                      shape=alt.Shape("run:N", scale=alt.Scale(domain=runs, range=MARKERS[:len(runs)]), legend=legend))
     base = alt.Chart(frame).encode(
         x=alt.X("step:Q", title="optimizer step", axis=ticks),
         y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".4~g")),
         color=alt.Color("series:N", scale=alt.Scale(domain=names, range=[colours[n] for n in names]),
                         legend=alt.Legend(title=None, orient="bottom", columns=2, labelLimit=300)),
         tooltip=["series:N", "step:Q", alt.Tooltip("value:Q", format=".4~g")],
+        **by_run,
     )
     return (base.mark_line() + base.mark_point(filled=True, size=45, opacity=1)).properties(
         title=title, width=WIDTH, height=HEIGHT, usermeta=EMBED)
 
 
 def plot_update(key: str, frame: pd.DataFrame, runs: list[str]):
+    """The chart, or an empty plot whose label says that the runs' records hold none of its values (a run
+    without reports yet, or one whose trainer did not record them, such as grad_norm before it existed)."""
     if not len(frame):
-        return gr.Plot(None, show_label=True)
+        return gr.Plot(None, label=f"{CURVES[key][0]} (none recorded)", show_label=True)
     return gr.Plot(chart(key, frame, runs), show_label=False)
 
 
 def plot_values(runs: list[tuple[str, list[dict]]]) -> list:
     if not runs:
-        return [gr.Plot(None, show_label=True) for _ in CURVES]
+        return [gr.Plot(None, label=title, show_label=True) for title, _, _ in CURVES.values()]
     frames = curve_frames(runs)
     names = [name for name, _ in runs]
     return [plot_update(key, frames[key], names) for key in CURVES]

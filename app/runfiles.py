@@ -6,6 +6,7 @@ The metrics file is the contract with the trainer; everything here only reads.
 from __future__ import annotations
 
 import html
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pandas as pd
 
 from mlx_orpo import rundir
 from mlx_orpo.checkpoint import list_checkpoints
+from mlx_orpo.config import TrainConfig, load_yaml
 
 from .paths import EXPORTS, UPLOADS, child, relative
 
@@ -22,6 +24,9 @@ CURVES = {
     "loss": ("Loss and NLL", "loss (nats)", [("loss", "loss"), ("nll_loss", "NLL")]),
     "log_odds": ("Log odds ratio", "log odds", [("log_odds_chosen", "log odds ratio (log OR)"),
                                                 ("log_odds_ratio", "log σ(log OR)")]),
+    "lr": ("Learning rate", "learning rate", [("learning_rate", "learning rate")]),
+    # grad_norm: the norm of each report window's gradients before clipping (runs of older trainers lack it)
+    "grad_norm": ("Gradient norm", "norm", [("grad_norm", "gradient norm")]),
     "rewards": ("Rewards (β · mean log p)", "reward", [("rewards/chosen", "chosen"),
                                                        ("rewards/rejected", "rejected")]),
     "accuracy": ("Accuracy and margin", "accuracy / margin", [("rewards/accuracies", "accuracy"),
@@ -62,6 +67,17 @@ def read_config(run: Path) -> dict:
         return {}
 
 
+def job_settings(run: Path) -> dict:
+    """A job's settings: its config.json, else (while the trainer loads) the launch.yaml the app gave it
+    over the defaults; {} when neither can be read."""
+    if settings := read_config(run):
+        return settings
+    try:
+        return {**TrainConfig().to_dict(), **load_yaml(run / rundir.LAUNCH)}
+    except (OSError, ValueError):
+        return {}
+
+
 def checkpoints(run: Path) -> list[str]:
     """Checkpoint names (step-NNNNNN), newest first."""
     return [p.name for p in reversed(list_checkpoints(run))]
@@ -82,16 +98,17 @@ def adapter_dir(run: Path, checkpoint: str | None) -> Path:
 
 
 def curve_frame(records: list[dict], keys: list[tuple[str, str]], run_label: str = "") -> pd.DataFrame:
-    """Long table (step, value, series) of train and eval values of `keys`, for one plot."""
+    """Long table (step, value, series, run) of train and eval values of `keys`, for one plot."""
     rows = []
     prefix = f"{run_label} · " if run_label else ""
     for r in records:
         for key, label in keys:
             for split, name in (("train", key), ("eval", f"eval_{key}")):
                 value = r.get(name)
-                if isinstance(value, (int, float)) and value == value:  # skip NaN
-                    rows.append((r["step"], float(value), f"{prefix}{label} ({split})"))
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+                # null (a window of skipped steps), NaN and inf are not drawn: Vega cannot place them
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    rows.append((r["step"], float(value), f"{prefix}{label} ({split})", run_label))
+    return pd.DataFrame(rows, columns=["step", "value", "series", "run"])
 
 
 def curve_frames(runs: list[tuple[str, list[dict]]]) -> dict[str, pd.DataFrame]:
@@ -154,7 +171,7 @@ def progress(run: Path, recs: list[dict] | None = None, running: bool = False, *
     recs = records(run) if recs is None else recs
     status = rundir.read_status(run)
     step = max((r["step"] for r in recs), default=0)
-    total = next((r["total_steps"] for r in reversed(recs) if "total_steps" in r), None) \
+    total = next((r["total_steps"] for r in reversed(recs) if isinstance(r.get("total_steps"), int)), None) \
         or read_config(run).get("iters")
     fresh = status is not None and status.time >= since
     if fresh:

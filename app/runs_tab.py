@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 
 from mlx_orpo import rundir
@@ -25,22 +27,43 @@ def overlay_choices(ctx: Context, current: str | None):
     return gr.Dropdown(choices=runs, value=current if current in runs else NONE)
 
 
+def shown(value, fmt: str) -> str:
+    """A metric as the summary shows it: formatted when it is a finite number, "—" when the record has
+    none (a report window whose every step was skipped writes null), and as it is otherwise (NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return format(value, fmt) if math.isfinite(value) else str(value)
+
+
 def summary(ctx: Context, name: str) -> tuple[dict, str]:
+    """(config, text) of one run, whatever the trainer left: a damaged config.json is named in the text
+    (and the config shown as {}), missing or null metrics read "—", a run without steps says so."""
     run = runfiles.run_dir(ctx.runs_dir, name)
-    cfg = runfiles.read_config(run)
+    lines, cfg = [], {}
+    try:
+        cfg = rundir.read_config(run)
+    except (rundir.CorruptFileError, OSError) as exc:
+        lines.append(f"⚠️ **{rundir.CONFIG} is damaged**, so the run's settings cannot be shown: {exc}")
     recs = runfiles.records(run)
     p = runfiles.progress(run, recs)
     ckpts = runfiles.checkpoints(run)
+    status = rundir.read_status(run)
     last = next((r for r in reversed(recs) if r["kind"] == rundir.TRAIN), None)
     last_eval = next((r for r in reversed(recs) if r["kind"] == rundir.EVAL), None)
-    lines = [f"**{run.name}** — model `{cfg.get('model', '?')}`, data `{cfg.get('data') or 'demo set'}`",
-             f"step {p.step}/{p.total or '?'}; checkpoints: {', '.join(ckpts) if ckpts else 'none'}"]
+    lines.insert(0, f"**{run.name}** — model `{cfg.get('model', '?')}`, data `{cfg.get('data') or 'demo set'}`")
+    lines.append(f"step {p.step}/{p.total or '?'}" + (f" ({status.phase})" if status else "")
+                 + f"; checkpoints: {', '.join(ckpts) if ckpts else 'none'}")
     if last:
-        lines.append(f"last train loss {last['loss']:.4f}, log odds ratio {last['log_odds_chosen']:+.3f}, "
-                     f"accuracy {last['rewards/accuracies']:.2f}")
+        lines.append(f"last train loss {shown(last.get('loss'), '.4f')}, log odds ratio "
+                     f"{shown(last.get('log_odds_chosen'), '+.3f')}, accuracy "
+                     f"{shown(last.get('rewards/accuracies'), '.2f')}"
+                     + (f"; {last['skipped_steps']} steps skipped (not finite)" if last.get("skipped_steps") else ""))
+    else:
+        lines.append("no training report yet" + (" (stopped before its first step)" if p.step == 0 and status
+                                                 and status.phase == rundir.STOPPED else ""))
     if last_eval:
-        lines.append(f"last eval loss {last_eval['eval_loss']:.4f}, "
-                     f"accuracy {last_eval['eval_rewards/accuracies']:.2f}")
+        lines.append(f"last eval loss {shown(last_eval.get('eval_loss'), '.4f')}, "
+                     f"accuracy {shown(last_eval.get('eval_rewards/accuracies'), '.2f')}")
     return cfg, "  \n".join(lines)
 
 
@@ -67,7 +90,7 @@ def build(ctx: Context) -> dict:
         other = gr.Dropdown([NONE, *runs], value=NONE, label="Overlay with", scale=2, allow_custom_value=True,
                             elem_id="runs-other")
         refresh = gr.Button("Refresh list", scale=1)
-    text = gr.Markdown()
+    text = gr.Markdown(elem_id="runs-summary")
     plots = make_plots("runs")
     with gr.Accordion("Resolved config (config.json)", open=False):
         config = gr.JSON()

@@ -33,7 +33,12 @@ class Session:
     skipped: list = field(default_factory=list)    # the loader's messages for bad rows
     encoded: list = field(default_factory=list)    # the same pairs tokenized, untruncated
     encoded_model: str | None = None
+    columns: dict | None = None      # the column mapping `data` is read with (the run's --columns)
+    file_columns: list = field(default_factory=list)  # the chosen file's columns, when they need a mapping
+    mapping_source: tuple | None = None  # (source, label) of that file, for Apply mapping
+    mapping: dict | None = None      # the mapping its dropdowns show (a guess, or the last one applied)
+    hist_layout: tuple | None = None  # the Data tab's histogram: (bin width, colour map) for its rows
     system_rows: int = 0             # pairs that carry their own system prompt
     replacement_rows: int = 0        # pairs whose text already holds U+FFFD in the source
+    plan_inputs: dict = field(default_factory=dict)  # the Train tab's memory plan's data and tokenizer
     last_seen: tuple = ()            # what the Train tab last drew (run, file sizes, status time, running)
-    shown_job: tuple = ()            # the job whose settings this tab's form shows

@@ -18,10 +18,10 @@ from mlx_orpo.runlock import holder as run_holder
 from mlx_orpo.train import EXIT_STOPPED
 
 from . import runfiles
-from .estimate import estimate_markdown, fit_markdown
-from .form import FORM, config_from_form, form_values, help_text, widget
-from .jobs import Job
-from .paths import PathError, child, new_run_dir
+from .estimate import plan_markdown
+from .form import FORM, config_from_form, form_values, widget
+from .jobs import Job, command_line
+from .paths import PathError, child, new_run_dir, sanitise
 from .plots import plot_values
 from .session import Context, Session
 
@@ -37,13 +37,52 @@ def warnings(cfg: TrainConfig) -> list[str]:
     return []
 
 
-def memory(model: str, *values, fit: bool = True) -> str:
-    """The estimate, what "Fit to memory" would do, and warnings about the settings."""
+def run_config(session: Session, model: str, values) -> TrainConfig:
+    """The settings Start launches a run with: the form's, this tab's data, and skip_bad_rows when the
+    Data tab listed bad rows (the run trains on the rest, as its report says). ValueError naming a field."""
+    cfg = config_from_form(model, list(values))
+    cfg.data = session.data
+    cfg.columns = session.columns  # the Data tab's column mapping, which its data was read with
+    if session.skipped:
+        cfg.skip_bad_rows = True
+    return cfg
+
+
+def plan_inputs(session: Session, cfg: TrainConfig) -> tuple:
+    """(splits, tokenizer) for api.plan_run: cfg's data as read_data reads it and its model's tokenizer,
+    kept in the session while neither changes (each edit of the form plans again)."""
+    from mlx_orpo.api import load_tokenizer, read_data
+
+    source = Path(cfg.data) if cfg.data else None
+    stamp = source.stat().st_mtime_ns if source is not None and source.is_file() else None
+    reading = (cfg.data, stamp, cfg.eval_data, cfg.format, cfg.columns, cfg.eval_fraction, cfg.seed, cfg.skip_bad_rows,
+               cfg.system)
+    kept = session.plan_inputs
+    splits = kept["splits"] if kept.get("reading") == reading else read_data(cfg)
+    tokenizer = kept["tokenizer"] if kept.get("model") == cfg.model else load_tokenizer(cfg.model)
+    session.plan_inputs = {"reading": reading, "splits": splits, "model": cfg.model, "tokenizer": tokenizer}
+    return splits, tokenizer
+
+
+def preview(session: Session, model: str, *values) -> str:
+    """What Start would run, as the run will do it: its plan (plan_markdown) and warnings."""
     try:
-        cfg = config_from_form(model, list(values))
-    except ValueError as exc:
+        cfg = run_config(session, model, values)
+        splits, tokenizer = plan_inputs(session, cfg)
+    except Exception as exc:  # an invalid setting, unreadable data, an unknown model: say so, never fail the page
         return f"**Memory estimate:** unavailable ({exc})"
-    return f"{estimate_markdown(cfg)}\n\n{fit_markdown(cfg, fit)}" + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+    return plan_markdown(cfg, splits, tokenizer) + "".join(f"\n\n⚠️ {w}" for w in warnings(cfg))
+
+
+def command(ctx: Context, session: Session, run_name: str, model: str, *values) -> str:
+    """The terminal command that repeats what Start would run (jobs.command_line), into RUNS/NAME when a
+    run name is typed."""
+    try:
+        cfg = run_config(session, model, values)
+    except ValueError as exc:
+        return f"# not a valid run: {exc}"
+    name = sanitise(run_name, "") if run_name and run_name.strip() else None
+    return command_line(cfg, ctx.runs_dir / name if name else None)
 
 
 def resumable(ctx: Context) -> list[str]:
@@ -84,28 +123,24 @@ def _busy_message(job: Job, verb: str) -> str:
             "another tab; it is shown below. Stop it first.")
 
 
-def start(ctx: Context, session: Session, run_name: str, model: str, *values, fit: bool = True):
-    """Start a fresh run: (session, status message, *buttons). The timer draws the job.
-    `fit`: the "Fit to memory" switch; off trains as typed (--memory-budget off)."""
+def start(ctx: Context, session: Session, run_name: str, model: str, *values):
+    """Start a fresh run: (session, status message, *buttons). The timer draws the job (and redraws the
+    bar, which the click set to "starting", whatever the outcome)."""
+    session.last_seen = ()
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "start"), *buttons(True)
     try:
-        cfg = config_from_form(model, list(values))
+        cfg = run_config(session, model, values)
         resolve_model(cfg.model)  # an unknown alias or a missing path fails here, not in the subprocess
         run = new_run_dir(ctx.runs_dir, run_name)
     except (ValueError, OSError) as exc:  # ModelNotFoundError is an OSError
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(False)
-    if session.skipped:  # the Data tab listed them; train on the rest, as its report says
-        cfg.skip_bad_rows = True
-    if not fit:
-        cfg.memory_budget = "off"
     try:
-        ctx.jobs.launch(run, session.data, cfg, data_label=session.data_label)
+        ctx.jobs.launch(run, cfg.data, cfg, data_label=session.data_label)
     except RuntimeError as exc:  # another tab started one a moment ago
         with contextlib.suppress(OSError):
             run.rmdir()
         return session, f"⚠️ **Cannot start:** {exc}", *buttons(True)
-    session.last_seen = ()
     skipped = f", skipping its {len(session.skipped)} bad rows" if session.skipped else ""
     notes = "".join(f"  \n⚠️ {w}" for w in warnings(cfg))
     return (session, f"Started **{run.name}** on {session.data_label}{skipped} (model `{cfg.model}`).{notes}",
@@ -122,6 +157,7 @@ def stop(ctx: Context):
 
 
 def resume(ctx: Context, session: Session, name: str):
+    session.last_seen = ()  # the timer redraws the bar, which the click set to "resuming"
     if (job := ctx.jobs.running()) is not None:
         return session, _busy_message(job, "resume"), *buttons(True)
     try:
@@ -139,7 +175,6 @@ def resume(ctx: Context, session: Session, name: str):
         ctx.jobs.launch(run, None, None, resume=True, data_label=label)
     except RuntimeError as exc:
         return session, f"⚠️ **Cannot resume:** {exc}", *buttons(True)
-    session.last_seen = ()
     return session, f"Resuming **{run.name}** from {runfiles.checkpoints(run)[0]}…", *buttons(True)
 
 
@@ -171,11 +206,12 @@ def adopt_data(ctx: Context, session: Session, cfg: dict) -> None:
         return
     if Path(source).is_file():  # an upload: read it as the Data tab did, for its bad-row count
         try:
-            session.pairs, report = load_pairs(source, skip_bad_rows=True)
+            session.pairs, report = load_pairs(source, skip_bad_rows=True, columns=cfg.get("columns"))
         except (DataError, OSError, ValueError):
             return
         session.skipped = report.skipped
     session.data, session.data_label = source, runfiles.data_label(ctx.runs_dir, source)
+    session.columns = cfg.get("columns")
 
 
 def _message(job: Job, status: str, log: str) -> str:
@@ -194,21 +230,18 @@ def _message(job: Job, status: str, log: str) -> str:
 
 
 def refresh(ctx: Context, session: Session):
-    """Timer tick: (session, progress, log, message, resume choices, data line, run name, *plots,
-    *buttons, *form); draws the server's job, skips what has not changed, counts the ETA down."""
-    skip_rest = [gr.skip()] * (N_PLOTS + 3 + len(FORM))
+    """Timer tick: (session, progress, log, message, resume choices, data line, *plots, *buttons); draws
+    the server's job, skips what has not changed, counts the ETA down. It never touches the form."""
+    skip_rest = [gr.skip()] * (N_PLOTS + 3)
     job = ctx.jobs.current()
     if job is None:
         if session.last_seen == ("none",):
-            return session, *[gr.skip()] * 6, *skip_rest
+            return session, *[gr.skip()] * 5, *skip_rest
         session.last_seen = ("none",)
         return (session, runfiles.progress_html(runfiles.Progress(), "idle", None), gr.skip(), gr.skip(),
-                gr.skip(), data_line(ctx, session), gr.skip(), *[gr.skip()] * N_PLOTS, *buttons(False),
-                *[gr.skip()] * len(FORM))
+                gr.skip(), data_line(ctx, session), *[gr.skip()] * N_PLOTS, *buttons(False))
     run, running = job.run_dir, job.running
     status_now = rundir.read_status(run)
-    if status_now is not None and status_now.time >= job.started:
-        job.rate.observe(status_now)
     p = runfiles.progress(run, None, running, since=job.started, resume=job.resume)
     if running:
         label = "stopping" if job.stop_requested else p.label
@@ -222,42 +255,64 @@ def refresh(ctx: Context, session: Session):
                   for f in (rundir.CONFIG, rundir.METRICS, rundir.LOG))
     seen = (str(run), job.started, *sizes, status_now and status_now.time, running, job.stop_requested)
     if seen == session.last_seen:
-        return session, bar, *[gr.skip()] * 5, *skip_rest
+        return session, bar, *[gr.skip()] * 4, *skip_rest
     session.last_seen = seen
     log = runfiles.log_tail(run)
-    key = (str(run), job.started)
-    form = [gr.skip()] * len(FORM)
-    name_box = gr.skip()
-    if session.shown_job != key:  # this tab first sees the job: show its settings and data
-        session.shown_job = key
-        cfg = runfiles.read_config(run)
-        if cfg:
-            form = form_values(cfg)
-            name_box = run.name
-            adopt_data(ctx, session, cfg)
-        else:
-            session.shown_job = ()  # config.json comes once the trainer has loaded; try again then
     resume_choice = gr.skip() if running else resume_dropdown(
         ctx, run.name if run.name in resumable(ctx) else None, keep=False)
-    return (session, bar, log, _message(job, label, log), resume_choice, data_line(ctx, session), name_box,
-            *plot_values([(run.name, runfiles.records(run))]), *buttons(running, job.stop_requested is not None),
-            *form)
+    return (session, bar, log, _message(job, label, log), resume_choice, data_line(ctx, session),
+            *plot_values([(run.name, runfiles.records(run))]), *buttons(running, job.stop_requested is not None))
+
+
+def open_form(ctx: Context, session: Session):
+    """The form's values when a page opens, filled before it can be edited (it is built locked): the
+    settings of the server's job (running, or the last one started here), else the defaults. After this
+    only "Load settings" fills it, so nothing changes under the user's hands. (session, *widgets)"""
+    job = ctx.jobs.current()
+    settings = runfiles.job_settings(job.run_dir) if job is not None else {}
+    if settings:
+        adopt_data(ctx, session, settings)
+    return session, *[gr.update(value=value, interactive=True) for value in form_values(settings)]
+
+
+def load_settings(ctx: Context, session: Session, name: str | None):
+    """The "Load settings" action: (session, message, data line, model, *widgets) from a run's config.json;
+    the run's data too, when this tab has chosen none."""
+    keep = [gr.skip()] * (len(FORM) + 2)
+    try:
+        run = child(ctx.runs_dir, name or "")
+        cfg = rundir.read_config(run)
+    except (PathError, OSError, rundir.CorruptFileError) as exc:
+        return session, f"⚠️ **Cannot load settings:** {exc}", *keep
+    adopt_data(ctx, session, cfg)
+    return (session, f"Loaded the settings of **{run.name}** (model `{cfg['model']}`, data "
+                     f"{runfiles.data_label(ctx.runs_dir, cfg.get('data'))}); Start begins a new run with them.",
+            data_line(ctx, session), cfg["model"], *form_values(cfg))
 
 
 def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     defaults = TrainConfig()
     widgets = []
+    with gr.Row(equal_height=True):
+        settings_run = gr.Dropdown(runfiles.list_runs(ctx.runs_dir), value=None, label="Settings of run",
+                                   allow_custom_value=True, scale=3, elem_id="train-settings-run",
+                                   info="Fill the form with a past run's settings (and its data, if this tab has "
+                                        "chosen none).")
+        load_btn = gr.Button("Load settings", scale=1, elem_id="train-load-settings")
     with gr.Accordion("Hyperparameters (defaults from TrainConfig)", open=True):
         for i in range(0, len(FORM), FORM_ROW):
             with gr.Row():
-                widgets += [widget(name, getattr(defaults, name)) for name in FORM[i:i + FORM_ROW]]
+                widgets += [widget(name, getattr(defaults, name), interactive=False)
+                            for name in FORM[i:i + FORM_ROW]]
                 if i + FORM_ROW >= len(FORM):  # the last row
                     run_name = gr.Textbox(label="Run name (optional)", placeholder="orpo-<date>-<time>",
                                           elem_id="train-run-name")
-    fit_box = gr.Checkbox(True, label="Fit to memory", elem_id="train-fit",
-                          info="Before Start, change the settings you left at their defaults to the fastest plan "
-                               "predicted to fit the memory budget: " + help_text("memory_budget"))
-    estimate = gr.Markdown(memory(defaults.model, *form_values(defaults.to_dict())), elem_id="train-estimate")
+    estimate = gr.Markdown(preview(Session(), defaults.model, *form_values(defaults.to_dict())),
+                           elem_id="train-estimate")
+    with gr.Accordion("The same run from a terminal", open=False):
+        terminal = gr.Code(command(ctx, Session(), "", defaults.model, *form_values(defaults.to_dict())),
+                           language="shell", interactive=False, show_label=False, elem_id="train-command")
+    plan_and_command = lambda s, r, m, *v: (preview(s, m, *v), command(ctx, s, r, m, *v))
     with gr.Row(equal_height=True):
         start_btn = gr.Button("Start", variant="primary", elem_id="train-start", scale=1)
         stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False, scale=1)
@@ -277,20 +332,29 @@ def build(ctx: Context, state: gr.State, model: gr.Dropdown) -> dict:
     button_row = [start_btn, stop_btn, resume_btn]
 
     # One listener, queued, the last change winning: separate unqueued listeners answered out of order,
-    # and an estimate from before the last edit could land last. The switch comes last, so the API's
-    # callers that leave it out get its default (on).
-    gr.on([w.change for w in [model, *widgets, fit_box]], lambda m, *v: memory(m, *v[:-1], fit=v[-1]),
-          [model, *widgets, fit_box], estimate, show_progress="hidden", trigger_mode="always_last",
-          api_visibility="private")
-    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v[:-1], fit=v[-1]),
-                    [state, run_name, model, *widgets, fit_box], [state, status, *button_row],
-                    api_name="start_training")
+    # and an estimate from before the last edit could land last.
+    gr.on([w.change for w in [model, run_name, *widgets]], plan_and_command, [state, run_name, model, *widgets],
+          [estimate, terminal], show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+    # The click clears the bar at once (unqueued), so the last job's outcome ("failed (exit 2)") is never
+    # shown beside the new job's "Started"; the timer then draws the new job.
+    start_btn.click(lambda: runfiles.progress_html(runfiles.Progress(), "starting", None), None, progress,
+                    queue=False, api_visibility="private")
+    resume_btn.click(lambda: runfiles.progress_html(runfiles.Progress(), "resuming", None), None, progress,
+                     queue=False, api_visibility="private")
+    start_btn.click(lambda s, r, m, *v: start(ctx, s, r, m, *v), [state, run_name, model, *widgets],
+                    [state, status, *button_row], api_name="start_training")
     stop_btn.click(lambda: stop(ctx), None, [status, *button_row], api_name="stop_training")
     resume_btn.click(lambda s, r: resume(ctx, s, r), [state, resume_run], [state, status, *button_row],
                      api_name="resume_training")
     timer.tick(lambda s: refresh(ctx, s), state,
-               [state, progress, log, status, resume_run, data_info, run_name, *plots, *button_row, *widgets],
+               [state, progress, log, status, resume_run, data_info, *plots, *button_row],
                api_name="refresh_training", show_progress="hidden")
     resume_run.focus(lambda: resume_dropdown(ctx), None, resume_run, queue=False, api_visibility="private")
-    return {"data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
+    settings_run.focus(lambda: gr.Dropdown(choices=runfiles.list_runs(ctx.runs_dir)), None, settings_run,
+                       queue=False, api_visibility="private")
+    load_btn.click(lambda s, n: load_settings(ctx, s, n), [state, settings_run],
+                   [state, status, data_info, model, *widgets], api_name="load_settings")
+    return {"open": (lambda s: open_form(ctx, s), [state], [state, *widgets]),
+            "preview": (plan_and_command, [state, run_name, model, *widgets], [estimate, terminal]),
+            "data_info": data_info, "max_length": widgets[FORM.index("max_length")], "status": status,
             "progress": progress}

@@ -32,6 +32,7 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
     runs = Path(runs_dir).expanduser().resolve()
     runs.mkdir(parents=True, exist_ok=True)
     ctx = Context(runs, int(max_upload_mb * 1e6), models or Models())
+    ctx.jobs.watch()  # the ETA's record of step and evaluation times is the server's, tab or no tab
     with gr.Blocks(title="mlx-orpo") as demo:
         state = gr.State(Session())
         with gr.Row(equal_height=True):
@@ -54,12 +55,16 @@ def build_app(runs_dir: str | Path = "runs", max_upload_mb: float = 200, models:
         # The two max-length boxes are one setting; .input fires on user edits only (no ping-pong).
         data["max_length"].input(lambda n: n, data["max_length"], train["max_length"], **GLUE)
         train["max_length"].input(lambda n: n, train["max_length"], data["max_length"], **GLUE)
-        for event in data["loaded"]:
-            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE)
+        for event in data["loaded"]:  # other data: Start's line and its memory plan
+            event.then(lambda s: train_tab.data_line(ctx, s), state, train["data_info"], **GLUE).then(
+                *train["preview"], **GLUE)
         # Newly finished runs appear in the other tabs when they are opened.
         for tab, picker in ((runs_tab_, past["run"]), (chat_tab_, chat["run"]), (export_tab_, export["run"])):
             tab.select(lambda v: _keep(ctx, v), picker, picker, **GLUE)
         runs_tab_.select(lambda v: runs_tab.overlay_choices(ctx, v), past["other"], past["other"], **GLUE)
+        # The Train form is built locked and filled once here (the data tab's max length follows it).
+        fill, inputs, outputs = train["open"]
+        demo.load(fill, inputs, outputs, **GLUE).then(lambda n: n, train["max_length"], data["max_length"], **GLUE)
         demo.load(lambda n: chat_tab.select_run(ctx, n), chat["run"], [chat["checkpoint"], chat["examples"],
                                                                          chat["pairs"]], **GLUE)
         demo.load(lambda n: chat_tab.checkpoint_choices(ctx, n), export["run"], export["checkpoint"], **GLUE)

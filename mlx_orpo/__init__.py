@@ -1,6 +1,13 @@
 """mlx-orpo: ORPO preference tuning (Hong et al., 2024) of LoRA/QLoRA adapters on MLX."""
 
+import os as _os
+
 from . import blas as _blas
+
+# mlx-lm imports transformers for its tokenizers, and without PyTorch transformers warns on import that
+# "Models won't be available": true, and of no concern here (MLX runs the models), but a new user reads it
+# as a failure. Its advisory warnings go; its errors stay. Set before anything imports transformers.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # Before anything imports mlx.core: see blas.py.
 _blas.enable()

@@ -27,7 +27,7 @@ from .data import data_source, load_splits
 from .distributed import Cluster
 from .files import atomic_write_text
 from .fit import MemoryPlan, fit_to_memory
-from .models import attach_adapters, load_model, on_gpu, resolve_model
+from .models import ModelNotFoundError, attach_adapters, load_model, on_gpu, resolve_model
 from .predict import BatchShapes, ModelShape, data_shapes, load_model_config, predict_peak, shared_prompt
 from .runlock import RunLock
 from .tokenize import EncodedPair, EncodeStats, encode_pairs, ensure_chat_template, render_prompt
@@ -56,7 +56,7 @@ def read_data(cfg: TrainConfig):
     """Read and validate the preference pairs: (train, eval, LoadReport). Fails fast, before any model loads."""
     return load_splits(data_source(cfg), eval_source=cfg.eval_data, format=cfg.format,
                        eval_fraction=cfg.eval_fraction, seed=cfg.seed, skip_bad_rows=cfg.skip_bad_rows,
-                       system=cfg.system)
+                       system=cfg.system, columns=cfg.columns)
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, splits=None) -> PreparedData:
@@ -82,6 +82,10 @@ def default_run_dir(cluster: Cluster) -> Path:
     return Path("runs") / time.strftime("orpo-%Y%m%d-%H%M%S", time.localtime(cluster.agree_on(int(time.time()))))
 
 
+# What a Hub model's tokenizer needs (mlx-lm's tokenizer loader reads these), without its weights.
+TOKENIZER_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+
+
 def load_tokenizer(spec: str | None, model_config: dict | None = None):
     """The model's tokenizer as models.load_model gives it (mlx-lm's, with the model's end-of-sequence
     ids), without loading the weights. `model_config`: its config.json when already read."""
@@ -89,6 +93,14 @@ def load_tokenizer(spec: str | None, model_config: dict | None = None):
     from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
 
     path = Path(resolve_model(spec))
+    if not path.exists():  # a Hub id: its tokenizer and configs alone, so the plan comes before the weights
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(str(path), allow_patterns=TOKENIZER_FILES))
+        except Exception as exc:  # offline, unknown repo, gated: the Hub's own words say which
+            raise ModelNotFoundError(f"{spec}: could not fetch {path}'s tokenizer from the Hugging Face Hub: "
+                                     f"{exc}") from None
     if path.is_dir():
         model_config = load_config(path)  # with generation_config.json's end-of-sequence ids, as mlx-lm reads them
     return mlx_lm_tokenizer(path, eos_token_ids=(model_config or {}).get("eos_token_id"))
@@ -165,7 +177,7 @@ def plan_run(cfg: TrainConfig, *, explicit: frozenset[str] | set[str] = frozense
 
 def step_span_note(cfg: TrainConfig, train_pairs: int, world: int = 1) -> str | None:
     """A warning when one optimizer step asks for more pairs than the data holds: such a step takes
-    one epoch (trainer.step_order groups a step's pairs within an epoch), so the run has few steps,
+    one epoch (feeding.step_order groups a step's pairs within an epoch), so the run has few steps,
     and nothing is reported or saved within one."""
     asked = cfg.batch_size * world * cfg.grad_accum
     if asked <= train_pairs:
@@ -195,14 +207,16 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, explicit: frozenset[str] | set[str] = frozenset(),
-                 allow_changed_data: bool = False, log: Callable[[str], None] = print, progress: bool = True,
+                 allow_changed_data: bool = False, allow_changed_model: bool = False,
+                 log: Callable[[str], None] = print, progress: bool = True,
                  on_record: Callable[[dict], None] | None = None, splits=None):
         self.cfg = cfg.validate()
         self.cluster = Cluster.init()
         main = self.cluster.is_main
         self.log = log if main else (lambda _: None)
         self.progress, self.on_record = progress and main, on_record if main else None
-        self.resume, self.explicit, self.allow_changed_data, self.splits = resume, explicit, allow_changed_data, splits
+        self.resume, self.explicit, self.splits = resume, explicit, splits
+        self.allow_changed_data, self.allow_changed_model = allow_changed_data, allow_changed_model
         self.run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(self.cluster)
         self.plan: RunPlan | None = None
         self.model = None
@@ -272,6 +286,7 @@ class Run:
             if not self.resume:  # a resumed run keeps its format version (a version-1 run reads its records as such)
                 rundir.write_marker(self.run_dir)
             runcheck.write_fingerprint(self.run_dir, fingerprint)
+            runcheck.write_model_record(self.run_dir, cfg.model)
             cfg.save(self.run_dir / rundir.CONFIG)
             adapter_cfg["model_path"] = str(self.model_path)
             atomic_write_text(self.run_dir / rundir.ADAPTER_CONFIG, json.dumps(adapter_cfg, indent=2) + "\n")
@@ -286,7 +301,8 @@ class Run:
         refusal, fingerprint = None, None
         try:
             fingerprint = runcheck.check_run(self.cfg, self.run_dir, self.splits, resume=self.resume,
-                                             allow_changed_data=self.allow_changed_data, log=self.log,
+                                             allow_changed_data=self.allow_changed_data,
+                                             allow_changed_model=self.allow_changed_model, log=self.log,
                                              main=self.cluster.is_main)
         except (ValueError, OSError) as exc:
             refusal = exc
@@ -302,6 +318,8 @@ class Run:
                  f"pairs; truncated {data.train_stats.truncated + data.eval_stats.truncated}, dropped "
                  f"{data.train_stats.dropped + data.eval_stats.dropped} (too long for --max-length {cfg.max_length})"
                  + (f"; skipped {len(data.report.skipped)} bad rows" if data.report.skipped else ""))
+        if data.report.ignored:
+            self.log(f"data: not read: {'; '.join(data.report.ignored)}")
         if data.report.duplicates:
             self.log(f"warning: {data.report.source}: {data.report.duplicates} duplicate pairs (same prompt, chosen "
                      f"and rejected), e.g. {data.report.duplicate_example}; each copy is trained on")
@@ -338,17 +356,18 @@ class Run:
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, on_record: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 allow_changed_data: bool = False, explicit: frozenset[str] | set[str] = frozenset()) -> Path:
+                 allow_changed_data: bool = False, allow_changed_model: bool = False,
+                 explicit: frozenset[str] | set[str] = frozenset()) -> Path:
     """Set up, train and save the run cfg names (`Run`). Returns the run directory.
 
     A new run is planned for its data's batches and fitted to its --memory-budget (`plan_run`;
     `explicit`: the settings the user gave, which stay as given) before its weights load, and the budget
     bounds MLX's memory while it trains. A run stopped by SIGTERM/SIGINT returns too, with its status
-    "stopped" (rundir.read_status): `stopped(run_dir, since)`. `allow_changed_data`: resume even though the
-    data differs from the run's (logged).
+    "stopped" (rundir.read_status): `stopped(run_dir, since)`. `allow_changed_data`, `allow_changed_model`:
+    resume even though the data or the base model differs from the run's (logged).
     """
-    with Run(cfg, resume=resume, explicit=explicit, allow_changed_data=allow_changed_data, log=log,
-             progress=progress, on_record=on_record) as run:
+    with Run(cfg, resume=resume, explicit=explicit, allow_changed_data=allow_changed_data,
+             allow_changed_model=allow_changed_model, log=log, progress=progress, on_record=on_record) as run:
         run.setup()
         run.train()
         run.save()

@@ -24,7 +24,7 @@ def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: i
     than hours in, and the first step's peak is the run's. The other batches follow in an order
     shuffled by a generator seeded with (seed, epoch), as is the tie-breaking, so a resumed run
     rebuilds exactly the same order. A last short batch is kept. `largest_first=False` is the order
-    of runs checkpointed before it existed (the same shuffle, nothing moved to the front).
+    some version-1 runs trained in (rundir.FORMATS): the same shuffle, nothing moved to the front.
     """
     rng = np.random.default_rng([seed, epoch])
     shuffled = rng.permutation(len(pairs))

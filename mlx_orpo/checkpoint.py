@@ -42,7 +42,7 @@ class LoopState:
     window_tokens: int = 0
     world_size: int = 1        # processes of the run (a global batch is batch_size x world_size pairs)
     largest_first: bool = True  # epoch order: the largest batch first (epoch_batches)
-    step_groups: bool = True    # pairs grouped per optimizer step (step_order)
+    step_groups: bool = True    # pairs grouped per optimizer step (feeding.step_order)
 
 
 def adapter_weights(model) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .budget import parse_budget
+from .data_formats import check_columns
 from .fields import spec_of
 from .files import atomic_write_text
 
@@ -35,6 +36,12 @@ class TrainConfig:
                                  "has one, else --eval-fraction of it carved off with --seed.")
     format: str = _opt("auto", "Data format: auto, prompt_strings, trl_conversational, ultrafeedback, "
                        "sharegpt, hh.")
+    columns: dict[str, str] | None = _opt(None, "Map the data's own column names to the roles a format reads: "
+                                          "prompt=question,chosen=good,rejected=bad (roles: prompt, chosen, "
+                                          "rejected, system, conversations). label=COLUMN names a column saying "
+                                          "which answer is preferred: 1 (or the chosen column's name) keeps "
+                                          "them, 2 (or the rejected column's name) swaps them. Default: the "
+                                          "standard names.")
     system: str | None = _opt(None, "System prompt for rows that have none.")
     skip_bad_rows: bool = _opt(False, "Skip and count malformed rows instead of stopping at the first one.")
     eval_fraction: float = _opt(0.05, "Fraction of the data held out for evaluation when it has no split.",
@@ -124,6 +131,7 @@ class TrainConfig:
         for name, spec in FIELD_SPECS.items():
             spec.check(getattr(self, name))
         parse_budget(self.memory_budget)  # a bad --memory-budget raises, naming the option
+        check_columns(self.columns)
         checks = [
             (self.min_response_length < self.max_length,
              f"--max-length {self.max_length} leaves no room for a response of --min-response-length "

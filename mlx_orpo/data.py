@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data_formats import FORMATS, RowError, detect_format, normalise_row
+from .data_formats import FORMATS, RowError, check_columns, detect_format, map_columns, normalise_row
+from .files import dangling_link
 
-__all__ = ["FORMATS", "DataError", "LoadReport", "PreferencePair", "load_pairs", "load_splits"]
+__all__ = ["FORMATS", "DataError", "LoadReport", "PreferencePair", "load_pairs", "load_splits", "read_columns"]
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 EVAL_SPLIT_NAMES = ("valid", "validation", "test")
@@ -55,6 +56,7 @@ class LoadReport:
     eval_pairs: int = 0
     duplicates: int = 0  # pairs (train and held-out together) that repeat an earlier one exactly
     duplicate_example: str = ""  # "where (same as where)" for the first of them
+    ignored: list[str] = field(default_factory=list)  # a directory's data files not read, each "path (why)"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,18 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
+    if text.lstrip().startswith("["):  # a JSON array saved as .jsonl (often pretty-printed): read as one
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            data = e
+        if isinstance(data, list):
+            yield from _indexed_rows(path, data)
+            return
+        if isinstance(data, json.JSONDecodeError) and not _parses(text.lstrip().split("\n", 1)[0]):
+            raise DataError(f"{path}: looks like a JSON array (it starts with '['), not JSON Lines (one object per "
+                            f"line), but is not valid JSON: {data.msg} at line {data.lineno}, "
+                            f"column {data.colno}") from None
     # split("\n"), not splitlines(): U+2028 and friends may sit inside JSON strings.
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -98,6 +112,14 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
         except RecursionError:
             value = RowError(_TOO_DEEP)
         yield _Row(f"{path}:{lineno}", f"{path}, line {lineno}", value)
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 def _indexed_rows(path: Path | str, items: list) -> Iterator[_Row]:
@@ -189,12 +211,14 @@ def _hub_split_names(name: str) -> list[str]:
 
 
 def _split_file(directory: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for ext in EXTENSIONS:
-            candidate = directory / f"{name}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
+    """The one file of a directory's split (`names`: its aliases, e.g. valid/validation), None when
+    there is none; DataError naming them when there are several, which would leave one unread."""
+    found = [file for name in names for ext in EXTENSIONS if (file := directory / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        every = "both" if len(found) == 2 else "all"
+        raise DataError(f"{directory}: {' and '.join(p.name for p in found)} are {every} {'/'.join(names)} files, "
+                        "and only one would be read; keep one of them (or move the others out of the folder)")
+    return found[0] if found else None
 
 
 def _split_aliases(split: str) -> tuple[str, ...]:
@@ -230,6 +254,8 @@ def _rows_for(source: str, split: str) -> tuple[str, list[_Row]]:
         return str(path), _file_rows(path)
     if path.exists():
         raise DataError(f"{path}: not a regular file")
+    if (link := dangling_link(path)) is not None:
+        raise DataError(f"{source}: no such file ({link})")
     if _is_hub_name(source):
         name, hub_split = _hub_parts(source)
         return f"{name}[{hub_split or split}]", _hub_rows(name, hub_split or split)
@@ -248,7 +274,33 @@ def _check_unicode(prompt, chosen: str, rejected: str) -> None:
                            "(not valid Unicode text)") from None
 
 
-def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: str | None, label: str):
+def _columns_found(rows: list[_Row]) -> list[str]:
+    """Every column (key) of the rows that are objects, in the order they first appear."""
+    return list(dict.fromkeys(str(k) for row in rows if isinstance(row.value, dict) for k in row.value))
+
+
+def _mapped_rows(rows: list[_Row], columns: dict[str, str], label: str) -> list[_Row]:
+    """The rows with --columns applied; a mapped column that no row has is the file's fault, named."""
+    found = _columns_found(rows)
+    for role, column in columns.items():
+        if found and column not in found:
+            raise DataError(f"{label}: --columns {role}={column} names a column it does not have "
+                            f"(its columns: {', '.join(found)})")
+
+    def mapped(row: _Row) -> _Row:
+        if isinstance(row.value, RowError):
+            return row
+        try:
+            return _Row(row.origin, row.where, map_columns(row.value, columns))
+        except RowError as e:
+            return _Row(row.origin, row.where, e)
+    return [mapped(row) for row in rows]
+
+
+def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: str | None, label: str,
+                     columns: dict[str, str] | None = None):
+    if columns:
+        rows = _mapped_rows(rows, columns, label)
     if fmt == "auto":
         fmt, first_problem = None, None
         for row in rows:  # the first row that parses decides; a broken first row then reports its own fault
@@ -287,9 +339,13 @@ def _pairs_from_rows(rows: list[_Row], fmt: str, skip_bad_rows: bool, system: st
     return pairs, LoadReport(label, fmt, len(rows), len(pairs), skipped)
 
 
-def _check_format(format: str) -> None:
+def _check_format(format: str, columns: dict[str, str] | None = None) -> None:
     if format != "auto" and format not in FORMATS:
         raise DataError(f"unknown format '{format}'; expected 'auto' or one of: {', '.join(FORMATS)}")
+    try:
+        check_columns(columns)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 # -- public API -------------------------------------------------------------------
@@ -302,23 +358,32 @@ def load_pairs(
     split: str = "train",
     skip_bad_rows: bool = False,
     system: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[PreferencePair], LoadReport]:
     """Read one split of `source` (file, directory or Hub "org/name[:split]") into pairs.
 
     `format` is "auto" (detected from the first readable row) or one of FORMATS.
     `split` picks `<split>.<ext>` in a directory or the Hub split; a file ignores it.
     `system` is prepended as a system message to rows that have none.
+    `columns` ({role: column}, see data_formats.map_columns) renames the file's columns first.
     """
-    _check_format(format)
+    _check_format(format, columns)
     label, rows = _rows_for(str(source), split)
-    return _pairs_from_rows(rows, format, skip_bad_rows, system, label)
+    return _pairs_from_rows(rows, format, skip_bad_rows, system, label, columns)
+
+
+def read_columns(source: str, split: str = "train") -> list[str]:
+    """The columns of `source`'s rows (those that are objects), in the order they first appear: what
+    a --columns mapping may name."""
+    return _columns_found(_rows_for(str(source), split)[1])
 
 
 def _held_out_source(source: str) -> str | None:
-    """The validation split that comes with `source`, if any (a file, or "name:split")."""
+    """The validation split that comes with `source`, if any (a file, or "name:split"): a directory's
+    valid (or validation) file, else its test file."""
     path = Path(source).expanduser()
     if path.is_dir():
-        file = _split_file(path, EVAL_SPLIT_NAMES)
+        file = _split_file(path, _split_aliases("valid")) or _split_file(path, ("test",))
         return str(file) if file else None
     if path.exists() or not _is_hub_name(source):
         return None
@@ -365,30 +430,51 @@ def load_splits(
     seed: int = 0,
     skip_bad_rows: bool = False,
     system: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[PreferencePair], list[PreferencePair], LoadReport]:
     """(train pairs, held-out pairs, report).
 
     The held-out set is `eval_source` if given; else the directory's valid/validation/test
     file or the Hub dataset's validation/test split; else `eval_fraction` carved off with
     `random.Random(seed)`. The report's rows/pairs/skipped cover both parts;
-    `eval_source` and `eval_pairs` say where the held-out pairs came from.
+    `eval_source` and `eval_pairs` say where the held-out pairs came from. `columns` maps both parts.
     """
-    _check_format(format)
+    _check_format(format, columns)
     source = str(source)
-    train, report = load_pairs(source, format=format, skip_bad_rows=skip_bad_rows, system=system)
+    read = dict(format=format, skip_bad_rows=skip_bad_rows, system=system, columns=columns)
+    train, report = load_pairs(source, **read)
     held_out = str(eval_source) if eval_source is not None else _held_out_source(source)
     if held_out is None:
         train, valid = carve_eval(train, eval_fraction, seed)
         report.eval_source = f"{eval_fraction:g} of {report.source} (seed {seed})" if valid else ""
     else:
-        valid, eval_report = load_pairs(held_out, format=format, skip_bad_rows=skip_bad_rows, system=system)
+        valid, eval_report = load_pairs(held_out, **read)
         report.rows += eval_report.rows
         report.skipped += eval_report.skipped
         report.eval_source = eval_report.source
     report.pairs = len(train) + len(valid)
     report.eval_pairs = len(valid)
+    report.ignored = _unread_files(source, report.source, report.eval_source)
     report.duplicates, report.duplicate_example = _duplicates([*train, *valid])
     return train, valid, report
+
+
+def _unread_files(source: str, train: str, held_out: str) -> list[str]:
+    """The data files of a directory `source` other than the `train` and `held_out` ones read, each
+    "path (why it was not read)"."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return []
+    ignored = []
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS):
+        if str(file) in (train, held_out):
+            continue
+        if file.stem in EVAL_SPLIT_NAMES:
+            why = f"the held-out pairs are {held_out}" if held_out else "no held-out pairs"
+        else:
+            why = f"only train and {'/'.join(EVAL_SPLIT_NAMES)} files are read"
+        ignored.append(f"{file} ({why})")
+    return ignored
 
 
 def _duplicates(pairs: list[PreferencePair]) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""The five preference-row layouts, each turned into (prompt messages, chosen, rejected).
+"""The five preference-row layouts, each turned into (prompt messages, chosen, rejected), and the
+column mapping (`--columns`) that renames a file's own columns to the keys the layouts read.
 
 Pure functions over one already-parsed row (a dict). A bad row raises `RowError`
 with the problem only; `mlx_orpo.data` adds the file and row, so messages here
@@ -188,6 +189,65 @@ NORMALISERS: dict[str, Callable[[dict], tuple[Messages, str, str, str | None]]] 
     "sharegpt": _sharegpt,
     "hh": _hh,
 }
+
+
+# -- column mapping (--columns) ------------------------------------------------------
+
+# The keys a layout reads from a row, which --columns maps a file's own columns onto, and `label`: a
+# column saying which of the two answers is preferred (1: the one mapped to chosen, 2: the other).
+COLUMN_ROLES = ("prompt", "chosen", "rejected", "system", "conversations", "label")
+_FIRST, _SECOND = "1", "2"
+
+
+def check_columns(columns: dict[str, str] | None) -> None:
+    """ValueError naming --columns unless each key is a role of COLUMN_ROLES and no column serves two
+    roles (the kind, name=name pairs, is the field table's to check)."""
+    if not columns:
+        return
+    for role, column in columns.items():
+        if role not in COLUMN_ROLES:
+            raise ValueError(f"--columns {role}={column}: '{role}' is not a role; map a column to "
+                             f"{', '.join(COLUMN_ROLES)} (e.g. --columns prompt=question,chosen=good,rejected=bad)")
+    taken: dict[str, str] = {}
+    for role, column in columns.items():
+        if column in taken:
+            raise ValueError(f"--columns maps column '{column}' to both {taken[column]} and {role}")
+        taken[column] = role
+
+
+def _first_preferred(value: Any, columns: dict[str, str]) -> bool:
+    """Whether a label value prefers the answer mapped to chosen: 1 or its column's name; 2 or the
+    rejected column's name prefers the other."""
+    first, second = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    if text is not None and re.fullmatch(r"[12]\.0*", text):  # 1.0 from a float column, or its CSV text
+        text = text[0]
+    if text in (_FIRST, first):
+        return True
+    if text in (_SECOND, second):
+        return False
+    raise RowError(f"label column '{columns['label']}' must be {_FIRST} ('{first}' preferred) or {_SECOND} "
+                   f"('{second}' preferred), got {value!r}")
+
+
+def map_columns(row: Any, columns: dict[str, str] | None) -> Any:
+    """A row with its columns renamed as --columns says ({role: column}); with a label column, chosen
+    and rejected swapped where the label prefers the second answer. Columns not mapped are kept."""
+    if not columns or not isinstance(row, dict):
+        return row  # a row that is no object is normalise_row's to refuse
+    for role, column in columns.items():
+        if column not in row:
+            raise RowError(f"missing column '{column}' (--columns {role}={column})")
+    mapped = {k: v for k, v in row.items() if k not in columns and k not in columns.values()}
+    mapped.update({role: row[column] for role, column in columns.items() if role != "label"})
+    if "label" in columns and not _first_preferred(row[columns["label"]], columns):
+        if "chosen" not in mapped or "rejected" not in mapped:
+            raise RowError(f"label column '{columns['label']}' needs both answers: map chosen and rejected")
+        mapped["chosen"], mapped["rejected"] = mapped["rejected"], mapped["chosen"]
+    return mapped
+
+
+# -- detection and normalisation ----------------------------------------------------
 
 
 def detect_format(row: Any) -> str:

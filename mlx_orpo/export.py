@@ -20,19 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-from .output import ExportResult, check_apart, check_destination, output_files, write_dir_atomically
+from .output import (
+    MARGIN,
+    ExportResult,
+    check_apart,
+    check_destination,
+    output_bytes,
+    output_files,
+    tensor_shapes,
+    tokenizer_bytes,
+    write_dir_atomically,
+)
 
 FORMATS = ("hf", "mlx", "gguf", "peft", "import-peft")
 DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32",
           "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
-_SLACK = 64 << 20  # tokenizer files, metadata, filesystem overhead
 
 
 # ---- fused model directories (hf, mlx) ---------------------------------------------------------------------
@@ -61,9 +71,9 @@ def write_model_dir(fused, directory: Path, *, config: dict, weights_format: str
         shutil.copy(fused.base_path / "generation_config.json", directory / "generation_config.json")
 
 
-def _param_count(model) -> int:
+def _tensors(model) -> list[tuple[int, int]]:
     from mlx.utils import tree_flatten
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    return tensor_shapes(v for _, v in tree_flatten(model.parameters()))
 
 
 def _hf_config(fused, dtype: str) -> dict:
@@ -74,7 +84,8 @@ def _hf_config(fused, dtype: str) -> dict:
 
 
 def export_hf(fused, out: Path, *, force: bool = False) -> ExportResult:
-    needed = _param_count(fused.model) * _BYTES[fused.dtype] + _SLACK
+    needed = output_bytes("hf", _tensors(fused.model), dtype=fused.dtype,
+                          other_files=tokenizer_bytes(fused.base_path)) + MARGIN
     write_dir_atomically(out, force, needed, lambda d: write_model_dir(
         fused, d, config=_hf_config(fused, fused.dtype), weights_format="pt"))
     usage = ("python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
@@ -91,7 +102,8 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = T
 
     config = _hf_config(fused, fused.dtype)
     dtype, error = fused.dtype, None
-    n_params = _param_count(fused.model)
+    needed = output_bytes("mlx", _tensors(fused.model), dtype=fused.dtype, bits=bits, group_size=group_size,
+                          other_files=tokenizer_bytes(fused.base_path)) + MARGIN
     if bits:
         tokens = reference_tokens(fused.tokenizer)
         reference = logits(fused.model, tokens)
@@ -99,10 +111,7 @@ def export_mlx(fused, out: Path, *, bits: int | None = None, group_size: int = T
         error = logit_error(reference, logits(fused.model, tokens))
         error["computed_in"] = fused.dtype
         dtype = f"{bits}-bit affine, group size {group_size} ({fused.dtype} scales)"
-        needed = n_params * (bits / 8 + 4 / group_size) + _SLACK
-    else:
-        needed = n_params * _BYTES[fused.dtype] + _SLACK
-    write_dir_atomically(out, force, int(needed), lambda d: write_model_dir(fused, d, config=config,
+    write_dir_atomically(out, force, needed, lambda d: write_model_dir(fused, d, config=config,
                                                                               weights_format="mlx"))
     usage = f"mlx_lm.generate --model {out} --prompt \"Hello\""
     result = ExportResult("mlx", out, output_files(out), dtype, usage, logit_error=error)
@@ -133,12 +142,15 @@ def _push(result: ExportResult, repo: str, log: Callable[[str], None]) -> None:
 def export(model: str | None = None, adapters: str | Path | None = None, format: str = "hf",
            out: str | Path | None = None, *, dtype: str = "float16", gguf_type: str = "f16",
            bits: int | None = None, group_size: int = TrainConfig.group_size, force: bool = False,
-           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None) -> ExportResult:
+           push_to_hub: str | None = None, progress: Callable[[str], None] | None = None,
+           allow_changed_model: bool = False) -> ExportResult:
     """Export `adapters` (a run directory or checkpoint) fused into `model` (default: the run's base).
 
     format: hf | mlx | gguf (fused weights), peft (the adapter alone, PEFT layout),
     import-peft (the reverse: a PEFT LoRA directory -> an mlx-orpo adapter directory).
     `progress` receives one line per stage. Returns what was written and how to use it.
+    A run's adapters are fused only into the base model the run recorded (model.json), unless
+    `allow_changed_model` (logged).
     """
     log = progress or (lambda message: None)
     if format not in FORMATS:
@@ -150,6 +162,7 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     check_apart(out, model, "--model")
     if adapters is not None and format != "import-peft":
         check_not_training(Path(adapters))
+        check_run_version(Path(adapters))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose f16, bf16 or f32")
     dtype = DTYPES[dtype]
@@ -178,7 +191,7 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
         from .fuse import load_fused
 
         log(f"loading {model or 'the run base'} and fusing {adapters or 'no adapters'} ({dtype})")
-        fused = load_fused(model, adapters, dtype=dtype)
+        fused = load_fused(model, adapters, dtype=dtype, allow_changed_model=allow_changed_model, log=log)
         log(f"merged {fused.fused_modules} adapter modules into an in-memory copy of {fused.base_spec} "
             f"(the base on disk is not changed); writing {format} to {out}")
         if format == "hf":
@@ -195,6 +208,56 @@ def export(model: str | None = None, adapters: str | Path | None = None, format:
     return result
 
 
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What an export of one format would write, before it is made, and the room for it."""
+    format: str
+    bytes: int  # the output's estimated size
+    free: int   # free bytes on the disk it would go to
+
+    @property
+    def fits(self) -> bool:
+        """Whether the export's own disk check would let it start (the estimate and a margin are free)."""
+        return self.bytes + MARGIN <= self.free
+
+
+# safetensors dtype names -> ours (adapters are saved in one of these)
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def estimate_sizes(adapters: str | Path, out_dir: str | Path, *, model: str | None = None, dtype: str = "f16",
+                   gguf_type: str = "f16", bits: int | None = None,
+                   group_size: int = TrainConfig.group_size) -> dict[str, SizeEstimate]:
+    """{format: SizeEstimate} for hf, mlx, gguf and peft exports of `adapters` into `out_dir`, with the
+    options `export` takes, without loading any weights: the fused model's tensors come from the base
+    model's config.json (predict.ModelShape), the adapter's from its safetensors header, and both are
+    counted by output.output_bytes, as each export's own disk check counts them."""
+    from . import models, rundir
+    from .checkpoint import check_safetensors
+    from .fuse import check_adapter_dir, run_model_spec
+    from .predict import ModelShape, load_model_config
+
+    adapter_dir = check_adapter_dir(adapters)
+    base = model or run_model_spec(adapter_dir)
+    resolved = Path(models.resolve_model(base))
+    fused = ModelShape.from_config(load_model_config(base)).tensors()
+    files = tokenizer_bytes(resolved) if resolved.is_dir() else 0
+    header = [v for k, v in check_safetensors(adapter_dir / rundir.ADAPTERS).items() if k != "__metadata__"]
+    adapter = [(math.prod(v["shape"]), len(v["shape"])) for v in header]
+    dtype = DTYPES[dtype]
+    sizes = {
+        "hf": output_bytes("hf", fused, dtype=dtype, other_files=files),
+        "mlx": output_bytes("mlx", fused, dtype=dtype, bits=bits, group_size=group_size, other_files=files),
+        "gguf": output_bytes("gguf", fused, gguf_type=gguf_type, other_files=files),
+        "peft": output_bytes("peft", adapter, dtype=_SAFETENSORS_DTYPES.get(header[0]["dtype"], "float32")),
+    }
+    target = Path(out_dir).expanduser().absolute()
+    while not target.exists():  # the folder the export would create lies on its nearest existing parent's disk
+        target = target.parent
+    free = shutil.disk_usage(target).free
+    return {fmt: SizeEstimate(fmt, size, free) for fmt, size in sizes.items()}
+
+
 def check_not_training(adapters: Path) -> None:
     """Refuse a run directory that a trainer holds: its adapters are the newest checkpoint's, not the
     finished run's (a checkpoint directory of it is whole, and may be exported)."""
@@ -203,6 +266,14 @@ def check_not_training(adapters: Path) -> None:
     if (pid := holder(adapters)) is not None:
         raise ValueError(f"--adapters {adapters} is still being trained (pid {pid}); export it once the run has "
                          f"finished, or export one of its checkpoints now: --adapters {adapters}/checkpoints/step-N")
+
+
+def check_run_version(adapters: Path) -> None:
+    """Refuse the adapters of a run whose format version this program does not know (a newer one)."""
+    from . import rundir
+
+    if (run := rundir.run_of(adapters)) is not None:
+        rundir.run_format(run)  # CorruptFileError naming both versions
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
@@ -226,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=TrainConfig.group_size, help="Quantisation group size for --bits.")
     p.add_argument("--force", action="store_true", help="Replace an existing output.")
     p.add_argument("--push-to-hub", metavar="REPO", help="Upload the export to this Hugging Face repo.")
+    p.add_argument("--allow-changed-model", action="store_true",
+                   help="Fuse a run's adapters into its base model even though the model's files differ from "
+                        "those the run trained on (logged).")
     return p
 
 
@@ -234,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export(args.model, args.adapters, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
                bits=args.bits, group_size=args.group_size, force=args.force, push_to_hub=args.push_to_hub,
-               progress=print)
+               progress=print, allow_changed_model=args.allow_changed_model)
     except (FileExistsError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         from .files import as_write_error, describe_os_error
 

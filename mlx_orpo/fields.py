@@ -75,6 +75,31 @@ def _is_names(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
 
 
+def _read_mapping(value) -> dict[str, str]:
+    """`key=value` pairs separated by commas or spaces ('prompt=question,chosen=good'), or a mapping
+    (YAML's `columns: {prompt: question}`); keys and values are names (text)."""
+    if isinstance(value, str):
+        parts = [part for part in re.split(r"[,\s]+", value.strip()) if part]
+        if not parts or not all(part.count("=") == 1 for part in parts):
+            raise ValueError
+        value = dict(part.split("=") for part in parts)
+    if isinstance(value, dict):
+        mapping = {_read_text(k).strip(): _read_text(v).strip() for k, v in value.items()}
+        if _is_mapping(mapping):
+            return mapping
+    raise ValueError
+
+
+def _is_mapping(value) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()))
+
+
+def mapping_text(value: dict) -> str:
+    """A mapping as the command line writes it: 'prompt=question,chosen=good'."""
+    return ",".join(f"{k}={v}" for k, v in value.items())
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of option value: what it is called in messages, which Python values are of it
@@ -90,6 +115,7 @@ KINDS = {
     float: Kind("a number", lambda v: _is_int(v) or isinstance(v, float), lambda v: float(_number(v))),
     str: Kind("text", lambda v: isinstance(v, str), _read_text),
     list: Kind("a list of names (e.g. q_proj v_proj)", _is_names, _read_names),
+    dict: Kind("name=name pairs (e.g. prompt=question,chosen=good)", _is_mapping, _read_mapping),
 }
 
 _NUM = r"-?\d+(?:\.\d+)?"
@@ -135,6 +161,16 @@ class Bound:
         return None if high == math.inf else high
 
 
+def shown(value) -> str:
+    """A value as the user would write it: lists as names separated by spaces, mappings as
+    'key=value,key=value', None as '(none)'."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    if isinstance(value, dict):
+        return mapping_text(value)
+    return "(none)" if value is None else str(value)
+
+
 def either(values) -> str:
     """'a', 'a or b', 'a, b or c'."""
     words = [str(v) for v in values]
@@ -146,7 +182,7 @@ class FieldSpec:
     """One option as every front end needs it. The CLI's flags, YAML reading, `TrainConfig.validate`
     and the app's widgets are made from these."""
     name: str
-    kind: type            # a key of KINDS: bool, int, float, str, or list (of names)
+    kind: type            # a key of KINDS: bool, int, float, str, list (of names) or dict (names to names)
     optional: bool        # None is a value (the help text says what None means)
     default: object
     help: str
@@ -162,7 +198,19 @@ class FieldSpec:
     @property
     def shown_default(self) -> str:
         """The default as the user would write it (lists as names separated by spaces)."""
-        return " ".join(self.default) if isinstance(self.default, (list, tuple)) else str(self.default)
+        return shown(self.default)
+
+    def args(self, value) -> list[str]:
+        """The command-line words that give this option `value`, as the CLI reads them: `--flag value`,
+        `--flag` or `--no-flag` for a switch, `--flag name name` for a list. ValueError for None, which no
+        flag gives (leave the option out: None is every optional field's default)."""
+        if value is None:
+            raise ValueError(f"{self.flag}: no command-line value means None; leave the option out")
+        if self.kind is bool:
+            return [self.flag if value else f"--no-{self.flag[2:]}"]
+        if self.kind is list:
+            return [self.flag, *map(str, value)]
+        return [self.flag, str(value)]
 
     def is_default(self, value) -> bool:
         if isinstance(value, (list, tuple)):  # validate() makes the default tuple a list
@@ -208,7 +256,7 @@ def spec_of(f: dataclasses.Field, hint) -> FieldSpec:
     args = typing.get_args(hint)
     optional = type(None) in args
     inner = next(a for a in args if a is not type(None)) if optional else hint
-    kind = list if typing.get_origin(inner) is list else inner
+    kind = typing.get_origin(inner) if typing.get_origin(inner) in (list, dict) else inner
     if kind not in KINDS:
         raise TypeError(f"{f.name}: no reader for options of type {hint}")
     meta = f.metadata

@@ -61,11 +61,13 @@ def atomic_output(path: Path, *, directory: bool = False) -> Iterator[Path]:
         tmp.replace(path)
         fsync_path(path.parent)
     except RuntimeError as exc:
-        remove(tmp)
         # MLX's writers report a failed write as a RuntimeError without its cause ("[write] Unable to
         # write 8 bytes", "[save_safetensors] Failed to open file", "[save_gguf] gguf_create failed");
-        # a full disk or a read-only folder is the user's to fix, so say which.
-        if (error := as_write_error(path, exc)) is not None:
+        # a full disk or a read-only folder is the user's to fix, so say which (the disk looked at
+        # before the temporary is removed, which frees it again).
+        error = as_write_error(path, exc)
+        remove(tmp)
+        if error is not None:
             raise error from None
         raise
     except BaseException:
@@ -116,6 +118,16 @@ def overlap(path: Path, other: Path) -> str | None:
         return "contains"
     if a.is_relative_to(b):
         return "lies inside"
+    return None
+
+
+def dangling_link(path: Path) -> str | None:
+    """How `path` (or a folder above it) is a symbolic link to a missing path, in words; None when none
+    is: creating it would fail with a bare "File exists"."""
+    path = Path(path).expanduser()
+    for part in [path, *path.parents]:
+        if part.is_symlink() and not part.exists():
+            return f"{part} is a symbolic link to {os.readlink(part)}, which does not exist"
     return None
 
 

@@ -166,11 +166,14 @@ def fuse_adapters(model: nn.Module, dtype: mx.Dtype = mx.float32) -> int:
     return count
 
 
-def load_fused(model: str | None = None, adapters: str | Path | None = None, *, dtype: str = "float32") -> Fused:
+def load_fused(model: str | None = None, adapters: str | Path | None = None, *, dtype: str = "float32",
+               allow_changed_model: bool = False, log=lambda line: None) -> Fused:
     """Load the base (alias, directory, .gguf or Hub id), apply and fuse the adapters.
 
     `model` defaults to the run's base. With `adapters=None` the base itself
     is returned, dequantised (useful to convert a model between formats).
+    The adapters of a run are fused only into the base its model.json records (runcheck.check_base_model),
+    unless `allow_changed_model` (logged to `log`).
     """
     from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import dequantize_model
@@ -181,6 +184,10 @@ def load_fused(model: str | None = None, adapters: str | Path | None = None, *, 
     spec = model or (run_model_spec(adapter_dir) if adapter_dir else None)
     if spec is None:
         raise ValueError("no --model given and the adapter directory does not name its base model")
+    if adapter_dir is not None and (run := rundir.run_of(adapter_dir)) is not None:
+        from .runcheck import check_base_model
+
+        check_base_model(run, spec, allowed=allow_changed_model, log=log, doing="export")
     target = getattr(mx, dtype)
     # Keep the checkpoint's dtype on load (for a quantised base: its scales);
     # the fused and dequantised layers are computed in float32 and cast after.

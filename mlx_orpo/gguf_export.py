@@ -19,12 +19,23 @@ import mlx.core as mx
 import numpy as np
 
 from .files import atomic_output, atomic_write_text
-from .output import ExportResult, check_destination, check_free_space, output_files, write_dir_atomically
+from .output import (
+    GGUF_WIDTH,
+    MARGIN,
+    ExportResult,
+    check_destination,
+    disk_space,
+    output_bytes,
+    output_files,
+    tensor_shapes,
+    tokenizer_bytes,
+    write_dir_atomically,
+)
 from .tokenize import hf_tokenizer
 
 # model_type (config.json) -> GGUF architecture; llama.cpp runs mistral as llama.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-GGUF_TYPES = ("f16", "q8_0", "f32")
+GGUF_TYPES = tuple(GGUF_WIDTH)  # f16, q8_0, f32: what the writer makes, and each one's width (output.py)
 
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -240,11 +251,6 @@ def gguf_tensors(weights: dict, config: dict, arch: str, gguf_type: str):
             yield gguf_name, quants.quantize(data, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
 
 
-def estimated_size(weights: dict, gguf_type: str) -> int:
-    per = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}[gguf_type]
-    return int(sum(v.size * (4 if v.ndim == 1 else per) for v in weights.values())) + (32 << 20)
-
-
 def write_gguf(fused, path: Path, gguf_type: str = "f16", name: str | None = None) -> None:
     """Write `fused` (a fuse.Fused) to `path` with GGUFWriter."""
     from gguf import GGUFWriter, LlamaFileType
@@ -294,12 +300,12 @@ def export_gguf(fused, out: Path, *, gguf_type: str = "f16", force: bool = False
 
     check_architecture(fused.config)
     gguf_file, model_file = gguf_paths(out, gguf_type)
-    needed = estimated_size(dict(tree_flatten(fused.model.parameters())), gguf_type)
+    needed = output_bytes("gguf", tensor_shapes(v for _, v in tree_flatten(fused.model.parameters())),
+                          gguf_type=gguf_type, other_files=tokenizer_bytes(fused.base_path)) + MARGIN
     template = getattr(hf_tokenizer(fused.tokenizer), "chat_template", None)
     if out.suffix == ".gguf":  # a single file (and its Modelfile), each renamed into place
         check_destination(gguf_file, force)
-        check_free_space(gguf_file.parent, needed)
-        with atomic_output(gguf_file) as tmp:
+        with disk_space(gguf_file, needed), atomic_output(gguf_file) as tmp:
             write_gguf(fused, tmp, gguf_type)
         atomic_write_text(model_file, modelfile(gguf_file.name, template))
         files = output_files(gguf_file) + output_files(model_file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import TrainConfig
+from .files import dangling_link
 
 # Short names users can type; the embedded default works offline.
 MODEL_ALIASES = {
@@ -52,8 +54,10 @@ def resolve_model(spec: str | None) -> str:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelNotFoundError(f"{path}: no such GGUF file")
-        return str(_imported(path, path.stem))
+            link = dangling_link(path)
+            raise ModelNotFoundError(f"{path}: no such GGUF file" + (f" ({link})" if link else ""))
+        # One conversion per file: two models.gguf in two folders are two models.
+        return str(_imported(path, f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: a model directory needs config.json and *.safetensors")
@@ -63,8 +67,9 @@ def resolve_model(spec: str | None) -> str:
     if spec in MODEL_ALIASES:
         return MODEL_ALIASES[spec]
     if looks_like_path(spec):
-        raise ModelNotFoundError(f"{path}: no such model directory or .gguf file (was it moved or deleted?); "
-                                 "give --model an existing directory, a .gguf file, an alias or a Hub id")
+        why = dangling_link(path) or "was it moved or deleted?"
+        raise ModelNotFoundError(f"{path}: no such model directory or .gguf file ({why}); give --model an "
+                                 "existing directory, a .gguf file, an alias or a Hub id")
     if spec.count("/") == 1 and not path.exists():
         return spec  # a Hugging Face repo id; mlx_lm downloads it
     raise ModelNotFoundError(
@@ -80,10 +85,13 @@ def looks_like_path(spec: str) -> bool:
 
 
 def _imported(gguf: Path, name: str) -> Path:
+    """The model folder `gguf` is converted to in the cache: converted once, and again when the file is
+    newer than its conversion (other weights written under the same name must not train as the old)."""
     from .gguf_import import import_gguf
 
     out = cache_dir() / "models" / name
-    if not (out / "model.safetensors").is_file():
+    weights = out / "model.safetensors"
+    if not weights.is_file() or gguf.stat().st_mtime_ns > weights.stat().st_mtime_ns:
         import_gguf(gguf, out)
     return out
 

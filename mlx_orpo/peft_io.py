@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .output import ExportResult, output_files, write_dir_atomically
+from .output import MARGIN, ExportResult, dtype_name, output_bytes, output_files, tensor_shapes, write_dir_atomically
 from .rundir import ADAPTER_CONFIG, ADAPTERS
 
 _PEFT_PREFIX = "base_model.model."
@@ -177,14 +177,14 @@ def export_peft(adapter_dir: Path, out: Path, *, model: str | None = None, force
     weights = mx.load(str(adapter_dir / ADAPTERS))
     base = _peft_base_name(adapter_dir, model)
     tensors, config = mlx_to_peft(weights, read_json(adapter_dir / ADAPTER_CONFIG), base)
-    needed = sum(v.nbytes for v in tensors.values()) + (1 << 20)
+    dtype = dtype_name(next(iter(tensors.values())))
+    needed = output_bytes("peft", tensor_shapes(tensors.values()), dtype=dtype) + MARGIN
 
     def write(directory: Path) -> None:
         mx.save_safetensors(str(directory / "adapter_model.safetensors"), tensors, metadata={"format": "pt"})
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     write_dir_atomically(out, force, needed, write)
-    dtype = str(next(iter(tensors.values())).dtype).replace("mlx.core.", "")
     usage = ("python -c \"from transformers import AutoModelForCausalLM; from peft import PeftModel; "
              f"m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{out}')\"")
     kind = "DoRA" if config["use_dora"] else "LoRA"
@@ -202,7 +202,8 @@ def import_peft(peft_dir: Path, out: Path, *, model: str | None = None, force: b
     weights, config = peft_to_mlx(tensors, peft_cfg, _num_hidden_layers(base))
     config["model"] = base
     config["source"] = f"imported from PEFT adapter {peft_dir}"
-    needed = sum(v.nbytes for v in weights.values()) + (1 << 20)
+    needed = output_bytes("import-peft", tensor_shapes(weights.values()),
+                          dtype=dtype_name(next(iter(weights.values())))) + MARGIN
 
     def write(directory: Path) -> None:
         mx.save_safetensors(str(directory / ADAPTERS), weights)

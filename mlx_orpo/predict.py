@@ -142,6 +142,13 @@ class ModelShape:
     def mlp_matrices(self) -> int:
         return 2 if self.model_type in ("phi", "gpt2", "starcoder2") else 3  # gelu MLPs: fc1, fc2
 
+    def tensors(self) -> list[tuple[int, int]]:
+        """(elements, dimensions) of each parameter of the model unquantised: every block's linear
+        layers and its two norms, the embeddings (and an untied output head), the final norm."""
+        block = [(i * o, 2) for i, o in self.block_linears().values()] + [(self.hidden, 1)] * 2
+        head = [] if self.tied else [(self.vocab * self.hidden, 2)]
+        return block * self.layers + [(self.vocab * self.hidden, 2), *head, (self.hidden, 1)]
+
     def block_linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one block, by mlx-lm module name suffix."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -169,10 +176,8 @@ class Prediction:
 
 def weight_bytes(shape: ModelShape, dtype_bytes: int, bits: int | None, group: int) -> int:
     """Base weights. Quantised models keep linears and embeddings at `bits` plus a scale and bias per group."""
-    per_block = sum(i * o for i, o in shape.block_linears().values())
-    embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
-    norms = (2 * shape.layers + 1) * shape.hidden
-    matrices = shape.layers * per_block + embeddings
+    matrices = sum(size for size, ndim in shape.tensors() if ndim == 2)
+    norms = sum(size for size, ndim in shape.tensors() if ndim == 1)
     if bits:
         return int(matrices * (bits / 8 + 2 * dtype_bytes / group) + norms * dtype_bytes)
     return (matrices + norms) * dtype_bytes
@@ -276,12 +281,12 @@ class BatchShapes(NamedTuple):
 def data_shapes(cfg: TrainConfig, train_pairs: list[EncodedPair], eval_pairs: list[EncodedPair], *,
                 gpu: bool, shared: bool, world: int = 1) -> BatchShapes:
     """The shapes of the batches the trainer builds of these pairs with cfg's settings: the micro-batches
-    of one epoch's optimizer steps (trainer.step_order, padded by cfg's widths on a GPU or the CPU), each
+    of one epoch's optimizer steps (feeding.step_order, padded by cfg's widths on a GPU or the CPU), each
     rank's round-robin share of them with `world` data-parallel ranks, and the evaluation batches
     (trainer.evaluate: the first --eval-max-pairs held-out pairs by length, cfg.batch_size at a time).
     Every epoch makes the same shapes: epochs differ only in the order of pairs that tie on (length,
     prompt length), and those pad alike. `shared`: whether the model runs each prompt once."""
-    from .trainer import step_order  # the trainer's own grouping of pairs into steps and micro-batches
+    from .feeding import step_order  # the trainer's own grouping of pairs into steps and micro-batches
 
     widths = Widths.for_config(cfg, gpu)
     steps = step_order(train_pairs, cfg.batch_size * world, cfg.grad_accum, cfg.seed, 0, widths=widths,

@@ -10,6 +10,7 @@ settings (config.json), its metrics records and its status.
       checkpoints/step-NNNNNN/  adapters.safetensors, optimizer.safetensors, state.json (a LoopState),
                                 adapter_config.json, manifest.json (sizes and SHA-256 of the first three)
       data.json                 the data's fingerprint (file sizes and SHA-256), checked on resume
+      model.json                what identifies the base model (model_identity.py), checked on resume and export
       status.json               what the trainer is doing now (Status), for the app
       memory.json               predicted and measured peak memory, a record per process that trained it
       .lock                     held by the one trainer writing here (runlock.py)
@@ -45,12 +46,14 @@ ADAPTERS = "adapters.safetensors"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 DATA = "data.json"
+MODEL = "model.json"
 STATUS = "status.json"
 LOCK = ".lock"
 LOG = "train.log"
 LAUNCH = "launch.yaml"
 MEMORY = "memory.json"
-RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, STATUS, LOCK, LOG, LAUNCH, MEMORY)
+RUN_FILES = (MARKER, CONFIG, ADAPTER_CONFIG, ADAPTERS, METRICS, CHECKPOINTS, DATA, MODEL, STATUS, LOCK, LOG, LAUNCH,
+             MEMORY)
 
 # A checkpoint: CHECKPOINTS/step-NNNNNN/. The manifest holds the size and SHA-256 of each VERIFIED file.
 OPTIMIZER = "optimizer.safetensors"
@@ -83,19 +86,22 @@ class Format:
     memory_limit: bool = False  # config.json may name the memory budget `memory_limit` (null: off)
     manifests: bool = True      # every checkpoint has its manifest
     data_record: bool = True    # data.json is written before the first step
+    model_record: bool = True   # model.json is written before the first step
     record_kinds: bool = True   # every metrics record says its kind
 
 
 FORMATS = {
     # No marker. An evaluation record is told from a report by its `eval_` keys. Single-process runs
     # with plain multiples of --pad-multiple, epochs in their shuffled order and --grad-accum
-    # micro-batches per step, each weighted alone; no MLX memory limit unless memory_limit gave one.
-    1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0},
+    # micro-batches per step, each weighted alone; no MLX memory limit unless memory_limit gave one;
+    # the data's own column names (no --columns, in versions 1 and 2).
+    1: Format(config={"pad_to": "multiple", "memory_budget": "off", "dist_timeout": 0.0, "columns": None},
               state={"world_size": 1, "largest_first": False, "step_groups": False},
-              memory_limit=True, manifests=False, data_record=False, record_kinds=False),
-    # Some version-2 runs predate step groups (their steps are version 1's) and data.json.
-    2: Format(config={"memory_budget": "off"}, state={"step_groups": False}, memory_limit=True,
-              data_record=False),
+              memory_limit=True, manifests=False, data_record=False, model_record=False, record_kinds=False),
+    # Some version-2 runs train without step groups (their steps are version 1's) and have no data.json;
+    # none records its base model.
+    2: Format(config={"memory_budget": "off", "columns": None}, state={"step_groups": False}, memory_limit=True,
+              data_record=False, model_record=False),
     3: Format(),
 }
 # Version-1 runs whose config.json saves --pad-to came with the largest batch first in each epoch,

@@ -62,7 +62,7 @@ def build_optimizer(cfg: TrainConfig, steps: int) -> optim.AdamW:
 
 class MicroBatch(NamedTuple):
     """One micro-batch (`batching.collate`'s dict) and the counts its NLL sum and pair sums are divided
-    by: this rank's share of the global batch's (see trainer.shard_counts); 0: the micro-batch's own."""
+    by: this rank's share of the global batch's (see feeding.shard_counts); 0: the micro-batch's own."""
     batch: dict
     nll_tokens: float = 0.0
     pairs: float = 0.0

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="With --resume: continue although the data files differ from those the run started "
                              "with (logged; the resumed steps are then not those of the run as started).")
+    parser.add_argument("--allow-changed-model", action="store_true",
+                        help="With --resume: continue although the base model's files differ from those the run "
+                             "started with (logged).")
     for name, spec in FIELD_SPECS.items():
         # argparse %-formats help strings: a literal "%" (as in "30% more time") must be doubled.
         default = "" if spec.default is None else f" (default: {spec.shown_default})"  # None's help says what happens
@@ -44,10 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if spec.kind is list:  # names separated by spaces: --lora-targets q_proj v_proj
             kwargs.update(nargs="+", type=str)
+        if spec.kind is dict:  # name=name pairs: --columns prompt=question,chosen=good
+            kwargs.update(type=_reader(spec), metavar="ROLE=COLUMN,...")
         if spec.choices is not None:
             kwargs["choices"] = spec.choices
         parser.add_argument(*flags, **{"type": spec.kind, **kwargs})
     return parser
+
+
+def _reader(spec):
+    """argparse's `type` for an option read as a YAML value is (FieldSpec.read), its error as argparse's."""
+    def read(text: str):
+        try:
+            return spec.read(text, spec.flag)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return read
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -77,15 +92,54 @@ EXIT_STOPPED = 4  # stopped by SIGTERM/SIGINT with a checkpoint saved: resumable
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.allow_changed_data and not args.resume:
-        parser.error("--allow-changed-data goes with --resume RUN_DIR")
+    for given, name in ((args.allow_changed_data, "--allow-changed-data"),
+                        (args.allow_changed_model, "--allow-changed-model")):
+        if given and not args.resume:
+            parser.error(f"{name} goes with --resume RUN_DIR")
     try:
         cfg = resolve_config(args)
+    except rundir.CorruptFileError as exc:  # the run's own files, not the command line: no usage
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         parser.error(str(exc))
-    # Until the training loop installs its own handler (checkpoint, then exit), a stop
-    # request ends the process quietly: nothing has been trained yet, so nothing is lost.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Until the training loop installs its own handler (checkpoint, then exit), a stop request ends
+    # the process with one line: nothing has been trained yet, so nothing is lost.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    try:
+        return _train(cfg, args)
+    except (KeyboardInterrupt, StopRequested) as exc:
+        how = "stopped (SIGTERM)" if isinstance(exc, StopRequested) else "interrupted"
+        print(f"error: {how} before training started; {_what_was_written(cfg, resume=bool(args.resume))}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, StopRequested) else 130
+
+
+class StopRequested(BaseException):
+    """SIGTERM before the training loop took over stop requests (a BaseException, as KeyboardInterrupt
+    is: the run's clean-up on the way out runs, nothing catches it as an error)."""
+
+
+def _stop_requested(signum, frame):
+    raise StopRequested
+
+
+def _what_was_written(cfg: TrainConfig, *, resume: bool) -> str:
+    """What a run stopped before training left, and how to go on (cfg.output_dir is set once the run's
+    folder is chosen; a folder holding nothing else is removed on the way out)."""
+    from .checkpoint import list_checkpoints
+
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    if run_dir is None or not (run_dir / rundir.CONFIG).is_file():
+        return "nothing was trained or written"
+    if list_checkpoints(run_dir):
+        return f"nothing more was trained; continue with: python -m mlx_orpo.train --resume {run_dir}"
+    return (f"{run_dir} holds the run's settings and no checkpoint; python -m mlx_orpo.train --resume {run_dir} "
+            "starts it from step 0" + ("" if resume else ", or remove the folder"))
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """Train (or resume) the run; the exit status, with one `error:` line for what the user can fix."""
     from .api import run_training, stopped
     from .data import DataError
     from .distributed import Cluster, PeerLostError
@@ -96,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         run_dir = run_training(cfg, resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
-                               explicit=explicit_settings(args))
+                               allow_changed_model=args.allow_changed_model, explicit=explicit_settings(args))
     except (DataError, ModelNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -110,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
                  if cfg.output_dir and exc.errno is not None and Path(cfg.output_dir, rundir.CONFIG).exists()
                  else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before the training loop took over stop requests
-        print("error: interrupted before training started; nothing was trained", file=sys.stderr)
-        return 130
     if stopped(run_dir, since=started):  # the trainer said where it stopped and how to continue
         return EXIT_STOPPED
     if Cluster.init().is_main:

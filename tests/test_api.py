@@ -57,3 +57,16 @@ def test_score_pair_is_the_mean_log_probability_of_each_answer(model_and_tokeniz
     assert score.rejected_logps == pytest.approx(rejected, abs=2e-4)
     odds = lambda logp: logp - math.log1p(-math.exp(logp))
     assert score.log_odds == pytest.approx(odds(chosen) - odds(rejected), abs=1e-3)
+
+
+def test_a_hub_model_not_yet_downloaded_fetches_its_tokenizer_alone(monkeypatch):
+    """The plan comes before the weights: a Hub id's tokenizer is fetched by itself (here offline, so
+    the fetch fails), and the failure names the model, not a type error of a path given as a repo id."""
+    from mlx_orpo.api import load_tokenizer
+    from mlx_orpo.models import ModelNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    name = "no-such-org/no-such-model"
+    with pytest.raises(ModelNotFoundError, match=rf"^{name}: could not fetch {name}'s tokenizer from the Hugging Face"):
+        load_tokenizer(name)

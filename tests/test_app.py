@@ -18,12 +18,13 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from helpers import GOOD_ROWS, write_jsonl  # noqa: E402
+from helpers import GOOD_ROWS, form, write_jsonl  # noqa: E402
 
 from app import paths, runfiles  # noqa: E402
 from app.estimate import estimate_memory  # noqa: E402
 from app.form import FORM, choice_options, config_from_form, field_value, form_values  # noqa: E402
-from app.train_tab import memory  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.train_tab import preview  # noqa: E402
 from mlx_orpo.config import TrainConfig  # noqa: E402
 
 
@@ -41,23 +42,14 @@ def points(plot) -> list[dict]:
     return [row for rows_ in spec.get("datasets", {}).values() for row in rows_]
 
 
-def form(**overrides) -> list:
-    """The Train tab's widget values in FORM order: TrainConfig defaults plus overrides."""
-    cfg = TrainConfig()
-    values = {name: getattr(cfg, name) for name in FORM}
-    values.update(bits="none")
-    values.update(overrides)
-    return [values[name] for name in FORM]
-
-
 # -- data ------------------------------------------------------------------------------
 
 
 def test_upload_good_file_reports_pairs_bad_rows_preview_and_lengths(client, served, tmp_path):
     runs = served[1]
     path = write_jsonl(tmp_path / "my prefs.jsonl", GOOD_ROWS + [{"prompt": "no answers"}], ["not json"])
-    report, bad, preview, hist, stats = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
-                                                       api_name="/upload_data")
+    report, bad, preview, hist, stats, *_ = client.predict(handle_file(str(path)), "smollm2-135m", 1024,
+                                                           api_name="/upload_data")
     assert "4 pairs" in report and "2 bad rows" in report and "prompt_strings" in report
     assert [row[0] for row in bad["data"]] == ["uploads/my_prefs.jsonl, line 5", "uploads/my_prefs.jsonl, line 6"]
     assert "missing key 'chosen'" in bad["data"][0][1] and "not valid JSON" in bad["data"][1][1]
@@ -78,6 +70,31 @@ def test_token_stats_count_truncation_at_the_chosen_max_length(client, tmp_path)
     hist, stats = client.predict("smollm2-135m", 64, api_name="/token_stats")
     assert "At max length 64:** 1 of 5 pairs will be truncated" in stats
     assert any(row[2] == "over max length" for row in rows(hist))
+
+
+def test_columns_with_other_names_are_mapped_guessed_or_chosen(client, served, tmp_path):
+    runs = served[1]
+    other = [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in GOOD_ROWS]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "qa.jsonl", other))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert "4 pairs" in report and "Columns mapped: `prompt=question,chosen=good,rejected=bad`" in report, report
+    farm = [{"instruction": r["prompt"], "output_1": a, "output_2": b, "preference": p}
+            for r, (a, b, p) in zip(GOOD_ROWS, [("x", "y", 1), ("y", "x", 2)] * 2)]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "farm.jsonl", farm))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert "4 pairs" in report and "label=preference" in report, report
+    odd = [{"a": r["prompt"], "b": r["chosen"], "c": r["rejected"]} for r in GOOD_ROWS]
+    report = client.predict(handle_file(str(write_jsonl(tmp_path / "odd.jsonl", odd))), "smollm2-135m", 1024,
+                            api_name="/upload_data")[0]
+    assert report.startswith("⚠️ **Not usable:**") and "Apply mapping" in report, report
+    assert (runs / "uploads" / "odd.jsonl").is_file()  # kept, to be mapped
+    report = client.predict("smollm2-135m", 1024, "a", "b", "c", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "4 pairs" in report and "Columns mapped: `prompt=a,chosen=b,rejected=c`" in report, report
+    report = client.predict("smollm2-135m", 1024, "a", "b", "b", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "--columns maps column 'b' to both chosen and rejected" in report, report
+    report = client.predict("smollm2-135m", 1024, "a", "b", "z", "(none)", "(none)", api_name="/map_columns")[0]
+    assert "uploads/odd.jsonl: --columns rejected=z names a column it does not have (its columns: a, b, c)" \
+        in report, report
 
 
 def test_bad_file_gives_a_readable_report(client, served, tmp_path):
@@ -215,17 +232,32 @@ def test_the_app_launches_the_cli_with_its_resolved_config_as_yaml(tmp_path):
 
 
 def test_warmup_longer_than_the_run_is_flagged():
-    assert "longer than the run" in memory("smollm2-135m", *form(iters=6, warmup_steps=10))
-    assert "longer than the run" not in memory("smollm2-135m", *form(iters=20, warmup_steps=10))
+    assert "longer than the run" in preview(Session(), "smollm2-135m", *form(iters=6, warmup_steps=10))
+    assert "longer than the run" not in preview(Session(), "smollm2-135m", *form(iters=20, warmup_steps=10))
 
 
 def test_histogram_bins_meet_the_max_length():
     from app.data_tab import bin_width
 
-    for longest, max_length in ((5000, 1024), (300, 1024), (90, 128), (40000, 1024), (700, 1000)):
+    for longest, max_length in ((5000, 1024), (300, 1024), (90, 128), (40000, 1024), (700, 1000), (6000, 300)):
         width = bin_width(longest, max_length)
-        assert max_length % width == 0 or width % max_length == 0, (longest, max_length, width)
-        assert 5 <= longest / width <= 40 or width >= max_length  # about 20 bins
+        assert max_length % width == 0, (longest, max_length, width)  # the max length is a bin edge
+        assert 5 <= longest / width <= 40 or width == max_length  # about 20 bins
+
+
+def test_no_histogram_bin_holds_pairs_on_both_sides_of_the_max_length():
+    import pandas as pd
+
+    from app.data_tab import MAX_BINS, length_histogram
+
+    lengths = pd.Series([1, 299, 300, 301, 599, 600, 601, 6000, 90000])
+    hist, width, clipped = length_histogram(lengths, 300)
+    assert width == 300 and clipped == 1  # 90000 tokens: past MAX_BINS bins, drawn in the last
+    sides = hist.groupby("tokens")["fits"].nunique()
+    assert (sides == 1).all(), hist
+    fits = hist[hist["fits"] == "≤ max length"]
+    assert fits["pairs"].sum() == 3 and fits["tokens"].max() + width == 300, hist  # 300 itself fits
+    assert hist["tokens"].max() == (MAX_BINS - 1) * width and hist["pairs"].sum() == len(lengths)
 
 
 def test_long_prompts_clamp_to_their_first_rendered_lines():
@@ -375,7 +407,7 @@ def test_start_stop_resume_curves_and_chat(client, served, tmp_path):
     assert "step 3/3" in out[0] and "100%" in out[0]
     assert "train step 3/3" in out[1]  # log tail
 
-    loss, log_odds = out[6], out[7]
+    loss, log_odds = out[5], out[6]
     assert {"loss (train)", "loss (eval)", "NLL (train)", "NLL (eval)"} <= {r["series"] for r in points(loss)}
     assert {r["step"] for r in points(log_odds)} == {1, 2, 3}
 

@@ -12,24 +12,19 @@ Screenshots go to test-artifacts/ at the repository root (or $ORPO_SHOTS).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import enabled, new_page, set_number, shot, text
 
 from mlx_orpo import rundir
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("ORPO_SHOTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
 ROWS = [
     {"prompt": "What is 2+2?", "chosen": "4.\n- Two plus two.\nHope that helps!", "rejected": "five"},
     {"prompt": "Capital of France?", "chosen": "Paris.\n- On the Seine.\nHope that helps!", "rejected": "Lyon"},
@@ -55,86 +50,6 @@ LINES = """sel => [...document.querySelectorAll(sel + ' path[aria-roledescriptio
 # Bound on the tuned column's first streamed text after Send, cold (both models load in this chat).
 # Measured on a 2-core CPU machine shared with other jobs: 3.1-10.3 s over six runs (base: 1.2-3.3 s).
 TUNED_FIRST_TEXT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, smollm2_dir):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright")
-    runs = tmp_path_factory.mktemp("browser-runs")
-    port = free_port()
-    log_path = runs.parent / "app.log"
-    log = open(log_path, "w")  # noqa: SIM115  (the server writes to it until the fixture's teardown closes it)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--runs-dir", str(runs)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
-    url = f"http://127.0.0.1:{port}/"
-    import httpx
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"app exited: {log_path.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url, runs, log_path
-    proc.terminate()  # the app stops its training subprocesses on exit
-    proc.wait(timeout=60)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
-
-
-def new_page(browser):
-    """A page in a fresh context: its own browser session, as a second tab or another person would be."""
-    return browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-
-
-@pytest.fixture
-def page(browser):
-    page = new_page(browser)
-    yield page
-    page.context.close()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"), full_page=True)
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def text(page, sel: str) -> str:
-    return page.locator(sel).inner_text()
-
-
-def enabled(page, elem_id: str) -> bool:
-    return page.locator(f"#{elem_id}").is_enabled()
 
 
 def last_bot(page, sel: str) -> str:

@@ -153,9 +153,34 @@ def test_the_command_line_is_made_from_the_field_table():
         action = actions[name]
         negated = [f"--no-{spec.flag[2:]}"] if spec.kind is bool else []
         assert action.option_strings == [spec.flag, *spec.aliases, *negated], name
-        if spec.kind is not bool:
+        if spec.kind is dict:  # read by the field's own reader, as a YAML value is
+            assert action.type("prompt=q") == {"prompt": "q"}, name
+        elif spec.kind is not bool:
             assert action.type is (str if spec.kind is list else spec.kind), name
             assert tuple(action.choices or ()) == (spec.choices or ()), name
     args = build_parser().parse_args(["--lambda", "0.5", "--no-dora", "--lora-targets", "q_proj", "v_proj"])
     assert (args.beta, args.dora, args.lora_targets) == (0.5, False, ["q_proj", "v_proj"])
     assert "(default: all-linear)" in build_parser().format_help()
+
+
+def test_columns_read_from_the_command_line_and_yaml_alike(tmp_path):
+    expected = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    cfg = resolve_config(build_parser().parse_args(["--columns", "prompt=question,chosen=good, rejected=bad"]))
+    assert cfg.columns == expected
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("columns:\n  prompt: question\n  chosen: good\n  rejected: bad\n")
+    assert resolve_config(build_parser().parse_args(["--config", str(yaml_file)])).columns == expected
+    yaml_file.write_text("columns: prompt=question chosen=good rejected=bad\n")
+    assert resolve_config(build_parser().parse_args(["--config", str(yaml_file)])).columns == expected
+    yaml_file.write_text("columns: [prompt, question]\n")
+    with pytest.raises(ValueError, match=re.escape("run.yaml: columns must be name=name pairs")):
+        resolve_config(build_parser().parse_args(["--config", str(yaml_file)]))
+    with pytest.raises(ValueError, match=re.escape("--columns question=prompt: 'question' is not a role")):
+        TrainConfig(columns={"question": "prompt"}).validate()
+
+
+def test_a_bad_columns_flag_is_one_error_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mlx_orpo.train", "--columns", "prompt", "--output-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: argument --columns: --columns must be name=name pairs" in done.stderr, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,115 @@ def test_a_lone_surrogate_is_a_bad_row_named_by_line(tmp_path):
     assert "prompt message 1 holds a lone surrogate '\\udfff'" in report.skipped[1]
     for pair in pairs:  # what is kept encodes
         assert pair.chosen.encode() and pair.prompt[-1]["content"].encode()
+
+
+# -- column mapping (--columns) ----------------------------------------------------------------------
+
+
+def test_columns_map_other_names_onto_the_roles(tmp_path):
+    rows = [{"question": f"q{i}?", "good": f"yes {i}", "bad": f"no {i}", "id": i} for i in range(3)]
+    path = write_jsonl(tmp_path / "other.jsonl", rows)
+    with pytest.raises(DataError, match="cannot detect the format"):
+        load_pairs(path)
+    pairs, report = load_pairs(path, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert report.format == "prompt_strings" and report.pairs == 3
+    assert pairs[1].prompt == (user("q1?"),) and (pairs[1].chosen, pairs[1].rejected) == ("yes 1", "no 1")
+
+
+def test_a_label_column_says_which_output_is_preferred(tmp_path):
+    rows = [{"instruction": "Say hi.", "output_1": "Hi!", "output_2": "Go away.", "preference": 1},
+            {"instruction": "Say bye.", "output_1": "Whatever.", "output_2": "Goodbye!", "preference": 2},
+            {"instruction": "Count.", "output_1": "1 2 3", "output_2": "many", "preference": "output_1"},
+            {"instruction": "Sky?", "output_1": "green", "output_2": "blue", "preference": "2"},
+            {"instruction": "Sea?", "output_1": "wet", "output_2": "dry", "preference": 1.0}]
+    path = tmp_path / "farm.csv"
+    with path.open("w", newline="") as f:  # CSV: every label is text
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    columns = {"prompt": "instruction", "chosen": "output_1", "rejected": "output_2", "label": "preference"}
+    for source in (str(path), write_jsonl(tmp_path / "farm.jsonl", rows)):
+        pairs, _ = load_pairs(source, columns=columns)
+        assert [(p.chosen, p.rejected) for p in pairs] == [
+            ("Hi!", "Go away."), ("Goodbye!", "Whatever."), ("1 2 3", "many"), ("blue", "green"), ("wet", "dry")]
+
+
+def test_a_label_that_prefers_neither_output_is_a_bad_row(tmp_path):
+    rows = [{"q": "a?", "o1": "x", "o2": "y", "pref": 1}, {"q": "b?", "o1": "x", "o2": "y", "pref": 0}]
+    path = write_jsonl(tmp_path / "tie.jsonl", rows)
+    columns = {"prompt": "q", "chosen": "o1", "rejected": "o2", "label": "pref"}
+    with pytest.raises(DataError, match=re.escape(f"{path}, line 2: label column 'pref' must be 1 ('o1' preferred)"
+                                                  " or 2 ('o2' preferred), got 0")):
+        load_pairs(path, columns=columns)
+    pairs, report = load_pairs(path, columns=columns, skip_bad_rows=True)
+    assert len(pairs) == 1 and len(report.skipped) == 1
+
+
+def test_a_mapping_naming_a_missing_column_is_refused_by_name_and_file(tmp_path):
+    path = write_jsonl(tmp_path / "other.jsonl", [{"question": "q?", "good": "a", "bad": "b"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}: --columns chosen=best names a column it does not have "
+                                                  "(its columns: question, good, bad)")):
+        load_pairs(path, columns={"prompt": "question", "chosen": "best", "rejected": "bad"}, skip_bad_rows=True)
+    with pytest.raises(DataError, match=re.escape("--columns answer=good: 'answer' is not a role")):
+        load_pairs(path, columns={"answer": "good"})
+    with pytest.raises(DataError, match=re.escape("--columns maps column 'good' to both chosen and rejected")):
+        load_pairs(path, columns={"chosen": "good", "rejected": "good"})
+
+
+def test_a_row_without_a_mapped_column_is_a_bad_row(tmp_path):
+    rows = [{"question": "q?", "good": "a", "bad": "b"}, {"question": "r?", "good": "a"}]
+    path = write_jsonl(tmp_path / "other.jsonl", rows)
+    with pytest.raises(DataError, match=re.escape(f"{path}, line 2: missing column 'bad' (--columns rejected=bad)")):
+        load_pairs(path, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+
+
+def test_columns_map_the_held_out_split_too(tmp_path):
+    (tmp_path / "d").mkdir()
+    other = lambda n: [{"question": f"q{i}?", "good": f"yes {i}", "bad": f"no {i}"} for i in range(n)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", other(4))
+    write_jsonl(tmp_path / "d" / "valid.jsonl", other(2))
+    train, valid, report = load_splits(str(tmp_path / "d"),
+                                       columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert (len(train), len(valid), report.eval_pairs) == (4, 2, 2)
+
+
+# -- what a directory or a file holds is read, or refused by name ---------------------------------
+
+@pytest.mark.parametrize("names, refused", [
+    (["train.jsonl", "train.json"], "train.jsonl and train.json are both train files"),
+    (["train.jsonl", "valid.jsonl", "valid.csv"], "valid.jsonl and valid.csv are both valid/validation files"),
+    (["train.jsonl", "valid.jsonl", "validation.jsonl"],
+     "valid.jsonl and validation.jsonl are both valid/validation files"),
+    (["train.jsonl", "test.jsonl", "test.parquet"], "test.jsonl and test.parquet are both test files"),
+])
+def test_a_directory_with_two_files_for_one_split_is_refused_naming_them(tmp_path, names, refused):
+    for name in names:
+        write_jsonl(tmp_path / name, pair_rows(2))  # (only the train file is read before the refusal)
+    with pytest.raises(DataError, match=rf"{tmp_path}: {refused}, and only one would be read"):
+        load_splits(str(tmp_path))
+
+
+def test_the_files_a_directory_holds_but_a_run_does_not_read_are_listed(tmp_path):
+    """mlx-lm's layout (train, valid, test): test is not read when valid is there, and says so; so is
+    any other data file."""
+    write_jsonl(tmp_path / "train.jsonl", pair_rows(4))
+    write_jsonl(tmp_path / "valid.jsonl", pair_rows(1))
+    write_jsonl(tmp_path / "test.jsonl", pair_rows(2))
+    write_jsonl(tmp_path / "notes.jsonl", pair_rows(2))
+    (tmp_path / "README.md").write_text("about")
+    train, valid, report = load_splits(str(tmp_path))
+    assert (len(train), len(valid)) == (4, 1)
+    assert report.ignored == [f"{tmp_path / 'notes.jsonl'} (only train and valid/validation/test files are read)",
+                              f"{tmp_path / 'test.jsonl'} (the held-out pairs are {tmp_path / 'valid.jsonl'})"]
+    (tmp_path / "valid.jsonl").unlink()  # the test split is the held-out one then
+    assert load_splits(str(tmp_path))[2].eval_source == str(tmp_path / "test.jsonl")
+
+
+def test_a_jsonl_file_holding_a_json_array_is_read_as_one(tmp_path):
+    path = tmp_path / "pretty.jsonl"
+    path.write_text(json.dumps(pair_rows(3), indent=2))
+    pairs, _ = load_pairs(str(path))
+    assert [p.chosen for p in pairs] == ["good 0", "good 1", "good 2"] and pairs[1].origin == f"{path}:1"
+    path.write_text(json.dumps(pair_rows(3), indent=2)[:-3])  # cut short
+    with pytest.raises(DataError, match=r"pretty.jsonl: looks like a JSON array .*not valid JSON: .* at line \d+"):
+        load_pairs(str(path))

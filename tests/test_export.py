@@ -182,6 +182,33 @@ def test_refuses_to_overwrite_and_checks_disk_space(lora_run, tmp_path, monkeypa
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("fmt, options", [("hf", {}), ("gguf", {"gguf_type": "q8_0"}), ("mlx", {"bits": 4}),
+                                          ("peft", {})])
+def test_sizes_estimated_before_an_export_are_close_to_what_it_writes(lora_run, tmp_path, fmt, options):
+    """The estimate reads no weights (the base's config.json, the adapter's header). Measured on
+    SmolLM2-135M: hf 0.9999, mlx 4-bit 0.9990, gguf f16 1.0064 and q8_0 1.0120, peft 0.989 of the
+    bytes written."""
+    from mlx_orpo.export import estimate_sizes, export
+    from mlx_orpo.output import MARGIN
+
+    estimate = estimate_sizes(lora_run[0], tmp_path / "exports", **options)[fmt]
+    out = tmp_path / "exports" / ("model.gguf" if fmt == "gguf" else fmt)
+    written = sum(size for _, size in export(adapters=lora_run[0], format=fmt, out=out, **options).files)
+    assert abs(estimate.bytes / written - 1) < 0.02, (estimate.bytes, written)
+    assert estimate.fits == (estimate.free >= estimate.bytes + MARGIN)
+
+
+def test_the_estimate_says_when_the_disk_has_no_room(lora_run, tmp_path, monkeypatch):
+    import shutil
+
+    from mlx_orpo.export import estimate_sizes
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**8, 10**8))
+    sizes = estimate_sizes(lora_run[0], tmp_path / "not" / "made" / "yet")
+    assert {fmt: s.fits for fmt, s in sizes.items()} == {"hf": False, "mlx": False, "gguf": False, "peft": True}
+    assert not (tmp_path / "not").exists()
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     from mlx_orpo.output import write_dir_atomically
 

@@ -185,7 +185,7 @@ def test_explicit_settings_come_from_the_command_line_and_the_yaml_file(tmp_path
 @pytest.mark.parametrize("n_pairs", [12, 10])
 def test_micro_batches_weighted_to_the_step_match_one_batch_on_unequal_lengths(tmp_path, n_pairs):
     """Batch 4, batch 2 x accumulation 2 with checkpointing and batch 1 x 4: the same pairs in every
-    step (trainer.step_order) and each micro-batch weighted to its share of the step's tokens and
+    step (feeding.step_order) and each micro-batch weighted to its share of the step's tokens and
     pairs, so the same loss per step and the same adapters up to float32 rounding. 10 pairs: the
     epoch's short step (2 pairs) is one micro-batch of 2 or two of 1, and the steps after it and
     in the next epoch stay the same."""
@@ -266,23 +266,28 @@ def test_a_fitted_smollm2_run_takes_the_same_steps_as_the_configured_one(smollm2
     assert (saved["grad_checkpoint"], saved["batch_size"], saved["grad_accum"], saved["iters"]) == (True, 1, 2, 3)
 
 
-def test_the_app_shows_the_budget_the_typed_plan_and_the_fitted_one():
-    from app.estimate import explicit_fields, fit_markdown
+def test_the_app_previews_the_plan_the_run_makes(smollm2_dir):
+    """The Train tab's preview is the plan of the run Start launches (api.plan_run on the demo set, with
+    the settings the launch gives explicitly): its budget, what it logs, and the settings it trains with."""
+    from app.estimate import explicit_fields, plan_markdown, settings_text
+    from mlx_orpo.api import plan_run
 
-    cfg = TrainConfig(model="mistral-7b-4bit", memory_budget="12GB").validate()
-    shown = fit_markdown(cfg)
-    assert "Memory budget: 12.00 GB (--memory-budget)" in shown
-    _, prediction, changes = fit(cfg, 12 * GB, model_config=MISTRAL)  # this machine's device, as the app
-    assert f"predicted peak **{format_bytes(predict_peak(cfg, MISTRAL).total)}**" in shown
-    assert f"**Fitted:** {', '.join(map(str, changes))}" in shown and changes
-    assert f"predicted peak **{format_bytes(prediction.total)}**" in shown
-    assert "trains as typed" in fit_markdown(cfg, fit_to_memory=False)
+    cfg = TrainConfig(memory_budget="1GB").validate()  # 1.56 GB as set on the demo set's batches
+    shown = plan_markdown(cfg)
+    run = plan_run(cfg, explicit=explicit_fields(cfg))
+    assert "Memory budget: 1.00 GB (--memory-budget)" in shown
+    assert run.memory.changes and f"fitted: {', '.join(map(str, run.memory.changes))}" in shown
+    assert (f"Start trains with {settings_text(run.cfg)}**: predicted peak "
+            f"~{run.memory.prediction.total / GB:.2f} GB") in shown and run.cfg.grad_checkpoint
+    off = plan_markdown(TrainConfig(memory_budget="off", max_length=2048).validate())
+    assert "Memory budget: off" in off and "gradient checkpointing off**" in off
     # What the app passes as flags (values off their defaults) is explicit, as on the command line.
     held = TrainConfig(model="mistral-7b-4bit", memory_budget="12GB", grad_checkpoint=False, batch_size=4).validate()
     assert explicit_fields(held) == {"model", "memory_budget", "batch_size"}
-    assert "Does not fit" in fit_markdown(TrainConfig(model="mistral-7b-4bit", memory_budget="5GB").validate())
+    assert "Start will stop before loading the model" in plan_markdown(TrainConfig(memory_budget="300MB").validate())
     # The Train tab's own field sets the budget as the CLI's flag does.
-    from app.train_tab import FORM, memory
+    from app.session import Session
+    from app.train_tab import FORM, preview
 
-    values = {name: getattr(TrainConfig(), name) for name in FORM} | {"bits": "none", "memory_budget": "12GB"}
-    assert "Memory budget: 12.00 GB (--memory-budget)" in memory("mistral-7b-4bit", *[values[n] for n in FORM])
+    values = {name: getattr(TrainConfig(), name) for name in FORM} | {"bits": "none", "memory_budget": "1GB"}
+    assert "Memory budget: 1.00 GB (--memory-budget)" in preview(Session(), "smollm2-135m", *[values[n] for n in FORM])

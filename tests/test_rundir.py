@@ -20,7 +20,6 @@ from mlx_orpo import checkpoint as ckpt
 from mlx_orpo import runcheck, rundir
 from mlx_orpo.checkpoint import LoopState
 from mlx_orpo.config import TrainConfig
-from mlx_orpo.data import load_splits
 from mlx_orpo.files import file_digest
 from mlx_orpo.step import build_optimizer
 from mlx_orpo.train import build_parser, resolve_config
@@ -201,6 +200,26 @@ def test_a_version_1_run_resumes_exactly(tmp_path, largest_first):
     assert_same_run(written, cut)
 
 
+def test_a_report_window_that_a_version_2_checkpoint_began_has_no_gradient_norm(tmp_path):
+    """Version-2 checkpoints hold no gradient norms in their report window: the window one of them began
+    reports null, the windows after it their norms."""
+    run = tmp_path / "run"
+    kw = dict(KW, report_every=2, save_every=1, keep_checkpoints=4)
+    train(run, cfg_for(run, **kw), DATA)
+    first, *later = ckpt.list_checkpoints(run)
+    for checkpoint in later:
+        shutil.rmtree(checkpoint)
+    state = json.loads((first / rundir.STATE).read_text())
+    assert state["window_steps"] == 1
+    del state["window"]["grad_norm"]
+    (first / rundir.STATE).write_text(json.dumps(state))
+    (first / rundir.MANIFEST).write_text(json.dumps({name: file_digest(first / name) for name in rundir.VERIFIED}))
+    old_run(run, 2)
+    train(run, cfg_for(run, **kw), DATA, resume=True)
+    norms = [r["grad_norm"] for r in rundir.read_records(run) if r["kind"] == rundir.TRAIN]
+    assert norms[0] is None and isinstance(norms[1], float) and norms[1] > 0
+
+
 # -- a run that lacks what its version always writes is damaged -----------------------------------
 
 def test_a_current_run_lacking_what_its_version_writes_is_damaged(tmp_path):
@@ -221,32 +240,6 @@ def test_a_current_run_lacking_what_its_version_writes_is_damaged(tmp_path):
     with pytest.raises(rundir.CorruptFileError, match=rf"{run / rundir.CONFIG}: corrupt run config, it lacks "
                                                       rf"\['lora_rank'\], which every version-{rundir.VERSION} run"):
         rundir.read_config(run)
-
-
-def write_data(path: Path) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"Good {i}.", "rejected": f"Bad {i}."}) + "\n"
-                            for i in range(6)))
-    return path
-
-
-@pytest.mark.parametrize("version", [2, rundir.VERSION])
-def test_a_missing_data_record_is_refused_where_the_version_always_writes_one(tmp_path, version):
-    data = write_data(tmp_path / "prefs.jsonl")
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = TrainConfig(data=str(data), output_dir=str(run), iters=4, pad_to="multiple", pad_multiple=32).validate()
-    cfg.save(run / rundir.CONFIG)
-    old_run(run, version)
-    splits, logged = load_splits(str(data)), []
-    if rundir.FORMATS[version].data_record:
-        with pytest.raises(runcheck.RunCheckError, match=rf"{run / rundir.DATA} is missing or unreadable, and a "
-                                                         rf"version-{version} run records .*--allow-changed-data"):
-            runcheck.check_run(cfg, run, splits, resume=True)
-        runcheck.check_run(cfg, run, splits, resume=True, allow_changed_data=True, log=logged.append)
-        assert logged[0].startswith(f"warning: --allow-changed-data: {run / rundir.DATA} is missing")
-    else:  # some runs of the version started before data.json: recorded now
-        runcheck.check_run(cfg, run, splits, resume=True, log=logged.append)
-        assert logged == [f"{run} has no record of its data ({rundir.DATA}); recording the data it resumes with"]
 
 
 def test_a_run_of_a_newer_version_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -14,11 +15,22 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from helpers import APP_MAX_LEN, APP_MODEL, cfg_for, file_data, make, pairs, tiny_model, upload_raw
+from helpers import (
+    APP_MAX_LEN,
+    APP_MODEL,
+    assert_one_error_line,
+    cfg_for,
+    fake_model,
+    file_data,
+    make,
+    pairs,
+    tiny_model,
+    upload_raw,
+)
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import checkpoint as ckpt
-from mlx_orpo import runcheck, rundir
+from mlx_orpo import feeding, report, runcheck, rundir
 from mlx_orpo.config import TrainConfig, load_yaml
 from mlx_orpo.data import DataError, load_splits
 from mlx_orpo.files import file_digest
@@ -29,24 +41,6 @@ def cli(*args, module="mlx_orpo.train", cwd=None, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=env)
-
-
-def assert_one_error_line(done, *words):
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
-
-
-def fake_model(folder: Path) -> Path:
-    """A model directory as the checks see it (they refuse before anything loads it)."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
 
 
 def write_data(path: Path, n=6, start=0) -> Path:
@@ -103,13 +97,14 @@ def test_a_folder_holding_only_what_the_app_writes_first_is_empty_enough(tmp_pat
 # -- 2. a resume is the same run, or it is refused ------------------------------------------------------------
 
 def started_run(tmp_path: Path, data: Path) -> Path:
-    """The files a run has once its checks passed (config.json, marker, data fingerprint)."""
+    """The files a run has once its checks passed (config.json, marker, data and model records)."""
     run = tmp_path / "run"
     run.mkdir()
     cfg = TrainConfig(data=str(data), output_dir=str(run), iters=4, pad_to="multiple", pad_multiple=32).validate()
     cfg.save(run / rundir.CONFIG)
     rundir.write_marker(run)
     runcheck.write_fingerprint(run, runcheck.data_fingerprint(cfg, load_splits(str(data))))
+    runcheck.write_model_record(run, cfg.model)
     return run
 
 
@@ -153,7 +148,7 @@ def test_hub_data_is_fingerprinted_by_its_pairs():
 def sigterm_at_collate(monkeypatch, n: int):
     """Send this process SIGTERM as the trainer collates its n-th batch (micro-batch or evaluation)."""
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -161,8 +156,14 @@ def sigterm_at_collate(monkeypatch, n: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     return calls
+
+
+def collate_in_the_loop(monkeypatch, collate):
+    """Make `collate` what the loop collates its micro-batches and evaluation batches with."""
+    monkeypatch.setattr(feeding, "collate", collate)
+    monkeypatch.setattr(trainer_mod, "collate", collate)
 
 
 def train(run, cfg, data, resume=False, log=None):
@@ -202,7 +203,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
     data = pairs(16)
     cfg = cfg_for(tmp_path, iters=4, batch_size=1, eval_every=2, eval_max_pairs=4, save_every=10)
     calls = []
-    real = trainer_mod.collate
+    real = feeding.collate
 
     def collate(*args, **kw):
         calls.append(1)
@@ -211,7 +212,7 @@ def test_a_stop_during_evaluation_drops_it_and_a_second_signal_is_no_traceback(t
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "collate", collate)
+    collate_in_the_loop(monkeypatch, collate)
     state = train(tmp_path, cfg, data)
     assert state.step == 2 and len(calls) == 4
     assert [r for r in rundir.read_records(tmp_path) if r["kind"] == rundir.EVAL] == []  # partial: not recorded
@@ -244,7 +245,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path,
 
 
 def test_a_long_step_is_warned_about_with_its_estimated_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "SLOW_STEP_SECONDS", 0)
+    monkeypatch.setattr(report, "SLOW_STEP_SECONDS", 0)
     logged = []
     train(tmp_path, cfg_for(tmp_path, iters=1, grad_accum=3, batch_size=1, eval_every=0), pairs(8),
           log=logged.append)
@@ -275,6 +276,47 @@ def test_a_crafted_or_false_gguf_is_refused_before_mlx_reads_it(tmp_path):
         cut.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
         with pytest.raises(GGUFImportError, match="lies outside the"):
             check_gguf(cut)
+
+
+def gguf_file(path: Path, *, version=3, metadata=(), tensors=(("w", (8,), 0, 0),), data=32, counts=None) -> Path:
+    """A GGUF file: `metadata` as (key, type, raw value bytes), `tensors` as (name, dims, type, offset),
+    then `data` bytes of tensor data after the header padded to 32 (None: the header alone); `counts`
+    replaces the header's."""
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    header = b"GGUF" + struct.pack("<IQQ", version, *(counts or (len(tensors), len(metadata))))
+    header += b"".join(string(key) + struct.pack("<I", kind) + value for key, kind, value in metadata)
+    for name, dims, kind, offset in tensors:
+        header += string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset)
+    path.write_bytes(header if data is None else header + bytes(-len(header) % 32 + data))
+    return path
+
+
+@pytest.mark.parametrize("layout, problem", [
+    (dict(version=4), "GGUF version 4; versions 2 and 3 are read"),
+    (dict(tensors=(), metadata=[("k", 9, b"")], data=None), "the header runs past the end of the 37-byte file"),
+    (dict(counts=(4, 0)), "it claims 4 tensors and 0 metadata entries, more than 96 bytes can hold"),
+    (dict(metadata=[("k", 8, struct.pack("<Q", 10**6))]), "a metadata string of 1000000 bytes runs past"),
+    (dict(metadata=[("general.alignment", 4, struct.pack("<I", 24))]), "general.alignment 24 is not a power of two"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 8, 2**40))]), "k: 1099511627776 strings cannot fit the file"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 10, 2**40))]), "k: an array of 8796093022208 bytes runs past"),
+    (dict(metadata=[("k", 9, struct.pack("<IQ", 9, 1))]), "k: unknown array element type 9"),
+    (dict(metadata=[("k", 13, b"")]), "k: unknown metadata type 13"),
+    (dict(tensors=[("w", (1, 1, 1, 1, 8), 0, 0)]), "tensor 'w' has 5 dimensions"),
+    (dict(tensors=[("w", (256,), 16, 0)]), "tensor 'w' has unknown type 16"),
+    (dict(tensors=[("w", (31,), 2, 0)]), "tensor 'w' has shape [31], not whole blocks of 32"),
+    (dict(tensors=[("w", (0,), 0, 0)]), "tensor 'w' has shape [0], not whole blocks of 1"),
+    (dict(tensors=[("w", (8,), 0, 4)]), "tensor 'w' (32 bytes at offset 4) lies outside"),
+    (dict(tensors=[("w", (16,), 0, 0)]), "tensor 'w' (64 bytes at offset 0) lies outside the"),
+])
+def test_each_bound_of_a_gguf_header_refuses_a_crafted_file(tmp_path, layout, problem):
+    from mlx_orpo.gguf_import import GGUFImportError, check_gguf
+
+    check_gguf(gguf_file(tmp_path / "fine.gguf"))
+    crafted = gguf_file(tmp_path / "crafted.gguf", **layout)
+    with pytest.raises(GGUFImportError, match=rf"crafted.gguf: damaged or not a GGUF file \({re.escape(problem)}"):
+        check_gguf(crafted)
 
 
 def adapter_dir(tmp_path: Path, rank=8, **config) -> Path:
@@ -391,15 +433,19 @@ def test_a_full_disk_while_checkpointing_is_an_os_error_and_leaves_no_temporary(
     assert not stale.exists() and any(".tmp-123-step-000001" in line for line in logged)
 
 
-def test_a_disk_filling_up_during_an_hf_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys):
-    """The free-space check passes (the disk fills while writing): one error line, no partial output."""
+@pytest.mark.parametrize("fmt, out", [("hf", "hf"), ("gguf", "model.gguf")])
+def test_a_disk_filling_up_during_an_export_is_one_error_line(tiny_disk, smollm2_dir, monkeypatch, capsys, fmt, out):
+    """The free-space check passes (the disk fills while writing): one error line naming the disk, the
+    space the export needs and the space that was free, as the check does; no partial output."""
     import mlx_orpo.output as output
     from mlx_orpo import export
 
     monkeypatch.setattr(output, "check_free_space", lambda *a: None)
-    assert export.main(["--model", str(smollm2_dir), "--format", "hf", "--out", str(tiny_disk / "hf")]) == 2
+    assert export.main(["--model", str(smollm2_dir), "--format", fmt, "--out", str(tiny_disk / out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "No space left on device" in err and "free some disk space" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
+    assert f"the disk mounted at {tiny_disk}" in err and "the export needs about" in err, err
+    assert "64.0 KB was free" in err and "free some disk space" in err, err
     assert list(tiny_disk.iterdir()) == []
 
 

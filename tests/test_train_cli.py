@@ -14,6 +14,7 @@ from helpers import assert_same_metrics, cli, train_records, wait_for
 from mlx.utils import tree_flatten
 
 from mlx_orpo import rundir
+from mlx_orpo.files import file_digest
 from mlx_orpo.rundir import read_records
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def reference_run(tmp_path_factory, smollm2_dir):
     return run_dir, done
 
 
-def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
+def test_default_run_learns_and_writes_a_complete_run_dir(reference_run, smollm2_dir):
     run_dir, done = reference_run
     assert "BLAS: " in done.stdout and "train step 8/8" in done.stdout
     records = train_records(run_dir)
@@ -49,6 +50,9 @@ def test_default_run_learns_and_writes_a_complete_run_dir(reference_run):
     assert {p.name for p in (run_dir / "checkpoints" / "step-000008").iterdir()} == set(rundir.CHECKPOINT_FILES)
     assert rundir.format_version(run_dir) == rundir.VERSION and rundir.read_config(run_dir)["iters"] == 8
     assert rundir.read_status(run_dir).phase == rundir.FINISHED
+    # The base model it trained on, identified by its files' hashes (checked on resume and export).
+    recorded = json.loads((run_dir / rundir.MODEL).read_text())["files"]["model.safetensors"]
+    assert recorded["sha256"] == file_digest(smollm2_dir / "model.safetensors")["sha256"]
     # The memory plan, made for the data's batches before the weights loaded, bounds the measured peak closely.
     memory = rundir.read_memory_records(run_dir)[-1]
     assert 1.0 <= memory["predicted_peak_bytes"] / memory["measured_peak_bytes"] <= 1.3, memory
@@ -108,3 +112,26 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
     assert "prefs.jsonl" in done.stderr and "line 2" in done.stderr and "rejected" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_mapped_run_saves_its_columns_and_a_resume_keeps_them(tmp_path):
+    rows = [{"question": f"What is {i} + {i}?", "good": f"{2 * i}.", "bad": "No idea, sorry."} for i in range(6)]
+    data = tmp_path / "other names.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    missing = subprocess.run(cli("--data", str(data), "--columns", "prompt=question,chosen=best,rejected=bad",
+                                 "--output-dir", str(run)), capture_output=True, text=True, timeout=300)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert errors == [f"error: {data}: --columns chosen=best names a column it does not have "
+                      "(its columns: question, good, bad)"], missing.stderr[-2000:]
+    columns = "prompt=question,chosen=good,rejected=bad"
+    done = subprocess.run(cli("--data", str(data), "--columns", columns, "--iters", "1", "--max-length", "64",
+                              "--batch-size", "1", "--eval-every", "0", "--output-dir", str(run)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert rundir.read_config(run)["columns"] == {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    other = subprocess.run(cli("--resume", str(run), "--columns", "prompt=question,chosen=bad,rejected=good"),
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and f"--columns {columns} (given: prompt=question,chosen=bad,rejected=good)" \
+        in other.stderr, other.stderr[-2000:]

@@ -5,16 +5,19 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import cfg_for, pairs, run, tiny_model
+from helpers import cfg_for, make, pairs, run, tiny_model
 from mlx.utils import tree_flatten
 
 import mlx_orpo.trainer as trainer_mod
 from mlx_orpo import rundir
-from mlx_orpo.checkpoint import list_checkpoints
+from mlx_orpo.checkpoint import LoopState, list_checkpoints
 from mlx_orpo.config import TrainConfig
+from mlx_orpo.distributed import Cluster
+from mlx_orpo.feeding import Feeder
 from mlx_orpo.loss import batch_loss
 from mlx_orpo.models import attach_adapters
 from mlx_orpo.rundir import read_records
+from mlx_orpo.step import OrpoStep, build_optimizer
 from mlx_orpo.tokenize import EncodedPair
 from mlx_orpo.train import build_parser, resolve_config
 
@@ -39,6 +42,27 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path, monkeypa
     assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
     assert sum(r["loss"] is not None for r in records) >= 4
     assert all(np.isfinite(np.array(v)).all() for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def test_train_records_carry_the_gradient_norm_before_clipping(tmp_path):
+    """grad_norm: the global norm of the step's gradients before --max-grad-norm clips them (the first
+    step's, from the gradients computed here), a mean over the report window's steps."""
+    data = pairs(8)
+    kw = dict(iters=4, eval_every=0, max_grad_norm=1e-3)
+    each, window = tmp_path / "each", tmp_path / "window"
+    run(each, cfg_for(each, report_every=1, **kw), data)
+    run(window, cfg_for(window, report_every=2, **kw), data)
+    norms = [r["grad_norm"] for r in read_records(each) if r["kind"] == rundir.TRAIN]
+    cfg = cfg_for(each, report_every=1, **kw)
+    model = make(cfg)
+    step = OrpoStep(model, cfg, build_optimizer(cfg, 4))
+    feed = Feeder(data, cfg, LoopState(), pad_id=0, shared_prompt=step.shared_prompt, cluster=Cluster())
+    _, grads = step.gradients(next(feed.next_step()))
+    by_hand = np.sqrt(sum(float((np.array(g, dtype=np.float64) ** 2).sum()) for _, g in tree_flatten(grads)))
+    assert norms[0] == pytest.approx(by_hand, rel=1e-5)
+    assert min(norms) > 1e-3  # before clipping
+    assert [r["grad_norm"] for r in read_records(window) if r["kind"] == rundir.TRAIN] == pytest.approx(
+        [(norms[0] + norms[1]) / 2, (norms[2] + norms[3]) / 2], rel=1e-6)
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
