@@ -1,6 +1,7 @@
-"""What the run Start launches will do about memory, shown before it starts: the plan the run's setup makes
-(`api.prepare_run`), made by the same call from the same settings, and its predicted peak's breakdown
-(`mlx_orpo.predict`), read from the model's config.json without loading its weights."""
+"""What the run Start launches will do about memory, shown before it starts: the plan the run's setup
+makes (`api.plan_run`, which `api.Run.setup` calls), made by the same call from the same settings, and
+its predicted peak's breakdown (`mlx_orpo.predict`), read from the model's config.json without loading
+its weights."""
 
 from __future__ import annotations
 
